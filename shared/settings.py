@@ -1,0 +1,211 @@
+"""Settings: one frozen object built once from the environment and `.env`.
+
+A missing or invalid value raises `SettingsError` naming the variable; the
+entry points turn it into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
+
+
+class SettingsError(Exception):
+    """A configuration variable is missing or invalid."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable} {problem}")
+        self.variable = variable
+
+
+class Secret:
+    """A string whose repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ApiClient:
+    """One entry of API_KEYS: the name shown to users, and the key."""
+
+    name: str
+    key: Secret
+
+
+@dataclass(frozen=True)
+class Settings:
+    auth_secret: Secret
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    telegram_bot_token: Secret = field(default_factory=lambda: Secret(""))
+    telegram_api_base_url: str = DEFAULT_API_BASE_URL
+    telegram_bot_username: str = ""
+    code_length: int = 8
+    code_ttl_seconds: int = 300
+    token_ttl_seconds: int = 2592000
+    login_request_ttl_seconds: int = 300
+    api_keys: tuple[ApiClient, ...] = ()
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # per-user code issues allowed in the window
+    issue_limit: int = 5
+    issue_window_seconds: int = 600
+    # failed redeems allowed per client address in the window
+    redeem_fail_limit: int = 10
+    redeem_fail_window_seconds: int = 600
+    # failed redeems per minute, all addresses together, that raise the alarm
+    redeem_fail_alarm_per_minute: int = 100
+    demo_page: bool = False
+    log_level: str = "INFO"
+
+    def client_for_key(self, key: str) -> ApiClient | None:
+        """The API client whose key this is, or None."""
+        import hmac
+
+        for client in self.api_keys:
+            if hmac.compare_digest(client.key.reveal().encode(), key.encode()):
+                return client
+        return None
+
+
+def _environ(env: Mapping[str, str] | None, env_file: str | Path | None) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    path = Path(env_file) if env_file is not None else Path(".env")
+    if path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ if env is None else env)
+    return merged
+
+
+def _int(values: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _redis_url(values: Mapping[str, str]) -> str:
+    raw = values.get("REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0"
+    parts = urlsplit(raw)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError("REDIS_URL", "has an invalid port") from None
+    if parts.scheme == "unix" and not parts.path:
+        raise SettingsError("REDIS_URL", "unix:// needs a socket path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError("REDIS_URL", "needs a host, e.g. redis://127.0.0.1:6379/0")
+    return raw
+
+
+def _api_keys(raw: str) -> tuple[ApiClient, ...]:
+    clients: list[ApiClient] = []
+    for n, item in enumerate(p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        name, sep, key = item.rpartition(":")
+        if not sep:
+            name, key = f"client {n + 1}", item
+        name, key = name.strip(), key.strip()
+        if not key or (sep and not name):
+            raise SettingsError("API_KEYS", "entries must be 'name:key' or 'key'")
+        clients.append(ApiClient(name=name, key=Secret(key)))
+    return tuple(clients)
+
+
+def _bool(values: Mapping[str, str], name: str) -> bool:
+    raw = values.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(name, f"must be 1 or 0, got {raw!r}")
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    env_file: str | Path | None = None,
+    require_bot_token: bool = False,
+) -> Settings:
+    """Build settings from `env` (default: the process environment) over `.env`."""
+    values = _environ(env, env_file)
+
+    secret = values.get("AUTH_SECRET", "")
+    if not secret:
+        raise SettingsError("AUTH_SECRET", "is required (at least 32 characters)")
+    if len(secret) < 32:
+        raise SettingsError("AUTH_SECRET", f"must be at least 32 characters, got {len(secret)}")
+
+    token = values.get("TELEGRAM_BOT_TOKEN", "").strip()
+    if require_bot_token and not token:
+        raise SettingsError("TELEGRAM_BOT_TOKEN", "is required: the token from @BotFather")
+
+    base_url = values.get("TELEGRAM_API_BASE_URL", "").strip() or DEFAULT_API_BASE_URL
+    if urlsplit(base_url).scheme not in ("http", "https"):
+        raise SettingsError("TELEGRAM_API_BASE_URL", "must be an http:// or https:// URL")
+
+    port_raw = values.get("PORT", "").strip()
+    api_port = (
+        _int(values, "PORT", 8000, 1, 65535)
+        if port_raw
+        else _int(values, "API_PORT", 8000, 1, 65535)
+    )
+
+    return Settings(
+        auth_secret=Secret(secret),
+        redis_url=_redis_url(values),
+        telegram_bot_token=Secret(token),
+        telegram_api_base_url=base_url,
+        telegram_bot_username=values.get("TELEGRAM_BOT_USERNAME", "").strip().lstrip("@"),
+        code_length=_int(values, "CODE_LENGTH", 8, 6, 12),
+        code_ttl_seconds=_int(values, "CODE_TTL_SECONDS", 300, 10, 86400),
+        token_ttl_seconds=_int(values, "TOKEN_TTL_SECONDS", 2592000, 60, 31536000),
+        login_request_ttl_seconds=_int(values, "LOGIN_REQUEST_TTL_SECONDS", 300, 10, 3600),
+        api_keys=_api_keys(values.get("API_KEYS", "")),
+        api_host=values.get("API_HOST", "").strip() or "127.0.0.1",
+        api_port=api_port,
+        issue_limit=_int(values, "CODE_ISSUE_LIMIT", 5, 1, 1000),
+        issue_window_seconds=_int(values, "CODE_ISSUE_WINDOW_SECONDS", 600, 1, 86400),
+        redeem_fail_limit=_int(values, "REDEEM_FAIL_LIMIT", 10, 1, 100000),
+        redeem_fail_window_seconds=_int(values, "REDEEM_FAIL_WINDOW_SECONDS", 600, 1, 86400),
+        redeem_fail_alarm_per_minute=_int(
+            values, "REDEEM_FAIL_ALARM_PER_MINUTE", 100, 1, 10_000_000
+        ),
+        demo_page=_bool(values, "DEMO_PAGE"),
+        log_level=(values.get("LOG_LEVEL", "").strip().upper() or "INFO"),
+    )

@@ -1,0 +1,304 @@
+"""Every Redis operation tglogin does, and the connection that carries them.
+
+Both workers call these coroutines; neither talks to Redis directly. Any
+failure to reach Redis surfaces as `Unavailable`, which the API maps to 503
+and the bot to "temporarily unavailable". The client reconnects by itself,
+so the first operation after Redis returns simply works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import keys
+from shared.hashing import digest, new_code, new_token, normalize_code
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+User = dict[str, Any]
+USER_FIELDS = ("id", "username", "first_name", "last_name", "language_code")
+
+
+class Unavailable(Exception):
+    """Redis cannot be reached (or answered with an error) right now."""
+
+
+class InvalidCode(Exception):
+    """The code is unknown, expired or already used (indistinguishable on purpose)."""
+
+
+class RateLimited(Exception):
+    """Too many attempts; `retry_after` is whole seconds until the next may succeed."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    code: str
+    ttl_seconds: int
+
+
+@dataclass(frozen=True)
+class Redemption:
+    user: User
+    access_token: str
+    expires_in: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _ceil_seconds(ms: int) -> int:
+    return max(1, -(-ms // 1000))
+
+
+def _script(name: str) -> str:
+    return resources.files("shared").joinpath("lua", name).read_text()
+
+
+def connect(settings: Settings) -> aioredis.Redis:
+    """A client for REDIS_URL that fails fast when Redis is down and reconnects after."""
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def public_user(user: User) -> User:
+    """The user as the API shows it: exactly the contract's fields."""
+    return {name: user.get(name) for name in USER_FIELDS}
+
+
+class Store:
+    """tglogin's operations on one Redis connection pool."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._issue = redis.register_script(_script("issue_code.lua"))
+        self._revoke_user = redis.register_script(_script("revoke_user.lua"))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(connect(settings), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _hash(self, purpose: str, value: str) -> str:
+        return digest(self.settings.auth_secret, purpose, value)
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    # -- codes (bot side) -------------------------------------------------
+
+    async def issue_code(self, user: User, update_id: int | None = None) -> IssuedCode | None:
+        """Issue a new code for `user`, voiding the previous one.
+
+        Raises RateLimited when the user asked too often; returns None when
+        `update_id` was already handled (a redelivered update).
+        Two round trips: write the new code and run the per-user script in one
+        pipeline, then delete the previous code (or the unused new one).
+        """
+        settings = self.settings
+        uid = int(user["id"])
+        code = new_code(settings.code_length)
+        code_hash = self._hash("code", code)
+        record = json.dumps({"user": public_user(user)}, separators=(",", ":"))
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(keys.code(code_hash), record, ex=settings.code_ttl_seconds)
+                await self._issue(
+                    keys=[keys.user_issues(uid), keys.user_code(uid), keys.user_updates(uid)],
+                    args=[
+                        _now_ms(),
+                        settings.issue_window_seconds * 1000,
+                        settings.issue_limit,
+                        code_hash,
+                        settings.code_ttl_seconds * 1000,
+                        "" if update_id is None else str(update_id),
+                        keys.UPDATES_TTL_SECONDS,
+                    ],
+                    client=pipe,
+                )
+                _, (status, value) = await pipe.execute()
+            status = int(status)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if status == 1:
+                    if value:
+                        pipe.delete(keys.code(value))
+                    pipe.hincrby(keys.STATS, "codes_issued", 1)
+                else:
+                    pipe.delete(keys.code(code_hash))
+                    if status == 0:
+                        pipe.hincrby(keys.STATS, "codes_issue_limited", 1)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        if status == 0:
+            raise RateLimited(_ceil_seconds(int(value)))
+        if status == 2:
+            return None
+        return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
+
+    # -- redeem (API side) ------------------------------------------------
+
+    async def redeem_code(self, raw_code: str, address: str) -> Redemption:
+        """Consume `raw_code` once and issue an access token for its user.
+
+        The consume is one atomic GETDEL: of any number of concurrent redeems
+        of a code, in any number of processes, exactly one gets the record.
+        Raises RateLimited when `address` has failed too often, InvalidCode
+        for anything that is not a live code.
+        """
+        settings = self.settings
+        fails_key = keys.redeem_fails(self._hash("addr", address))
+        code = normalize_code(raw_code)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(fails_key)
+                pipe.pttl(fails_key)
+                fails, ttl = await pipe.execute()
+            if fails is not None and int(fails) >= settings.redeem_fail_limit:
+                await self.redis.hincrby(keys.STATS, "redeems_rate_limited", 1)
+                raise RateLimited(_ceil_seconds(int(ttl)) if int(ttl) > 0 else 1)
+            record = None
+            if code.isdigit() and len(code) == settings.code_length:
+                record = await self.redis.getdel(keys.code(self._hash("code", code)))
+            if record is None:
+                await self._count_failure(fails_key)
+                raise InvalidCode
+            user: User = json.loads(record)["user"]
+            token = new_token()
+            token_hash = self._hash("token", token)
+            now = _now_ms()
+            expires = now + settings.token_ttl_seconds * 1000
+            tokens_key = keys.user_tokens(int(user["id"]))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(
+                    keys.token(token_hash),
+                    json.dumps({"user": user, "exp": expires}, separators=(",", ":")),
+                    ex=settings.token_ttl_seconds,
+                )
+                pipe.zadd(tokens_key, {token_hash: expires})
+                pipe.zremrangebyscore(tokens_key, "-inf", now)
+                pipe.expire(tokens_key, settings.token_ttl_seconds)
+                pipe.hincrby(keys.STATS, "codes_redeemed", 1)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        return Redemption(
+            user=public_user(user), access_token=token, expires_in=settings.token_ttl_seconds
+        )
+
+    async def _count_failure(self, fails_key: str) -> None:
+        """Count a failed redeem for its address and for the global alarm."""
+        settings = self.settings
+        minute_key = keys.fail_rate(int(time.time()) // 60)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(fails_key)
+            pipe.expire(fails_key, settings.redeem_fail_window_seconds, nx=True)
+            pipe.incr(minute_key)
+            pipe.expire(minute_key, keys.FAIL_RATE_TTL_SECONDS, nx=True)
+            pipe.hincrby(keys.STATS, "redeems_failed", 1)
+            _, _, in_minute, _, _ = await pipe.execute()
+        if int(in_minute) == settings.redeem_fail_alarm_per_minute + 1:
+            # exactly one process sees the threshold crossed, so one alarm a minute
+            await self.redis.hincrby(keys.STATS, "redeem_fail_alarms", 1)
+            logger.error(
+                "ALARM: more than %d failed redeems in the last minute across all "
+                "addresses: someone may be guessing codes",
+                settings.redeem_fail_alarm_per_minute,
+            )
+
+    # -- tokens -----------------------------------------------------------
+
+    async def token_user(self, token: str) -> User | None:
+        """The user an access token belongs to, or None if it is not live."""
+        try:
+            record = await self.redis.get(keys.token(self._hash("token", token)))
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        if record is None:
+            return None
+        return public_user(json.loads(record)["user"])
+
+    async def revoke_token(self, token: str) -> bool:
+        """End one access token; False if it was not live."""
+        token_hash = self._hash("token", token)
+        try:
+            record = await self.redis.getdel(keys.token(token_hash))
+            if record is None:
+                return False
+            uid = int(json.loads(record)["user"]["id"])
+            await self.redis.zrem(keys.user_tokens(uid), token_hash)
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        return True
+
+    async def revoke_user(self, user_id: int) -> int:
+        """End every access token of a user and void the user's code; how many tokens ended."""
+        try:
+            current, *token_hashes = await self._revoke_user(
+                keys=[keys.user_tokens(user_id), keys.user_code(user_id)], args=[_now_ms()]
+            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for token_hash in token_hashes:
+                    pipe.delete(keys.token(token_hash))
+                if current:
+                    pipe.delete(keys.code(current))
+                results = await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        return sum(int(n) for n in results[: len(token_hashes)])
+
+    # -- bot identity and counters ------------------------------------------
+
+    async def publish_bot_username(self, username: str) -> None:
+        try:
+            await self.redis.set(keys.BOT_USERNAME, username)
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    async def bot_username(self) -> str | None:
+        if self.settings.telegram_bot_username:
+            return self.settings.telegram_bot_username
+        try:
+            name = await self.redis.get(keys.BOT_USERNAME)
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        return None if name is None else str(name)
+
+    async def counters(self) -> dict[str, int]:
+        """Product counters shared by every process (for /metrics)."""
+        try:
+            raw = await self.redis.hgetall(keys.STATS)
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        return {str(name): int(value) for name, value in raw.items()}
