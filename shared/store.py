@@ -75,8 +75,11 @@ def _script(name: str) -> str:
 
 def connect(settings: Settings) -> aioredis.Redis:
     """A client for REDIS_URL that fails fast when Redis is down and reconnects after."""
-    return aioredis.Redis.from_url(
+    # a blocking pool queues a burst of requests instead of failing them
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=64,
+        timeout=5,
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
@@ -84,6 +87,7 @@ def connect(settings: Settings) -> aioredis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def public_user(user: User) -> User:

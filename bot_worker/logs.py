@@ -1,0 +1,54 @@
+"""Logging for the bot worker: stdout, %-style, and never the bot token.
+
+The Bot API puts the token in every URL, so httpx and httpcore (which log
+request URLs) are held at WARNING, and a filter on the handler blanks the
+token out of anything that still mentions it, tracebacks included.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from telegram.error import InvalidToken
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REDACTED = "<bot token>"
+
+
+class RedactToken(logging.Filter):
+    """Replace the token in a record's message and traceback; drop InvalidToken
+    tracebacks, which the entry point reports in one line of its own."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self._token = token
+        self._formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InvalidToken):
+            return False
+        if not self._token:
+            return True
+        message = record.getMessage()
+        if self._token in message:
+            record.msg, record.args = message.replace(self._token, REDACTED), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text and self._token in record.exc_text:
+            record.exc_text = record.exc_text.replace(self._token, REDACTED)
+        return True
+
+
+def valid_level(name: str) -> bool:
+    return isinstance(logging.getLevelName(name), int)
+
+
+def configure(level: str, token: str) -> None:
+    """Log `level` and up to stdout; quiet the HTTP client loggers."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(RedactToken(token))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,84 @@
+"""shared.settings: defaults, parsing, and one clear error per bad variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Secret, SettingsError, load_settings
+
+SECRET = "x" * 32
+
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = load_settings(env={"AUTH_SECRET": SECRET}, env_file="/nonexistent")
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.telegram_api_base_url == "https://api.telegram.org/bot"
+    assert (s.code_length, s.code_ttl_seconds, s.token_ttl_seconds) == (8, 300, 2592000)
+    assert (s.api_host, s.api_port, s.api_keys) == ("127.0.0.1", 8000, ())
+    assert (s.issue_limit, s.issue_window_seconds) == (5, 600)
+    assert (s.redeem_fail_limit, s.redeem_fail_window_seconds) == (10, 600)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"AUTH_SECRET": ""}, "AUTH_SECRET"),
+        ({"AUTH_SECRET": "short"}, "AUTH_SECRET"),
+        ({"REDIS_URL": "nope://x"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://:99999999"}, "REDIS_URL"),
+        ({"CODE_TTL_SECONDS": "abc"}, "CODE_TTL_SECONDS"),
+        ({"CODE_LENGTH": "5"}, "CODE_LENGTH"),
+        ({"CODE_LENGTH": "13"}, "CODE_LENGTH"),
+        ({"API_PORT": "http"}, "API_PORT"),
+        ({"API_KEYS": "shop:"}, "API_KEYS"),
+        ({"DEMO_PAGE": "maybe"}, "DEMO_PAGE"),
+        ({"TELEGRAM_API_BASE_URL": "ftp://x"}, "TELEGRAM_API_BASE_URL"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(env={"AUTH_SECRET": SECRET, **env}, env_file="/nonexistent")
+    assert error.value.variable == variable
+    assert str(error.value).startswith(variable)
+
+
+def test_bot_token_required_only_by_the_bot() -> None:
+    with pytest.raises(SettingsError, match="TELEGRAM_BOT_TOKEN"):
+        load_settings(env={"AUTH_SECRET": SECRET}, env_file="/nonexistent", require_bot_token=True)
+
+
+def test_port_wins_over_api_port() -> None:
+    s = load_settings(
+        env={"AUTH_SECRET": SECRET, "PORT": "5000", "API_PORT": "6000"}, env_file="/nonexistent"
+    )
+    assert s.api_port == 5000
+
+
+def test_named_and_bare_api_keys() -> None:
+    s = load_settings(
+        env={"AUTH_SECRET": SECRET, "API_KEYS": "shop.example:k1, k2"}, env_file="/nonexistent"
+    )
+    assert [c.name for c in s.api_keys] == ["shop.example", "client 2"]
+    client = s.client_for_key("k2")
+    assert client is not None and client.name == "client 2"
+    assert s.client_for_key("k3") is None
+
+
+def test_secrets_hidden_in_repr() -> None:
+    s = load_settings(
+        env={"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": "123:abc", "API_KEYS": "a:k1"},
+        env_file="/nonexistent",
+    )
+    text = repr(s)
+    assert SECRET not in text and "123:abc" not in text and "k1" not in text
+    assert repr(Secret("v")) == "Secret('**********')"
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"AUTH_SECRET={SECRET}\nCODE_LENGTH=6\nCODE_TTL_SECONDS=60\n")
+    s = load_settings(env={"CODE_TTL_SECONDS": "90"}, env_file=env_file)
+    assert (s.code_length, s.code_ttl_seconds) == (6, 90)

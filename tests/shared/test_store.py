@@ -1,0 +1,259 @@
+"""shared.store against a real Redis server: codes, redeem, tokens, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared import keys
+from shared.hashing import digest
+from shared.settings import Settings, load_settings
+from shared.store import InvalidCode, RateLimited, Store, Unavailable
+from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.redis import RedisServer
+
+SECRET = "s" * 40
+ANN = {"id": 1001, "username": "ann", "first_name": "Ann", "last_name": None, "language_code": "en"}
+
+
+def make_settings(redis_url: str, **env: str) -> Settings:
+    return load_settings(
+        env={"AUTH_SECRET": SECRET, "REDIS_URL": redis_url, **env}, env_file="/nonexistent"
+    )
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def _with_store(settings: Settings, body: object) -> object:
+    store = Store.from_settings(settings)
+    try:
+        return await body(store)  # type: ignore[operator]
+    finally:
+        await store.close()
+
+
+def with_store(settings: Settings, body: object) -> object:
+    return asyncio.run(_with_store(settings, body))
+
+
+def test_issue_then_redeem_once(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None and len(issued.code) == 8 and issued.code.isdigit()
+        spaced = f"{issued.code[:4]} - {issued.code[4:]}"
+        result = await store.redeem_code(spaced, "10.0.0.1")
+        assert result.user == ANN
+        assert result.access_token.startswith("tgl_")
+        assert await store.token_user(result.access_token) == ANN
+        with pytest.raises(InvalidCode):
+            await store.redeem_code(issued.code, "10.0.0.1")
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_new_code_voids_previous(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        first = await store.issue_code(ANN)
+        second = await store.issue_code(ANN)
+        assert first is not None and second is not None
+        with pytest.raises(InvalidCode):
+            await store.redeem_code(first.code, "10.0.0.1")
+        assert (await store.redeem_code(second.code, "10.0.0.1")).user["id"] == ANN["id"]
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_issue_limit_gives_wait_time(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        for _ in range(5):
+            assert await store.issue_code(ANN) is not None
+        with pytest.raises(RateLimited) as refused:
+            await store.issue_code(ANN)
+        assert 590 <= refused.value.retry_after <= 600
+        # another user is not affected
+        assert await store.issue_code({**ANN, "id": 1002}) is not None
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_redelivered_update_issues_no_second_code(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        assert await store.issue_code(ANN, update_id=77) is not None
+        assert await store.issue_code(ANN, update_id=77) is None
+        assert (await store.counters())["codes_issued"] == 1
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_failed_redeems_limit_the_address(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        for _ in range(3):
+            with pytest.raises(InvalidCode):
+                await store.redeem_code("00000000", "10.0.0.9")
+        with pytest.raises(RateLimited) as limited:
+            await store.redeem_code(issued.code, "10.0.0.9")
+        assert 1 <= limited.value.retry_after <= 60
+        # the code was not consumed by the refused attempt
+        assert (await store.redeem_code(issued.code, "10.0.0.10")).user["id"] == ANN["id"]
+        counters = await store.counters()
+        assert counters["redeems_failed"] == 3
+        assert counters["redeems_rate_limited"] == 1
+
+    with_store(
+        make_settings(redis_url, REDEEM_FAIL_LIMIT="3", REDEEM_FAIL_WINDOW_SECONDS="60"), body
+    )
+
+
+def test_expired_code_is_invalid(redis_url: str, redis_server: RedisServer) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        key = keys.code(digest(store.settings.auth_secret, "code", issued.code))
+        with redis_server.client() as client:
+            assert 0 < client.ttl(key) <= 300
+            client.delete(key)  # what expiry does
+        with pytest.raises(InvalidCode):
+            await store.redeem_code(issued.code, "10.0.0.1")
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_revoke_token_and_user(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        tokens = []
+        for _ in range(3):
+            issued = await store.issue_code(ANN)
+            assert issued is not None
+            tokens.append((await store.redeem_code(issued.code, "10.0.0.1")).access_token)
+        assert await store.revoke_token(tokens[0]) is True
+        assert await store.revoke_token(tokens[0]) is False
+        pending = await store.issue_code(ANN)
+        assert pending is not None
+        assert await store.revoke_user(ANN["id"]) == 2
+        assert [await store.token_user(t) for t in tokens] == [None, None, None]
+        with pytest.raises(InvalidCode):  # logout also voids the pending code
+            await store.redeem_code(pending.code, "10.0.0.1")
+        assert await store.revoke_user(ANN["id"]) == 0
+
+    with_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
+
+
+def test_concurrent_redeems_exactly_one_wins(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        outcomes = await asyncio.gather(
+            *(store.redeem_code(issued.code, f"10.1.{n // 250}.{n % 250}") for n in range(300)),
+            return_exceptions=True,
+        )
+        wins = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(wins) == 1
+        assert {type(o) for o in outcomes if o not in wins} == {InvalidCode}, [
+            o for o in outcomes if isinstance(o, Unavailable)
+        ][:3]
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_no_plain_code_or_token_in_redis(redis_url: str, redis_server: RedisServer) -> None:
+    secrets: list[str] = []
+
+    async def body(store: Store) -> None:
+        for uid in range(2000, 2010):
+            user = {**ANN, "id": uid}
+            issued = await store.issue_code(user)
+            assert issued is not None
+            token = (await store.redeem_code(issued.code, "10.0.0.1")).access_token
+            live = await store.issue_code(user)  # stays in Redis unredeemed
+            assert live is not None
+            secrets.extend([issued.code, live.code, token, token.removeprefix("tgl_")])
+        await store.publish_bot_username("some_bot")
+
+    with_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
+    text = redis_server.dump()
+    assert len(text.splitlines()) > 40  # codes, tokens, indexes are there ...
+    for secret in secrets:
+        assert secret not in text  # ... but never a code or token itself
+
+
+def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    server = RedisServer(port=free_port(), data_dir=tmp_path)
+    server.start()
+
+    async def body(store: Store) -> None:
+        assert await store.issue_code(ANN) is not None
+        server.stop()
+        with pytest.raises(Unavailable):
+            await store.issue_code(ANN)
+        with pytest.raises(Unavailable):
+            await store.redeem_code("12345678", "10.0.0.1")
+        with pytest.raises(Unavailable):
+            await store.ping()
+        server.start()
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        assert (await store.redeem_code(issued.code, "10.0.0.1")).user["id"] == ANN["id"]
+
+    try:
+        with_store(make_settings(server.url), body)
+    finally:
+        server.stop()
+
+
+# -- every multi-key operation stays in one hash slot ----------------------
+
+
+@pytest.fixture(scope="module")
+def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A cluster-mode server owning all 16384 slots: cross-slot operations fail
+    there exactly as they would on a real Redis Cluster."""
+    data = tmp_path_factory.mktemp("cluster")
+    server = RedisServer(
+        port=free_port(),
+        data_dir=data,
+        extra=(
+            "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+            "--cluster-config-file", str(data / "nodes.conf"),
+        ),
+    )
+    server.start()
+    with server.client() as client:
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_until(
+            lambda: "cluster_state:ok" in client.execute_command("CLUSTER", "INFO"),
+            what="cluster state ok",
+        )
+    yield server
+    server.stop()
+
+
+def test_cluster_node_rejects_cross_slot_scripts(cluster_node: RedisServer) -> None:
+    """The check below is real: a script touching two slots is refused."""
+    with cluster_node.client() as client, pytest.raises(redis.ResponseError, match="slot"):
+        client.eval("return redis.call('MGET', KEYS[1], KEYS[2])", 2, "{a}x", "{b}y")
+
+
+def test_all_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN, update_id=1)
+        assert issued is not None
+        again = await store.issue_code(ANN, update_id=2)
+        assert again is not None
+        redeemed = await store.redeem_code(again.code, "10.0.0.1")
+        with pytest.raises(InvalidCode):
+            await store.redeem_code(issued.code, "10.0.0.1")
+        assert await store.token_user(redeemed.access_token) == ANN
+        assert await store.revoke_token(redeemed.access_token)
+        assert await store.revoke_user(ANN["id"]) == 0
+        await store.publish_bot_username("b")
+        assert (await store.counters())["codes_issued"] == 2
+
+    with_store(make_settings(cluster_node.url, REDEEM_FAIL_LIMIT="100"), body)
