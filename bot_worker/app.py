@@ -118,10 +118,10 @@ async def _set_commands(application: BotApplication) -> None:
     """The command menu in English (the default) and Russian."""
     bot = application.bot
     try:
-        for lang, language_code in (("en", None), ("ru", "ru")):
+        for language_code in (None, "ru"):
+            menu = messages.commands(messages.lang_of(language_code))
             await bot.set_my_commands(
-                [BotCommand(name, text) for name, text in messages.commands(lang)],
-                language_code=language_code,
+                [BotCommand(name, text) for name, text in menu], language_code=language_code
             )
     except TelegramError as exc:  # a menu is a nicety; the bot works without one
         logger.warning("could not set the command menu: %s", exc)

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF002 - Russian text is Cyrillic on purpose
 """Every text a user sees from the bot, in English and Russian.
 
 Russian when the user's `language_code` starts with `ru`, English otherwise.
@@ -129,7 +130,10 @@ def private_only(lang: Lang, username: str) -> str:
             "Коды для входа выдаются только в личном чате. "
             f"Откройте чат с @{username} и отправьте /code."
         )
-    return f"Login codes are only given in a private chat. Open a chat with @{username} and send /code."
+    return (
+        "Login codes are only given in a private chat. "
+        f"Open a chat with @{username} and send /code."
+    )
 
 
 def open_private_chat_button(lang: Lang) -> str:

@@ -1,0 +1,58 @@
+"""`python -m bot_worker` with bad configuration: one line naming the variable, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.common import PYTHON, ROOT, base_env
+
+TOKEN = "123456:" + "A" * 35
+SECRET = "s" * 40
+
+
+def run_bot(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    # cwd is an empty temp dir, so no .env is read; PYTHONPATH finds the project
+    return subprocess.run(
+        [PYTHON, "-m", "bot_worker"],
+        env=base_env(PYTHONPATH=str(ROOT), **env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"AUTH_SECRET": SECRET}, "TELEGRAM_BOT_TOKEN"),
+        ({"AUTH_SECRET": "short", "TELEGRAM_BOT_TOKEN": TOKEN}, "AUTH_SECRET"),
+        ({"TELEGRAM_BOT_TOKEN": TOKEN}, "AUTH_SECRET"),
+        ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "CODE_LENGTH": "3"}, "CODE_LENGTH"),
+        ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "REDIS_URL": "http://x"},
+         "REDIS_URL"),
+        ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_variable(
+    env: dict[str, str], variable: str, tmp_path: Path
+) -> None:
+    result = run_bot(env, tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("bot_worker: configuration error: ")
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert TOKEN not in result.stderr + result.stdout
+
+
+def test_dotenv_in_working_directory_is_read(tmp_path: Path) -> None:
+    # the .env supplies the secret; the missing token is then what is reported
+    (tmp_path / ".env").write_text(f"AUTH_SECRET={SECRET}\n")
+    result = run_bot({}, tmp_path)
+    assert result.returncode == 2
+    assert "TELEGRAM_BOT_TOKEN" in result.stderr
