@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import unicodedata
 
 from shared.settings import Secret
 
@@ -30,8 +31,9 @@ def new_code(length: int) -> str:
 
 
 def normalize_code(raw: str) -> str:
-    """A typed code without the spaces and dashes people put in it."""
-    return _SEPARATORS.sub("", raw)
+    """A typed code without the spaces and dashes people put in it; full-width
+    and other compatibility digits become ASCII."""
+    return _SEPARATORS.sub("", unicodedata.normalize("NFKC", raw))
 
 
 def new_token() -> str:

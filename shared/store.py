@@ -185,18 +185,22 @@ class Store:
         fails_key = keys.redeem_fails(self._hash("addr", address))
         code = normalize_code(raw_code)
         try:
+            # Count the attempt before looking at the code, so a burst of
+            # concurrent guesses cannot all pass the check; a good code gives
+            # its attempt back below.
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(fails_key)
+                pipe.incr(fails_key)
+                pipe.expire(fails_key, settings.redeem_fail_window_seconds, nx=True)
                 pipe.pttl(fails_key)
-                fails, ttl = await pipe.execute()
-            if fails is not None and int(fails) >= settings.redeem_fail_limit:
+                attempts, _, ttl = await pipe.execute()
+            if int(attempts) > settings.redeem_fail_limit:
                 await self.redis.hincrby(keys.STATS, "redeems_rate_limited", 1)
                 raise RateLimited(_ceil_seconds(int(ttl)) if int(ttl) > 0 else 1)
             record = None
-            if code.isdigit() and len(code) == settings.code_length:
+            if code.isascii() and code.isdigit() and len(code) == settings.code_length:
                 record = await self.redis.getdel(keys.code(self._hash("code", code)))
             if record is None:
-                await self._count_failure(fails_key)
+                await self._count_failure()
                 raise InvalidCode
             user: User = json.loads(record)["user"]
             token = new_token()
@@ -214,6 +218,7 @@ class Store:
                 pipe.zremrangebyscore(tokens_key, "-inf", now)
                 pipe.expire(tokens_key, settings.token_ttl_seconds)
                 pipe.hincrby(keys.STATS, "codes_redeemed", 1)
+                pipe.decr(fails_key)
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
@@ -221,17 +226,15 @@ class Store:
             user=public_user(user), access_token=token, expires_in=settings.token_ttl_seconds
         )
 
-    async def _count_failure(self, fails_key: str) -> None:
-        """Count a failed redeem for its address and for the global alarm."""
+    async def _count_failure(self) -> None:
+        """Count a failed redeem for the global alarm (its address counted it already)."""
         settings = self.settings
         minute_key = keys.fail_rate(int(time.time()) // 60)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(fails_key)
-            pipe.expire(fails_key, settings.redeem_fail_window_seconds, nx=True)
             pipe.incr(minute_key)
             pipe.expire(minute_key, keys.FAIL_RATE_TTL_SECONDS, nx=True)
             pipe.hincrby(keys.STATS, "redeems_failed", 1)
-            _, _, in_minute, _, _ = await pipe.execute()
+            in_minute, _, _ = await pipe.execute()
         if int(in_minute) == settings.redeem_fail_alarm_per_minute + 1:
             # exactly one process sees the threshold crossed, so one alarm a minute
             await self.redis.hincrby(keys.STATS, "redeem_fail_alarms", 1)

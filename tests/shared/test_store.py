@@ -257,3 +257,25 @@ def test_all_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None
         assert (await store.counters())["codes_issued"] == 2
 
     with_store(make_settings(cluster_node.url, REDEEM_FAIL_LIMIT="100"), body)
+
+
+def test_full_width_digits_are_the_same_code(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        wide = "".join(chr(0xFF10 + int(d)) for d in issued.code)
+        assert (await store.redeem_code(wide, "10.0.0.1")).user["id"] == ANN["id"]
+
+    with_store(make_settings(redis_url), body)
+
+
+def test_concurrent_guesses_stop_at_the_limit(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        outcomes = await asyncio.gather(
+            *(store.redeem_code(f"{n:08d}", "10.0.0.7") for n in range(60)),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(o, InvalidCode) for o in outcomes) == 10
+        assert sum(isinstance(o, RateLimited) for o in outcomes) == 50
+
+    with_store(make_settings(redis_url), body)
