@@ -59,7 +59,8 @@ def _checked_entities(value: Any, length: int) -> list[Entity]:
 def _reply_to(call: Call, chat: Chat) -> JSON | None:
     reply = call.params.structured("reply_parameters")
     if isinstance(reply, dict):
-        message_id, lenient = reply.get("message_id"), bool(reply.get("allow_sending_without_reply"))
+        message_id = reply.get("message_id")
+        lenient = bool(reply.get("allow_sending_without_reply"))
     else:
         message_id = call.params.integer("reply_to_message_id")
         lenient = call.params.flag("allow_sending_without_reply")

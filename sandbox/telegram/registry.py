@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
@@ -54,11 +54,12 @@ class Described:
 
 
 Handler = Callable[[Call], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
 METHODS: dict[str, Handler] = {}
 
 
-def method(name: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
+def method(name: str) -> Callable[[H], H]:
+    def register(handler: H) -> H:
         METHODS[name.lower()] = handler
         return handler
 

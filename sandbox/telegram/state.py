@@ -191,10 +191,10 @@ class Sandbox:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait_for(self, condition: Callable[[], T], timeout: float) -> T:
-        """`condition()` once it is truthy, or its last value after `timeout` seconds."""
+    async def wait_for(self, condition: Callable[[], T], seconds: float) -> T:
+        """`condition()` once it is truthy, or its last value after `seconds`."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + seconds
         while True:
             event = self._event
             value = condition()
@@ -206,11 +206,15 @@ class Sandbox:
             except TimeoutError:
                 pass
 
-    def reset(self) -> None:
+    def close(self) -> None:
+        """End every long poll and webhook delivery now (the server is stopping)."""
         for bot in self.bots.values():
             bot.closed = True
             if bot.webhook and bot.webhook.task:
                 bot.webhook.task.cancel()
+        self.changed()
+
+    def reset(self) -> None:
+        self.close()
         self.bots.clear()
         self.last_bot = None
-        self.changed()

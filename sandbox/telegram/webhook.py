@@ -32,7 +32,9 @@ async def _deliver(sandbox: Sandbox, bot: Bot, hook: Webhook, client: httpx.Asyn
     headers = {SECRET_HEADER: hook.secret_token} if hook.secret_token else {}
     while bot.webhook is hook and not bot.closed:
         if not bot.updates:
-            await sandbox.wait_for(lambda: bot.updates or bot.webhook is not hook, 30)
+            await sandbox.wait_for(
+                lambda: bot.updates or bot.webhook is not hook or bot.closed, 30
+            )
             continue
         update = bot.updates[0]
         error = await _post(client, hook.url, update, headers)

@@ -1,0 +1,72 @@
+"""`python -m sandbox.telegram --port N`: run the Telegram Bot API sandbox on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from sandbox.telegram.app import create_app
+
+GRACEFUL_SHUTDOWN = 3  # seconds open requests get to finish once a stop is asked for
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox.telegram", description="A local stand-in for the Telegram Bot API."
+    )
+    parser.add_argument("--port", type=int, default=None,
+                        help="port to listen on (env SANDBOX_PORT, default 8081)")
+    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "localhost"],
+                        help="loopback address to bind (the sandbox never binds elsewhere)")
+    parser.add_argument("--bot-username", default=None,
+                        help="username every bot reports (default sandbox<id>_bot)")
+    args = parser.parse_args(argv)
+    if args.port is None:
+        raw = os.environ.get("SANDBOX_PORT", "8081")
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            parser.error(f"SANDBOX_PORT must be a port number, got {raw!r}")
+        args.port = int(raw)
+    return args
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the sandbox's long polls as soon as it is told to stop,
+    so that shutdown does not wait for a 50-second getUpdates."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.sandbox_app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        loop: asyncio.AbstractEventLoop | None = getattr(self.sandbox_app.state, "loop", None)
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.sandbox_app.state.sandbox.close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = create_app(bot_username=args.bot_username)
+    base = f"http://{args.host}:{args.port}"
+    print(f"sandbox: Telegram Bot API at {base}/bot , chat page at {base}/", flush=True)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                            access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)
+    server = _Server(config, app)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
