@@ -1,0 +1,1 @@
+"""The API worker: a Starlette app under uvicorn that redeems codes and answers for tokens."""

@@ -1,0 +1,87 @@
+"""The Starlette application: routes by resource, the error model, the store's lifecycle.
+
+`create_app(settings)` builds the app; the module-level `app` (for
+`uvicorn api_worker.app:app`) loads settings from the environment when
+uvicorn starts it, and fails that start with one line on a bad setting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.types import Receive, Scope, Send
+
+from api_worker import codes, openapi, ops, tokens
+from api_worker.auth import warn_if_open
+from api_worker.errors import EXCEPTION_HANDLERS, CatchAll
+from api_worker.metrics import RequestTimer
+from shared.settings import Settings, SettingsError, load_settings
+from shared.store import Store, Unavailable
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    warn_if_open(settings)
+    store = Store.from_settings(settings)
+    app.state.store = store
+    try:
+        try:
+            await store.ping()
+        except Unavailable as exc:
+            # not a startup failure: requests get 503 until Redis is back
+            logger.warning("Redis is unreachable at start (%s); answering 503 until it is", exc)
+        logger.info("API worker started")
+        yield
+    finally:
+        await store.close()
+        logger.info("API worker stopped")
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The API app for `settings` (default: loaded from the environment and `.env`)."""
+    app = Starlette(
+        routes=[*codes.routes, *tokens.routes, *ops.routes, *openapi.routes],
+        middleware=[Middleware(RequestTimer), Middleware(CatchAll)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings if settings is not None else load_settings()
+    return app
+
+
+class _FromEnvironment:
+    """An ASGI app that builds the real one from the environment at lifespan start.
+
+    Importing this module never reads settings; a bad setting fails uvicorn's
+    startup with one line naming the variable instead of an import traceback.
+    """
+
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            try:
+                self._app = create_app()
+            except SettingsError as exc:
+                if scope["type"] != "lifespan":
+                    raise
+                await receive()  # lifespan.startup
+                await send(
+                    {
+                        "type": "lifespan.startup.failed",
+                        "message": f"api_worker: configuration error: {exc}",
+                    }
+                )
+                return
+        await self._app(scope, receive, send)
+
+
+app = _FromEnvironment()

@@ -1,0 +1,59 @@
+"""Who is calling: the API client (X-API-Key) and the user (a bearer access token)."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+
+from api_worker import context
+from api_worker.errors import InvalidToken, Unauthorized
+from shared.settings import ApiClient, Settings
+
+logger = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+# longer than any token we issue by far; anything longer is not worth a Redis lookup
+_MAX_TOKEN_LENGTH = 256
+
+
+def warn_if_open(settings: Settings) -> None:
+    if not settings.api_keys:
+        logger.warning(
+            "API_KEYS is empty: the API is open, anyone who can reach it may redeem codes"
+        )
+
+
+def require_client(request: Request) -> ApiClient | None:
+    """The calling API client; None when the API is open (no API_KEYS)."""
+    settings = context.settings(request)
+    if not settings.api_keys:
+        return None
+    key = request.headers.get(API_KEY_HEADER)
+    if not key:
+        raise Unauthorized(f"The {API_KEY_HEADER} header is required.")
+    client = settings.client_for_key(key)
+    if client is None:
+        raise Unauthorized(f"The {API_KEY_HEADER} header does not hold a valid API key.")
+    return client
+
+
+def bearer_token(request: Request) -> str:
+    """The access token of `Authorization: Bearer <token>`; InvalidToken otherwise."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise InvalidToken(
+            "The Authorization header with a bearer access token is required.",
+            {"WWW-Authenticate": "Bearer"},
+        )
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or len(token) > _MAX_TOKEN_LENGTH:
+        raise invalid_token("The Authorization header must be 'Bearer <access token>'.")
+    return token
+
+
+def invalid_token(
+    message: str = "The access token is unknown, expired or revoked.",
+) -> InvalidToken:
+    return InvalidToken(message, {"WWW-Authenticate": 'Bearer error="invalid_token"'})

@@ -1,0 +1,130 @@
+"""Prometheus metrics: product counters from Redis, request latency per process.
+
+The product counters (codes issued, redeemed, ...) live in one Redis hash
+that every process, the bot's included, increments; each scrape reads it, so
+any API process shows the totals of all. Request latency is per process; when
+PROMETHEUS_MULTIPROC_DIR is set (several API processes on one socket), each
+process writes its histogram there and every scrape sums all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api_worker import context
+from api_worker.routes import route_label
+from shared.store import Unavailable
+
+REQUEST_DURATION = Histogram(
+    "tglogin_http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template, method and status.",
+    ("route", "method", "status"),
+    # a redeem takes about a millisecond; the upper buckets catch Redis trouble
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+# field of the shared Redis counters hash -> (metric name without _total, help)
+COUNTERS = {
+    "codes_issued": ("tglogin_codes_issued", "Codes the bot issued."),
+    "codes_redeemed": ("tglogin_codes_redeemed", "Codes redeemed for an access token."),
+    "redeems_failed": (
+        "tglogin_redeems_failed",
+        "Redeems of an unknown, expired or used code.",
+    ),
+    "redeems_rate_limited": (
+        "tglogin_redeems_rate_limited",
+        "Redeems refused because their address failed too often.",
+    ),
+    "codes_issue_limited": (
+        "tglogin_code_issues_limited",
+        "Code requests refused because the user asked too often.",
+    ),
+    "redeem_fail_alarms": (
+        "tglogin_redeem_fail_alarms",
+        "Minutes in which failed redeems of all addresses passed the alarm threshold.",
+    ),
+}
+
+
+class _Scrape:
+    """One scrape: this process's (or all processes') metrics and a Redis snapshot."""
+
+    def __init__(self, local: Collector, counters: dict[str, int] | None) -> None:
+        self._local = local
+        self._counters = counters
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._local.collect()
+        yield GaugeMetricFamily(
+            "tglogin_redis_up",
+            "1 when Redis answered this scrape, else 0 (and the product counters are absent).",
+            value=0 if self._counters is None else 1,
+        )
+        if self._counters is None:
+            return
+        for field, (name, documentation) in COUNTERS.items():
+            yield CounterMetricFamily(name, documentation, value=self._counters.get(field, 0))
+
+
+def _local_collector() -> Collector:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+async def endpoint(request: Request) -> Response:
+    try:
+        counters: dict[str, int] | None = await context.store(request).counters()
+    except Unavailable:
+        counters = None
+    body = generate_latest(_Scrape(_local_collector(), counters))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class RequestTimer:
+    """ASGI middleware observing every HTTP request's duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def _send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            REQUEST_DURATION.labels(route_label(scope), method, str(status)).observe(
+                time.perf_counter() - start
+            )

@@ -1,0 +1,237 @@
+"""GET /openapi.json: an OpenAPI 3.1 description of every endpoint.
+
+A static document: the endpoints are few and their contract is fixed. New
+endpoints (the deep-link `/v1/login-requests`) add their entry to `PATHS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+Json = dict[str, Any]
+
+
+def _ref(kind: str, name: str) -> Json:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema: Json) -> Json:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str, code: str, headers: Json | None = None) -> Json:
+    response: Json = {
+        "description": description,
+        "content": _json(
+            {
+                "allOf": [
+                    _ref("schemas", "Error"),
+                    {"properties": {"error": {"const": code}}},
+                ]
+            }
+        ),
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_STATUS_OK = {"description": "OK", "content": _json(_ref("schemas", "Status"))}
+_API_KEY: list[Json] = [{"ApiKey": []}]
+_BEARER: list[Json] = [{"ApiKey": [], "Bearer": []}]
+
+RESPONSES: Json = {
+    "InvalidRequest": _error(
+        "The body is not a JSON object with a string `code`.", "invalid_request"
+    ),
+    "InvalidCode": _error(
+        "The code is unknown, expired or already used (indistinguishable on purpose).",
+        "invalid_code",
+    ),
+    "Unauthorized": _error("API_KEYS is set and X-API-Key is missing or wrong.", "unauthorized"),
+    "InvalidToken": _error(
+        "The bearer token is missing, malformed, unknown, expired or revoked "
+        "(or, when API_KEYS is set, `unauthorized`: the API key is missing or wrong).",
+        "invalid_token",
+        {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer ...`"}},
+    ),
+    "TooLarge": _error("The request body is larger than 4096 bytes.", "too_large"),
+    "RateLimited": _error(
+        "Too many failed redeems from this client address; wait `Retry-After` seconds.",
+        "rate_limited",
+        {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+    ),
+    "Unavailable": _error("Redis cannot be reached; try again shortly.", "unavailable"),
+    "Internal": _error("An unexpected error; it is logged.", "internal"),
+}
+
+SCHEMAS: Json = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Status": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"const": "ok"}},
+    },
+    "User": {
+        "type": "object",
+        "required": ["id", "username", "first_name", "last_name", "language_code"],
+        "properties": {
+            "id": {"type": "integer", "description": "Telegram user id"},
+            "username": {"type": ["string", "null"]},
+            "first_name": {"type": "string"},
+            "last_name": {"type": ["string", "null"]},
+            "language_code": {"type": ["string", "null"]},
+        },
+    },
+    "RedeemRequest": {
+        "type": "object",
+        "required": ["code"],
+        "properties": {
+            "code": {
+                "type": "string",
+                "description": "The code from the bot; spaces and dashes are ignored.",
+                "examples": ["1234 5678"],
+            }
+        },
+    },
+    "Redemption": {
+        "type": "object",
+        "required": ["user", "access_token", "token_type", "expires_in"],
+        "properties": {
+            "user": _ref("schemas", "User"),
+            "access_token": {"type": "string"},
+            "token_type": {"const": "Bearer"},
+            "expires_in": {"type": "integer", "description": "seconds"},
+        },
+    },
+    "Me": {
+        "type": "object",
+        "required": ["user"],
+        "properties": {"user": _ref("schemas", "User")},
+    },
+}
+
+PATHS: Json = {
+    "/v1/codes/redeem": {
+        "post": {
+            "summary": "Redeem a code from the bot, once, for the user and an access token",
+            "operationId": "redeemCode",
+            "security": _API_KEY,
+            "requestBody": {"required": True, "content": _json(_ref("schemas", "RedeemRequest"))},
+            "responses": {
+                "200": {"description": "Redeemed", "content": _json(_ref("schemas", "Redemption"))},
+                "400": {
+                    "description": "`invalid_request` or `invalid_code`",
+                    "content": _json(_ref("schemas", "Error")),
+                },
+                "401": _ref("responses", "Unauthorized"),
+                "413": _ref("responses", "TooLarge"),
+                "429": _ref("responses", "RateLimited"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/v1/me": {
+        "get": {
+            "summary": "The user an access token belongs to",
+            "operationId": "getMe",
+            "security": _BEARER,
+            "responses": {
+                "200": {"description": "The user", "content": _json(_ref("schemas", "Me"))},
+                "401": _ref("responses", "InvalidToken"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/v1/tokens/revoke": {
+        "post": {
+            "summary": "End the access token given as the bearer token",
+            "operationId": "revokeToken",
+            "security": _BEARER,
+            "responses": {
+                "204": {"description": "Revoked"},
+                "401": _ref("responses", "InvalidToken"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "Liveness: the process serves requests",
+            "operationId": "healthz",
+            "security": [],
+            "responses": {"200": _STATUS_OK},
+        }
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Readiness: Redis answers",
+            "operationId": "readyz",
+            "security": [],
+            "responses": {"200": _STATUS_OK, "503": _ref("responses", "Unavailable")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "operationId": "metrics",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/openapi.json": {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "security": [],
+            "responses": {
+                "200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}
+            },
+        }
+    },
+}
+
+DOCUMENT: Json = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "tglogin",
+        "version": "0.1.0",
+        "description": (
+            "Log in with a one-time code from a Telegram bot. Every error body is "
+            '{"error": "<code>", "message": "<text>"}. When the server sets API_KEYS, '
+            "every /v1/* call needs the X-API-Key header."
+        ),
+    },
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "responses": RESPONSES,
+        "securitySchemes": {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+        },
+    },
+}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(DOCUMENT)
+
+
+routes = [Route("/openapi.json", openapi, methods=["GET"])]

@@ -1,0 +1,37 @@
+"""GET /v1/me and POST /v1/tokens/revoke: what a bearer access token is good for."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api_worker import context
+from api_worker.auth import bearer_token, invalid_token, require_client
+from api_worker.codes import NO_STORE
+
+logger = logging.getLogger(__name__)
+
+
+async def me(request: Request) -> Response:
+    require_client(request)
+    user = await context.store(request).token_user(bearer_token(request))
+    if user is None:
+        raise invalid_token()
+    return JSONResponse({"user": user}, headers=NO_STORE)
+
+
+async def revoke(request: Request) -> Response:
+    require_client(request)
+    if not await context.store(request).revoke_token(bearer_token(request)):
+        raise invalid_token()
+    logger.info("access token revoked")
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/v1/me", me, methods=["GET"]),
+    Route("/v1/tokens/revoke", revoke, methods=["POST"]),
+]
