@@ -109,9 +109,9 @@ async def _post_shutdown(application: BotApplication) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await publisher
     store: Store | None = application.bot_data.pop(handlers.STORE, None)
-    if store is not None:
+    if store is not None:  # None when start-up failed before post_init
         await store.close()
-    logger.info("bot stopped")
+        logger.info("bot stopped")
 
 
 async def _set_commands(application: BotApplication) -> None:

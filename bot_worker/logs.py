@@ -10,15 +10,19 @@ from __future__ import annotations
 import logging
 import sys
 
-from telegram.error import InvalidToken
+from telegram.error import InvalidToken, NetworkError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "<bot token>"
 
 
 class RedactToken(logging.Filter):
-    """Replace the token in a record's message and traceback; drop InvalidToken
-    tracebacks, which the entry point reports in one line of its own."""
+    """Replace the token in a record's message and traceback.
+
+    Also keeps start-up failures to one line: the entry point reports a
+    rejected token or an unreachable Bot API itself, so python-telegram-bot's
+    tracebacks of those add nothing.
+    """
 
     def __init__(self, token: str) -> None:
         super().__init__()
@@ -26,8 +30,11 @@ class RedactToken(logging.Filter):
         self._formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], InvalidToken):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, InvalidToken):
             return False
+        if isinstance(error, NetworkError) and "Bootstrap" in record.getMessage():
+            record.exc_info = record.exc_text = None
         if not self._token:
             return True
         message = record.getMessage()

@@ -1,3 +1,6 @@
 pytest_plugins = [
     "tests.fixtures.redis",
+    "tests.fixtures.api",
+    "tests.fixtures.sandbox",
+    "tests.fixtures.bot",
 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.common import PYTHON, ROOT, base_env
+from tests.fixtures.sandbox import TelegramSandbox
 
 TOKEN = "123456:" + "A" * 35
 SECRET = "s" * 40
@@ -56,3 +57,20 @@ def test_dotenv_in_working_directory_is_read(tmp_path: Path) -> None:
     result = run_bot({}, tmp_path)
     assert result.returncode == 2
     assert "TELEGRAM_BOT_TOKEN" in result.stderr
+
+
+def test_token_the_bot_api_rejects_is_one_line_and_exit_2(
+    sandbox: TelegramSandbox, redis_url: str, tmp_path: Path
+) -> None:
+    bad = "123456:too-short"  # the sandbox answers 401 Unauthorized, as Telegram does
+    result = run_bot(
+        {"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": bad,
+         "TELEGRAM_API_BASE_URL": sandbox.api_base, "REDIS_URL": redis_url},
+        tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "bot_worker: configuration error: TELEGRAM_BOT_TOKEN was rejected by the Bot API"
+    ]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert bad not in result.stdout + result.stderr

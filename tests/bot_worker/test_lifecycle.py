@@ -1,0 +1,113 @@
+"""The bot process's life: start, publish its name, outlive Redis, stop on SIGTERM, keep secrets."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shared import keys
+from tests.fixtures.bot import ANN, IVAN, BotProcess, BotStarter, code_of
+from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.sandbox import TelegramSandbox
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of this test's own, which the test may stop and start again."""
+    server = RedisServer(port=free_port(), data_dir=tmp_path / "own-redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_username_is_published_at_start(bot: BotProcess, redis_server: RedisServer) -> None:
+    with redis_server.client() as client:
+        name = wait_until(lambda: client.get(keys.BOT_USERNAME), what="the bot username")
+    assert name == bot.username()
+
+
+def test_bot_outlives_redis_and_recovers_without_restart(
+    start_bot: BotStarter, own_redis: RedisServer
+) -> None:
+    bot = start_bot(redis_url=own_redis.url)
+    assert bot.proc is not None
+    pid = bot.proc.pid
+    assert re.fullmatch(r"\d{8}", code_of(bot.ask("/code", ANN)))
+
+    own_redis.stop()
+    down = bot.ask("/code", ANN)
+    assert "temporarily unavailable" in down["text"]
+    assert not re.search(r"\d{8}", down["text"])
+    assert "временно недоступен" in bot.ask("/code", IVAN)["text"]
+    assert "temporarily unavailable" in bot.ask("/logout", ANN)["text"]
+    assert bot.running()
+
+    own_redis.start()
+    assert re.fullmatch(r"\d{8}", code_of(bot.ask("/code", ANN)))
+    assert bot.running() and bot.proc.pid == pid
+    assert "Traceback" not in bot.output()
+
+
+def test_bot_starts_while_redis_is_down_and_publishes_once_it_is_up(
+    start_bot: BotStarter, own_redis: RedisServer
+) -> None:
+    own_redis.stop()
+    bot = start_bot(redis_url=own_redis.url)
+    assert "/code" in bot.ask("/help", ANN)["text"]
+    assert "temporarily unavailable" in bot.ask("/code", ANN)["text"]
+    own_redis.start()
+    with own_redis.client() as client:
+        name = wait_until(
+            lambda: client.get(keys.BOT_USERNAME), timeout=15, what="the bot username"
+        )
+    assert name == bot.username()
+    assert re.fullmatch(r"\d{8}", code_of(bot.ask("/code", ANN)))
+    assert "Redis is unavailable" in bot.output()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_ends_the_bot_quickly_and_quietly(
+    bot: BotProcess, sig: signal.Signals
+) -> None:
+    bot.ask("/code", ANN)  # mid-poll, with a store connection open
+    assert bot.proc is not None
+    began = time.monotonic()
+    bot.proc.send_signal(sig)
+    try:
+        status = bot.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the bot did not stop within 10 s of {sig.name}:\n{bot.output()}")
+    assert time.monotonic() - began < 10
+    assert status == 0, bot.output()
+    assert "Traceback" not in bot.output()
+    assert "bot stopped" in bot.output()
+
+
+def test_token_never_appears_in_the_log(start_bot: BotStarter) -> None:
+    bot = start_bot(LOG_LEVEL="DEBUG")
+    bot.ask("/code", ANN)
+    bot.ask("/help", IVAN)
+    bot.stop()
+    output = bot.output()
+    assert "getUpdates" in output, "DEBUG logging should show the Bot API calls"
+    assert bot.token not in output
+    assert bot.token.split(":", 1)[1] not in output
+
+
+def test_a_failed_send_is_logged_and_the_bot_carries_on(
+    bot: BotProcess, sandbox: TelegramSandbox
+) -> None:
+    sandbox.fault("sendMessage", error_code=500, description="Internal Server Error",
+                  retry_after=None, token=bot.token)
+    # the code reply fails; the error handler logs it and tells the user to retry
+    assert "temporarily unavailable" in bot.ask("/code", ANN)["text"]
+    assert "error while handling an update" in bot.output()
+    assert re.fullmatch(r"\d{8}", code_of(bot.ask("/code", ANN)))
+    assert bot.running()
