@@ -59,6 +59,9 @@ def build_application(settings: Settings) -> BotApplication:
         Application.builder()
         .token(settings.telegram_bot_token.reveal())
         .base_url(settings.telegram_api_base_url)
+        # a second connection for getUpdates: on shutdown PTB confirms the fetched
+        # updates with one more call while the long poll may still hold the first
+        .get_updates_connection_pool_size(2)
         .post_init(_post_init)
         .post_shutdown(_post_shutdown)
         .build()

@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.sandbox",
     "tests.fixtures.bot",
+    "tests.fixtures.system",
 ]

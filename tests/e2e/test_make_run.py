@@ -1,0 +1,43 @@
+"""`make run` on a fresh copy with no Redis and no token, then Ctrl+C."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.fixtures.bot import ANN
+from tests.fixtures.common import ROOT, base_env, free_port, wait_until
+from tests.fixtures.system import System, project_copy, session_processes
+
+
+def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    project = project_copy(tmp_path / "tglogin")
+    assert not (project / ".env").exists()
+    env = base_env(API_PORT=str(free_port()), SANDBOX_PORT=str(free_port()))
+    system = System(project=project, env=env, log=tmp_path / "make-run.log")
+    # the test session's venv stands in for the one `make run` would create
+    system.start(["make", "--no-print-directory", "run", f"VENV={ROOT / '.venv'}"])
+    try:
+        output = system.output()
+        sandbox_url = f"http://127.0.0.1:{env['SANDBOX_PORT']}/"
+        assert f"chat with the bot (Telegram sandbox): {sandbox_url}" in output
+        assert f"API: http://127.0.0.1:{env['API_PORT']}/" in output
+        assert "AUTH_SECRET=" in (project / ".env").read_text()
+        assert (project / "var" / "redis" / "appendonlydir").is_dir()  # private Redis data
+        assert httpx.get(f"{system.api_url}/readyz").status_code == 200
+        assert httpx.get(system.sandbox.url).status_code == 200
+        assert system.redeem(system.new_code(ANN)).status_code == 200
+
+        assert system.proc is not None
+        pid = system.proc.pid
+        assert len(session_processes(pid)) >= 6  # make, launcher, supervisord, redis, sandbox, ...
+        started = time.monotonic()
+        system.interrupt()
+        system.proc.wait(10)
+        assert time.monotonic() - started < 10
+        wait_until(lambda: not session_processes(pid), timeout=1, what="no process left")
+    finally:
+        system.stop()
+    assert "Traceback" not in system.output()
