@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +18,10 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     assert not (project / ".env").exists()
     env = base_env(API_PORT=str(free_port()), SANDBOX_PORT=str(free_port()))
     system = System(project=project, env=env, log=tmp_path / "make-run.log")
-    # the test session's venv stands in for the one `make run` would create
+    # the test session's venv stands in for the one `make run` would create; its
+    # install stamp must look current, or make would reinstall it from the copy
+    stamp = (ROOT / ".venv" / ".installed").stat().st_mtime
+    os.utime(project / "pyproject.toml", (stamp - 1, stamp - 1))
     system.start(["make", "--no-print-directory", "run", f"VENV={ROOT / '.venv'}"])
     try:
         output = system.output()
