@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import uvicorn
+from starlette.applications import Starlette
 
 from api_worker.app import create_app
+from api_worker.waiters import Waiters
 from shared.settings import SettingsError, load_settings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,6 +35,7 @@ def log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": {"format": FORMAT}},
+        "filters": {"redact_paths": {"()": "api_worker.routes.RedactPaths"}},
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
@@ -43,12 +47,27 @@ def log_config(level: str) -> dict[str, Any]:
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
-            "uvicorn.access": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True, "filters": ["redact_paths"]},
             # the HTTP client loggers are held at WARNING in every tglogin process
             "httpx": {"level": "WARNING"},
             "httpcore": {"level": "WARNING"},
         },
     }
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which first lets held `?wait=` polls answer when it stops,
+    so a stop does not sit out the graceful-shutdown timeout on them."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        waiters: Waiters | None = getattr(self._app.state, "waiters", None)
+        if waiters is not None:
+            waiters.close()
+        await super().shutdown(sockets)
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -83,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
             Path(metrics_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             _fail(f"configuration error: PROMETHEUS_MULTIPROC_DIR cannot be created: {exc}", 2)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         fd=args.fd,
@@ -93,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=8,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, app)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful stop

@@ -36,10 +36,13 @@ async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-async def json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object; InvalidRequest for anything else."""
+async def json_object(request: Request, *, empty_is_object: bool = False) -> dict[str, Any]:
+    """The body as a JSON object; InvalidRequest for anything else. With
+    `empty_is_object`, no body at all counts as `{}`."""
     raw = await read_limited(request)
     if not raw.strip():
+        if empty_is_object:
+            return {}
         raise InvalidRequest("The request body must be a JSON object.")
     try:
         value = json.loads(raw)

@@ -6,6 +6,8 @@ from typing import cast
 
 from starlette.requests import Request
 
+from api_worker.waiters import Waiters
+from shared.logins import Logins
 from shared.settings import Settings
 from shared.store import Store
 
@@ -16,6 +18,14 @@ def settings(request: Request) -> Settings:
 
 def store(request: Request) -> Store:
     return cast(Store, request.app.state.store)
+
+
+def logins(request: Request) -> Logins:
+    return cast(Logins, request.app.state.logins)
+
+
+def waiters(request: Request) -> Waiters:
+    return cast(Waiters, request.app.state.waiters)
 
 
 def client_address(request: Request) -> str:

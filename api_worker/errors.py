@@ -55,6 +55,14 @@ class TooLarge(ApiError):
     status, error = 413, "too_large"
 
 
+class TooManyRequests(ApiError):
+    status, error = 429, "rate_limited"
+
+
+class ServiceUnavailable(ApiError):
+    status, error = 503, "unavailable"
+
+
 def error_response(
     status: int, error: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:

@@ -59,6 +59,18 @@ COUNTERS = {
         "tglogin_redeem_fail_alarms",
         "Minutes in which failed redeems of all addresses passed the alarm threshold.",
     ),
+    "login_requests_created": (
+        "tglogin_login_requests_created",
+        "Deep-link login requests created.",
+    ),
+    "login_requests_approved": (
+        "tglogin_login_requests_approved",
+        "Deep-link login requests a user approved in the bot.",
+    ),
+    "login_requests_denied": (
+        "tglogin_login_requests_denied",
+        "Deep-link login requests a user denied in the bot.",
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """GET /openapi.json: an OpenAPI 3.1 description of every endpoint.
 
 A static document: the endpoints are few and their contract is fixed. New
-endpoints (the deep-link `/v1/login-requests`) add their entry to `PATHS`.
+endpoints add their entry to `PATHS`.
 """
 
 from __future__ import annotations
@@ -66,6 +66,27 @@ RESPONSES: Json = {
         {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
     ),
     "Unavailable": _error("Redis cannot be reached; try again shortly.", "unavailable"),
+    "InvalidLoginRequest": _error(
+        'The body is not `{}` or `{"state": "<at most 128 characters>"}`.', "invalid_request"
+    ),
+    "LoginRateLimited": _error(
+        "Too many login requests from this client address (LOGIN_REQUEST_LIMIT per "
+        "LOGIN_REQUEST_WINDOW_SECONDS); wait `Retry-After` seconds.",
+        "rate_limited",
+        {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+    ),
+    "LoginUnavailable": _error(
+        "Redis cannot be reached, or no bot has published its username yet (and "
+        "TELEGRAM_BOT_USERNAME is unset), so there is no deep link to give; the message says "
+        "which.",
+        "unavailable",
+    ),
+    "InvalidWait": _error("`wait` is not a whole number from 0 to 30.", "invalid_request"),
+    "LoginNotFound": _error(
+        "No such login request for this client: unknown, expired, another client's, or its "
+        "approval was already delivered.",
+        "not_found",
+    ),
     "Internal": _error("An unexpected error; it is logged.", "internal"),
 }
 
@@ -117,6 +138,68 @@ SCHEMAS: Json = {
         "required": ["user"],
         "properties": {"user": _ref("schemas", "User")},
     },
+    "LoginRequestCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "state": {
+                "type": "string",
+                "maxLength": 128,
+                "description": "Handed back with the approval, e.g. to tie it to a session.",
+            }
+        },
+    },
+    "LoginRequest": {
+        "type": "object",
+        "required": ["id", "deep_link", "start_command", "expires_in"],
+        "properties": {
+            "id": {
+                "type": "string",
+                "description": "What you poll with. Keep it on your server; it is not in the link.",
+            },
+            "deep_link": {
+                "type": "string",
+                "description": "Send the user here: https://t.me/<bot>?start=<payload>",
+            },
+            "start_command": {
+                "type": "string",
+                "description": "The same as a message to type to the bot: /start <payload>",
+            },
+            "expires_in": {"type": "integer", "description": "seconds until it expires"},
+        },
+    },
+    "LoginStatus": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["status", "expires_in"],
+                "properties": {
+                    "status": {"const": "pending"},
+                    "expires_in": {"type": "integer", "description": "seconds"},
+                },
+            },
+            {
+                "type": "object",
+                "description": "Given once; the request is gone afterwards (404).",
+                "required": [
+                    "status", "user", "access_token", "token_type", "expires_in", "state"
+                ],
+                "properties": {
+                    "status": {"const": "approved"},
+                    "user": _ref("schemas", "User"),
+                    "access_token": {"type": "string"},
+                    "token_type": {"const": "Bearer"},
+                    "expires_in": {"type": "integer", "description": "token lifetime, seconds"},
+                    "state": {"type": ["string", "null"]},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"const": "denied"}},
+            },
+        ]
+    },
 }
 
 PATHS: Json = {
@@ -161,6 +244,63 @@ PATHS: Json = {
             "responses": {
                 "204": {"description": "Revoked"},
                 "401": _ref("responses", "InvalidToken"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/v1/login-requests": {
+        "post": {
+            "summary": "Start a deep-link login: a link that opens the bot, and an id to poll",
+            "operationId": "createLoginRequest",
+            "security": _API_KEY,
+            "requestBody": {
+                "required": False,
+                "content": _json(_ref("schemas", "LoginRequestCreate")),
+            },
+            "responses": {
+                "201": {
+                    "description": "Created",
+                    "content": _json(_ref("schemas", "LoginRequest")),
+                },
+                "400": _ref("responses", "InvalidLoginRequest"),
+                "401": _ref("responses", "Unauthorized"),
+                "413": _ref("responses", "TooLarge"),
+                "429": _ref("responses", "LoginRateLimited"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "LoginUnavailable"),
+            },
+        }
+    },
+    "/v1/login-requests/{id}": {
+        "get": {
+            "summary": "The status of a deep-link login; with `wait`, held until it changes",
+            "operationId": "getLoginRequest",
+            "security": _API_KEY,
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The `id` from creating the request (not the link payload).",
+                },
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0},
+                    "description": "Seconds to hold the answer while the request is pending.",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "pending, approved (once) or denied",
+                    "content": _json(_ref("schemas", "LoginStatus")),
+                },
+                "400": _ref("responses", "InvalidWait"),
+                "401": _ref("responses", "Unauthorized"),
+                "404": _ref("responses", "LoginNotFound"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),
             },
@@ -213,7 +353,8 @@ DOCUMENT: Json = {
         "title": "tglogin",
         "version": "0.1.0",
         "description": (
-            "Log in with a one-time code from a Telegram bot. Every error body is "
+            "Log in with a one-time code from a Telegram bot, or with a deep link the user "
+            "approves in the bot. Every error body is "
             '{"error": "<code>", "message": "<text>"}. When the server sets API_KEYS, '
             "every /v1/* call needs the X-API-Key header."
         ),

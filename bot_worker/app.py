@@ -17,6 +17,7 @@ from telegram import BotCommand, Update
 from telegram.error import TelegramError
 from telegram.ext import (
     Application,
+    CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
     ExtBot,
@@ -26,6 +27,7 @@ from telegram.ext import (
 )
 
 from bot_worker import handlers, messages
+from shared.logins import Logins
 from shared.settings import Settings
 from shared.store import Store, Unavailable
 
@@ -78,6 +80,10 @@ def add_handlers(application: BotApplication) -> None:
     application.add_handler(CommandHandler("code", handlers.code, filters=_PRIVATE))
     application.add_handler(CommandHandler("logout", handlers.logout, filters=_PRIVATE))
     application.add_handler(CommandHandler("help", handlers.help_command, filters=_PRIVATE))
+    # Approve / Deny under a deep-link login prompt (the handler refuses outside private chats)
+    application.add_handler(
+        CallbackQueryHandler(handlers.login_decision, pattern=handlers.LOGIN_CALLBACKS)
+    )
     # anything else a user says to the bot, unknown commands included
     application.add_handler(MessageHandler(_PRIVATE & filters.TEXT, handlers.text_hint))
     application.add_error_handler(handlers.error)
@@ -97,6 +103,7 @@ async def _post_init(application: BotApplication) -> None:
     settings: Settings = application.bot_data[SETTINGS]
     store = Store.from_settings(settings)
     application.bot_data[handlers.STORE] = store
+    application.bot_data[handlers.LOGINS] = Logins(store)
     await _set_commands(application)
     username = settings.telegram_bot_username or application.bot.username
     logger.info("bot @%s started", application.bot.username)

@@ -1,4 +1,4 @@
-"""The bot's handlers: /start, /code, /logout, /help, and the hints around them.
+"""The bot's handlers: /start, /code, /logout, /help, deep-link logins and the hints.
 
 Handlers talk to Redis only through `shared.store.Store` (kept in
 `bot_data["store"]`) and take every text from `bot_worker.messages`.
@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from telegram import (
+    CallbackQuery,
     CopyTextButton,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -18,20 +19,32 @@ from telegram import (
     Update,
     User,
 )
+from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
 from bot_worker import messages
 from bot_worker.messages import Lang
+from shared.logins import Decision, Logins
 from shared.store import RateLimited, Store, Unavailable
 
 logger = logging.getLogger(__name__)
 
 STORE = "store"
+LOGINS = "logins"
+# callback_data of the Approve and Deny buttons: prefix + the deep-link payload (never
+# the request id, which only the API client knows); 3 + 22 bytes, within Telegram's 64
+APPROVE, DENY = "la:", "ld:"
+LOGIN_CALLBACKS = r"^l[ad]:"
 
 
 def _store(context: ContextTypes.DEFAULT_TYPE) -> Store:
     store: Store = context.bot_data[STORE]
     return store
+
+
+def _logins(context: ContextTypes.DEFAULT_TYPE) -> Logins:
+    logins: Logins = context.bot_data[LOGINS]
+    return logins
 
 
 def _lang(update: Update) -> Lang:
@@ -105,12 +118,77 @@ async def code(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def login_link(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """`/start <payload>`: deep-link logins are not served yet, so every link is unknown."""
+    """`/start <payload>`: ask the user to approve or deny that deep-link login."""
     found = _private(update)
     if found is None:
         return
     message, user = found
-    await message.reply_text(messages.unknown_login_link(messages.lang_of(user.language_code)))
+    lang = messages.lang_of(user.language_code)
+    payload = context.args[0] if context.args else ""
+    try:
+        prompt = await _logins(context).prompt(payload)
+    except Unavailable as exc:
+        logger.warning("cannot look up a login link, Redis is unavailable: %s", exc)
+        await message.reply_text(messages.unavailable(lang))
+        return
+    if prompt is None:
+        await message.reply_text(messages.unknown_login_link(lang))
+        return
+    if prompt.status != "pending":
+        await message.reply_text(messages.login_already_decided(lang, prompt.status == "approved"))
+        return
+    approve = InlineKeyboardButton(messages.approve_button(lang), callback_data=APPROVE + payload)
+    deny = InlineKeyboardButton(messages.deny_button(lang), callback_data=DENY + payload)
+    keyboard = InlineKeyboardMarkup([[approve, deny]])
+    await message.reply_text(
+        messages.login_prompt(lang, prompt.client_name), reply_markup=keyboard
+    )
+    logger.info("asked user %d to approve a login", user.id)
+
+
+def _outcome(lang: Lang, decision: Decision | None) -> str:
+    if decision is None:
+        return messages.login_expired(lang)
+    approved = decision.status == "approved"
+    if decision.outcome == "already":
+        return messages.login_already_decided(lang, approved)
+    if approved:
+        return messages.logged_in(lang, decision.client_name)
+    return messages.login_denied(lang, decision.client_name)
+
+
+async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A tap on Approve or Deny: the first decision counts; the message says what happened."""
+    query: CallbackQuery | None = update.callback_query
+    if query is None or query.data is None:
+        return
+    user = query.from_user
+    lang = messages.lang_of(user.language_code)
+    if query.message is None or query.message.chat.type != "private":
+        await query.answer(messages.login_private_only(lang, context.bot.username), show_alert=True)
+        return
+    approve = query.data.startswith(APPROVE)
+    payload = query.data[len(APPROVE) :]
+    try:
+        decision = await _logins(context).decide(payload, _user_record(user), approve)
+    except Unavailable as exc:
+        logger.warning("cannot decide a login, Redis is unavailable: %s", exc)
+        await query.answer(messages.unavailable(lang), show_alert=True)
+        return
+    text = _outcome(lang, decision)
+    await query.answer(text)
+    try:
+        await query.edit_message_text(text)  # no reply_markup: the buttons go
+    except BadRequest as exc:  # a redelivered tap finds the message already edited
+        if "not modified" not in str(exc).lower():
+            raise
+    if decision is not None:
+        logger.info(
+            "login %s by user %d (%s)",
+            decision.status,
+            user.id,
+            "decided" if decision.outcome == "decided" else "too late",
+        )
 
 
 async def logout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -159,9 +237,11 @@ async def not_private(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     button = InlineKeyboardButton(
         messages.open_private_chat_button(lang), url=f"https://t.me/{username}"
     )
-    await message.reply_text(
-        messages.private_only(lang, username), reply_markup=InlineKeyboardMarkup([[button]])
+    is_login_link = bool(context.args) and (message.text or "").startswith("/start")
+    text = (messages.login_private_only if is_login_link else messages.private_only)(
+        lang, username
     )
+    await message.reply_text(text, reply_markup=InlineKeyboardMarkup([[button]]))
 
 
 async def error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

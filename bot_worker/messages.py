@@ -124,6 +124,72 @@ def unknown_login_link(lang: Lang) -> str:
     )
 
 
+# -- deep-link login ------------------------------------------------------------------
+# `client` is the API client's name from API_KEYS; "" when the API is open, and
+# then the texts name no one ("a website", "сайт").
+
+
+def login_prompt(lang: Lang, client: str) -> str:
+    if lang == "ru":
+        where = f"в «{client}»" if client else "на сайт"
+        return (
+            f"Войти {where}?\n\n"
+            "Подтверждайте, только если вы сами только что начали вход. "
+            "Вход выполняется от имени вашего аккаунта Telegram."
+        )
+    return (
+        f"Log in to {client or 'a website'}?\n\n"
+        "Approve only if you started this login yourself just now. "
+        "You will be logged in with your Telegram account."
+    )
+
+
+def approve_button(lang: Lang) -> str:
+    return "Подтвердить" if lang == "ru" else "Approve"
+
+
+def deny_button(lang: Lang) -> str:
+    return "Отклонить" if lang == "ru" else "Deny"
+
+
+def logged_in(lang: Lang, client: str) -> str:
+    if lang == "ru":
+        return f"Вы вошли в «{client}»." if client else "Вы вошли на сайт."
+    return f"You are logged in to {client or 'the website'}."
+
+
+def login_denied(lang: Lang, client: str) -> str:
+    if lang == "ru":
+        return f"Вход в «{client}» отклонён." if client else "Вход на сайт отклонён."
+    return f"Login to {client or 'the website'} denied."
+
+
+def login_already_decided(lang: Lang, approved: bool) -> str:
+    if lang == "ru":
+        done = "подтверждён" if approved else "отклонён"
+        return f"Этот запрос на вход уже {done} — решение принято раньше."
+    done = "approved" if approved else "denied"
+    return f"This login request was already {done}; only the first answer counts."
+
+
+def login_expired(lang: Lang) -> str:
+    if lang == "ru":
+        return "Запрос на вход устарел. Вернитесь на сайт и начните вход заново."
+    return "This login request has expired. Go back to the website and start again."
+
+
+def login_private_only(lang: Lang, username: str) -> str:
+    if lang == "ru":
+        return (
+            "Вход по ссылке подтверждается только в личном чате. "
+            f"Откройте чат с @{username} и перейдите по ссылке ещё раз."
+        )
+    return (
+        "Logins by link are only approved in a private chat. "
+        f"Open a chat with @{username} and follow the link again."
+    )
+
+
 def private_only(lang: Lang, username: str) -> str:
     if lang == "ru":
         return (

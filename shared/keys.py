@@ -3,8 +3,8 @@
 Keys that a single operation touches together share a hash tag (`{...}`),
 so every multi-key script or transaction stays in one Cluster hash slot:
 everything about one Telegram user is tagged `{u<user id>}`.
-Codes, tokens and client addresses are never in a key in plain text; the
-code and token parts are keyed hashes (`shared.hashing.digest`).
+Codes, tokens, login ids, deep-link payloads and client addresses are never in
+a key in plain text; those parts are keyed hashes (`shared.hashing.digest`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ FAIL_RATE = PREFIX + "failrate:"
 STATS = PREFIX + "stats"
 # the bot's @username, published by every bot worker at start; no TTL
 BOT_USERNAME = PREFIX + "bot:username"
+# deep-link login request by poll-id hash -> hash {c: client key hash, n: client name,
+# s: state (absent when none), st: pending|approved|denied, u: user JSON, by: decider id};
+# TTL LOGIN_REQUEST_TTL_SECONDS from creation, set once more to it by the decision (the
+# result waits that long to be fetched); deleted when an approval is delivered
+LOGIN = PREFIX + "login:"
+# deep-link payload hash -> poll-id hash of its request; TTL LOGIN_REQUEST_TTL_SECONDS
+LOGIN_LINK = PREFIX + "login:link:"
+# per client address: login requests created in the current window;
+# TTL LOGIN_REQUEST_WINDOW_SECONDS
+LOGIN_CREATES = PREFIX + "login:creates:"
+# pub/sub channel (not a key): each message is the poll-id hash of a request just decided
+LOGIN_DECIDED = PREFIX + "login:decided"
 
 UPDATES_TTL_SECONDS = 86400
 FAIL_RATE_TTL_SECONDS = 120
@@ -70,3 +82,16 @@ def redeem_fails(address_hash: str) -> str:
 
 def fail_rate(unix_minute: int) -> str:
     return FAIL_RATE + str(unix_minute)
+
+
+def login(id_hash: str) -> str:
+    # tagged by its own hash, so any future companion key can share its slot
+    return f"{LOGIN}{{{id_hash}}}"
+
+
+def login_link(payload_hash: str) -> str:
+    return LOGIN_LINK + payload_hash
+
+
+def login_creates(address_hash: str) -> str:
+    return LOGIN_CREATES + address_hash

@@ -70,6 +70,9 @@ class Settings:
     code_ttl_seconds: int = 300
     token_ttl_seconds: int = 2592000
     login_request_ttl_seconds: int = 300
+    # deep-link login requests one client address may create in the window
+    login_request_limit: int = 60
+    login_request_window_seconds: int = 60
     api_keys: tuple[ApiClient, ...] = ()
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -196,6 +199,8 @@ def load_settings(
         code_ttl_seconds=_int(values, "CODE_TTL_SECONDS", 300, 10, 86400),
         token_ttl_seconds=_int(values, "TOKEN_TTL_SECONDS", 2592000, 60, 31536000),
         login_request_ttl_seconds=_int(values, "LOGIN_REQUEST_TTL_SECONDS", 300, 10, 3600),
+        login_request_limit=_int(values, "LOGIN_REQUEST_LIMIT", 60, 1, 1_000_000),
+        login_request_window_seconds=_int(values, "LOGIN_REQUEST_WINDOW_SECONDS", 60, 1, 86400),
         api_keys=_api_keys(values.get("API_KEYS", "")),
         api_host=values.get("API_HOST", "").strip() or "127.0.0.1",
         api_port=api_port,

@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -203,28 +204,37 @@ class Store:
                 await self._count_failure()
                 raise InvalidCode
             user: User = json.loads(record)["user"]
-            token = new_token()
-            token_hash = self._hash("token", token)
-            now = _now_ms()
-            expires = now + settings.token_ttl_seconds * 1000
-            tokens_key = keys.user_tokens(int(user["id"]))
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(
-                    keys.token(token_hash),
-                    json.dumps({"user": user, "exp": expires}, separators=(",", ":")),
-                    ex=settings.token_ttl_seconds,
-                )
-                pipe.zadd(tokens_key, {token_hash: expires})
-                pipe.zremrangebyscore(tokens_key, "-inf", now)
-                pipe.expire(tokens_key, settings.token_ttl_seconds)
+                redemption = self.queue_token(pipe, user)
                 pipe.hincrby(keys.STATS, "codes_redeemed", 1)
                 pipe.decr(fails_key)
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
-        return Redemption(
-            user=public_user(user), access_token=token, expires_in=settings.token_ttl_seconds
+        return redemption
+
+    def queue_token(self, pipe: Pipeline, user: User) -> Redemption:
+        """Queue on `pipe` the writes that issue a new access token for `user`.
+
+        The one way tokens come to be (a redeemed code, an approved deep-link
+        login), so /v1/me, revoke and /logout treat them all alike. The token
+        is live once the caller executes `pipe`.
+        """
+        ttl = self.settings.token_ttl_seconds
+        token = new_token()
+        token_hash = self._hash("token", token)
+        now = _now_ms()
+        expires = now + ttl * 1000
+        tokens_key = keys.user_tokens(int(user["id"]))
+        pipe.set(
+            keys.token(token_hash),
+            json.dumps({"user": user, "exp": expires}, separators=(",", ":")),
+            ex=ttl,
         )
+        pipe.zadd(tokens_key, {token_hash: expires})
+        pipe.zremrangebyscore(tokens_key, "-inf", now)
+        pipe.expire(tokens_key, ttl)
+        return Redemption(user=public_user(user), access_token=token, expires_in=ttl)
 
     async def _count_failure(self) -> None:
         """Count a failed redeem for the global alarm (its address counted it already)."""

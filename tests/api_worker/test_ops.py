@@ -65,6 +65,9 @@ def test_metrics_show_redis_counters_and_latency_by_route(
         "tglogin_redeems_rate_limited_total": 0,
         "tglogin_code_issues_limited_total": 0,
         "tglogin_redeem_fail_alarms_total": 0,
+        "tglogin_login_requests_created_total": 0,
+        "tglogin_login_requests_approved_total": 0,
+        "tglogin_login_requests_denied_total": 0,
         "tglogin_redis_up": 1,
     }
     for name, value in expected.items():
@@ -81,6 +84,8 @@ SPEC_RESPONSES = {
     ("/v1/codes/redeem", "post"): {"200", "400", "401", "413", "429", "503"},
     ("/v1/me", "get"): {"200", "401"},
     ("/v1/tokens/revoke", "post"): {"204", "401"},
+    ("/v1/login-requests", "post"): {"201", "400", "401", "413", "429", "503"},
+    ("/v1/login-requests/{id}", "get"): {"200", "400", "401", "404", "503"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/metrics", "get"): {"200"},
@@ -132,6 +137,16 @@ def test_openapi_documents_every_endpoint_and_response(client: TestClient) -> No
     assert body["required"] == ["code"]
     limited = _resolve(document, redeem["responses"]["429"])
     assert "Retry-After" in limited["headers"]
+    login = document["paths"]["/v1/login-requests/{id}"]["get"]
+    wait = next(p for p in login["parameters"] if p["name"] == "wait")
+    assert (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (0, 30)
+    create = document["paths"]["/v1/login-requests"]["post"]
+    assert "Retry-After" in _resolve(document, create["responses"]["429"])["headers"]
+    ok = login["responses"]["200"]["content"]["application/json"]["schema"]
+    statuses = _resolve(document, ok)
+    assert {s["properties"]["status"]["const"] for s in statuses["oneOf"]} == {
+        "pending", "approved", "denied"
+    }
     for ref in _refs(document):
         _resolve(document, {"$ref": ref})  # every reference points somewhere
 

@@ -11,7 +11,8 @@ import redis
 
 from shared import keys
 from shared.hashing import digest
-from shared.settings import Settings, load_settings
+from shared.logins import Logins
+from shared.settings import ApiClient, Secret, Settings, load_settings
 from shared.store import InvalidCode, RateLimited, Store, Unavailable
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.redis import RedisServer
@@ -176,12 +177,25 @@ def test_no_plain_code_or_token_in_redis(redis_url: str, redis_server: RedisServ
             assert live is not None
             secrets.extend([issued.code, live.code, token, token.removeprefix("tgl_")])
         await store.publish_bot_username("some_bot")
+        logins = Logins(store)
+        client = ApiClient(name="shop", key=Secret("shop-api-key-123"))
+        for n in range(6):
+            login = await logins.create(client, "state", "10.0.0.1")
+            secrets.extend([login.id, login.payload])
+            if n % 3:  # some pending, some approved and waiting, some delivered with a token
+                await logins.decide(login.payload, {**ANN, "id": 2100 + n}, approve=True)
+            if n % 3 == 2:
+                result = await logins.poll(login.id, client)
+                assert result is not None and result.redemption is not None
+                secrets.append(result.redemption.access_token)
+        secrets.append("shop-api-key-123")
 
     with_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
     text = redis_server.dump()
-    assert len(text.splitlines()) > 40  # codes, tokens, indexes are there ...
+    assert len(text.splitlines()) > 50  # codes, tokens, indexes, login requests are there ...
+    assert text.count(keys.LOGIN_LINK) == 6 and text.count(keys.LOGIN + "{") == 4
     for secret in secrets:
-        assert secret not in text  # ... but never a code or token itself
+        assert secret not in text  # ... but never a code, token, login id, payload or key
 
 
 def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
@@ -257,6 +271,24 @@ def test_all_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None
         assert (await store.counters())["codes_issued"] == 2
 
     with_store(make_settings(cluster_node.url, REDEEM_FAIL_LIMIT="100"), body)
+
+
+def test_login_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None:
+    async def body(store: Store) -> None:
+        await store.publish_bot_username("b")
+        logins = Logins(store)
+        for approve in (True, False):
+            login = await logins.create(None, "s", "10.0.0.1")
+            assert await logins.prompt(login.payload) is not None
+            decision = await logins.decide(login.payload, ANN, approve)
+            assert decision is not None and decision.outcome == "decided"
+            result = await logins.poll(login.id, None)
+            assert result is not None
+            assert result.status == ("approved" if approve else "denied")
+        counters = await store.counters()
+        assert counters["login_requests_approved"] == counters["login_requests_denied"] == 1
+
+    with_store(make_settings(cluster_node.url), body)
 
 
 def test_full_width_digits_are_the_same_code(redis_url: str) -> None:

@@ -1,0 +1,106 @@
+"""Waking waiting polls: one pub/sub listener per API process, one event per waiting request.
+
+`Waiters.run` is a task started in the app's lifespan. It keeps one Redis
+subscription to the "request decided" channel and sets the events of the
+requests waiting on each id hash it hears. Whenever the subscription is
+(re)established or lost it wakes every waiter, since a decision may have
+slipped through the gap; waiters then read the status again, which answers
+503 while Redis is down, and otherwise carry on waiting. It reconnects by
+itself, with a growing pause, and logs each failure.
+
+A waiter registers (`watch`) before it reads the status: a decision after
+the read sets its event, a decision before it shows in the read. Nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing
+
+from shared.store import Unavailable
+
+logger = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.1  # seconds before the first resubscribe attempt
+RETRY_MAX = 2.0
+
+Feed = Callable[[], AsyncGenerator[str | None, None]]
+
+
+class Waiters:
+    def __init__(self, feed: Feed) -> None:
+        self._feed = feed
+        self._events: dict[str, set[asyncio.Event]] = {}
+        self._closed = False
+        self.subscribed = False
+
+    @contextlib.contextmanager
+    def watch(self, id_hash: str) -> Iterator[asyncio.Event]:
+        """An event set when the request may have changed; registered for the block."""
+        event = asyncio.Event()
+        if self._closed:
+            event.set()  # shutting down: nobody waits any more
+        events = self._events.setdefault(id_hash, set())
+        events.add(event)
+        try:
+            yield event
+        finally:
+            events.discard(event)
+            if not events:
+                self._events.pop(id_hash, None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def waiting(self) -> int:
+        return sum(len(events) for events in self._events.values())
+
+    def _wake(self, id_hash: str) -> None:
+        for event in self._events.get(id_hash, ()):
+            event.set()
+
+    def wake_all(self) -> None:
+        for events in self._events.values():
+            for event in events:
+                event.set()
+
+    def close(self) -> None:
+        """Let every waiting request answer now, and later ones not wait (shutdown)."""
+        self._closed = True
+        self.wake_all()
+
+    async def run(self) -> None:
+        """Listen until cancelled, resubscribing after every loss."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                async with aclosing(self._feed()) as feed:
+                    async for id_hash in feed:
+                        if id_hash is None:
+                            self.subscribed = True
+                            delay = RETRY_FIRST
+                            logger.info("listening for login decisions")
+                            self.wake_all()  # anything before now: read it again
+                        else:
+                            self._wake(id_hash)
+            except Unavailable as exc:
+                logger.warning(
+                    "lost the login-decision subscription (%s); resubscribing in %.1f s",
+                    exc,
+                    delay,
+                )
+            except Exception:  # never let the listener die: held polls would sleep it out
+                logger.exception(
+                    "unexpected error in the login-decision listener; resubscribing in %.1f s",
+                    delay,
+                )
+            finally:
+                if self.subscribed:
+                    self.subscribed = False
+                    self.wake_all()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)

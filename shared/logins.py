@@ -1,0 +1,287 @@
+"""Deep-link login requests: created and polled by the API, decided in the bot.
+
+A request has two independent 128-bit random values: its `id`, which only
+the API client that created it knows and polls with, and the deep-link
+`payload`, which travels through the user's browser and Telegram. Redis holds
+neither, only their keyed hashes: the request under `login:{<id hash>}`, and a
+pointer from the payload's hash to the id hash. Knowing a link therefore says
+nothing about the id, and no way leads from a payload to the result.
+
+The bot decides with one atomic script (the first decision counts) that also
+publishes the id hash on `LOGIN_DECIDED`; `decisions()` is what API processes
+listen to so a waiting poll answers at once. Access tokens for approvals are
+issued by the API when it hands the approval out, with `Store.queue_token`,
+so Redis never holds a token in plain text here either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.hashing import digest, new_id
+from shared.settings import ApiClient, Settings
+from shared.store import RateLimited, Redemption, Store, Unavailable, User, public_user
+
+logger = logging.getLogger(__name__)
+
+# what new_id() makes, and what Telegram allows in a /start payload
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+
+Status = Literal["pending", "approved", "denied"]
+_STATUSES: dict[str, Status] = {"pending": "pending", "approved": "approved", "denied": "denied"}
+
+
+class NoBotUsername(Exception):
+    """No bot has published its username yet and TELEGRAM_BOT_USERNAME is unset."""
+
+
+@dataclass(frozen=True)
+class CreatedLogin:
+    id: str
+    payload: str
+    bot_username: str
+    expires_in: int
+
+    @property
+    def deep_link(self) -> str:
+        return f"https://t.me/{self.bot_username}?start={self.payload}"
+
+    @property
+    def start_command(self) -> str:
+        return f"/start {self.payload}"
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What the client learns: `expires_in` for pending; the rest for an approval."""
+
+    status: Status
+    expires_in: int | None = None
+    redemption: Redemption | None = None
+    state: str | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the bot shows for a payload: whom the login is for and where it stands."""
+
+    client_name: str  # "" when the API is open (no API_KEYS)
+    status: Status
+
+
+@dataclass(frozen=True)
+class Decision:
+    """`decided`: this tap decided it (as `status`); `already`: an earlier one did."""
+
+    outcome: Literal["decided", "already"]
+    status: Status
+    client_name: str
+
+
+def client_id(settings: Settings, client: ApiClient | None) -> str:
+    """Whose request it is: a keyed hash of the API key; "" when the API is open."""
+    if client is None:
+        return ""
+    return digest(settings.auth_secret, "client", client.key.reveal())[:32]
+
+
+def _ceil_seconds(ms: int) -> int:
+    return max(1, -(-ms // 1000))
+
+
+def _script(name: str) -> str:
+    return resources.files("shared").joinpath("lua", name).read_text()
+
+
+class Logins:
+    """Deep-link login operations on a `Store`'s connection."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.settings = store.settings
+        self._decide = store.redis.register_script(_script("login_decide.lua"))
+        self._poll = store.redis.register_script(_script("login_poll.lua"))
+
+    def _hash(self, purpose: str, value: str) -> str:
+        return digest(self.settings.auth_secret, purpose, value)
+
+    def id_hash(self, login_id: str) -> str:
+        """What `decisions()` yields for this request id."""
+        return self._hash("login", login_id)
+
+    # -- API side -----------------------------------------------------------------------
+
+    async def create(
+        self, client: ApiClient | None, state: str | None, address: str
+    ) -> CreatedLogin:
+        """A new pending request for `client`. Two round trips: the per-address
+        limit and the bot's username, then the writes.
+
+        Raises RateLimited (too many from `address`), NoBotUsername, Unavailable.
+        """
+        settings = self.settings
+        ttl = settings.login_request_ttl_seconds
+        limit_key = keys.login_creates(self._hash("addr", address))
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(limit_key)
+                pipe.expire(limit_key, settings.login_request_window_seconds, nx=True)
+                pipe.pttl(limit_key)
+                pipe.get(keys.BOT_USERNAME)
+                created, _, window_ms, published = await pipe.execute()
+            if int(created) > settings.login_request_limit:
+                raise RateLimited(_ceil_seconds(int(window_ms)) if int(window_ms) > 0 else 1)
+            username = settings.telegram_bot_username or published
+            if not username:
+                raise NoBotUsername
+            login_id, payload = new_id(), new_id()
+            id_hash = self.id_hash(login_id)
+            record: dict[Any, Any] = {
+                "c": client_id(settings, client),
+                "n": client.name if client is not None else "",
+                "st": "pending",
+            }
+            if state is not None:
+                record["s"] = state
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(keys.login(id_hash), mapping=record)
+                pipe.expire(keys.login(id_hash), ttl)
+                pipe.set(keys.login_link(self._hash("link", payload)), id_hash, ex=ttl)
+                pipe.hincrby(keys.STATS, "login_requests_created", 1)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        return CreatedLogin(
+            id=login_id, payload=payload, bot_username=str(username), expires_in=ttl
+        )
+
+    async def poll(self, login_id: str, client: ApiClient | None) -> PollResult | None:
+        """The request's status for its own client, or None (unknown, expired, another
+        client's, already delivered). An approval comes back once, with a new access
+        token; the request is gone after that."""
+        if not _TOKEN_SHAPE.fullmatch(login_id):
+            return None
+        try:
+            found = await self._poll(
+                keys=[keys.login(self.id_hash(login_id))],
+                args=[client_id(self.settings, client)],
+            )
+            status = str(found[0])
+            if status == "gone":
+                return None
+            if status != "approved":
+                return PollResult(
+                    status="pending" if status == "pending" else "denied",
+                    expires_in=_ceil_seconds(int(found[1])),
+                )
+            user: User = json.loads(found[1])
+            async with self.redis.pipeline(transaction=False) as pipe:
+                redemption = self.store.queue_token(pipe, user)
+                await pipe.execute()
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        state = str(found[3]) if int(found[2]) else None
+        return PollResult(status="approved", redemption=redemption, state=state)
+
+    # -- bot side -----------------------------------------------------------------------
+
+    async def _request_key(self, payload: str) -> str | None:
+        if not _TOKEN_SHAPE.fullmatch(payload):
+            return None
+        id_hash = await self.redis.get(keys.login_link(self._hash("link", payload)))
+        return None if id_hash is None else keys.login(str(id_hash))
+
+    async def prompt(self, payload: str) -> Prompt | None:
+        """What `/start <payload>` is about, or None for an unknown or expired link."""
+        try:
+            key = await self._request_key(payload)
+            if key is None:
+                return None
+            status, name = await self.redis.hmget(key, ["st", "n"])
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        if status not in _STATUSES:
+            return None
+        return Prompt(client_name=str(name or ""), status=_STATUSES[status])
+
+    async def decide(self, payload: str, user: User, approve: bool) -> Decision | None:
+        """Approve or deny as `user`; only the first decision counts. None when the
+        request is unknown or expired. Wakes the API processes waiting on it."""
+        decision = "approved" if approve else "denied"
+        try:
+            key = await self._request_key(payload)
+            if key is None:
+                return None
+            outcome, status, name = await self._decide(
+                keys=[key],
+                args=[
+                    decision,
+                    json.dumps(public_user(user), separators=(",", ":")),
+                    str(user["id"]),
+                    self.settings.login_request_ttl_seconds * 1000,
+                    keys.LOGIN_DECIDED,
+                    key.removeprefix(keys.LOGIN + "{").removesuffix("}"),
+                ],
+            )
+            if int(outcome) == 1:
+                await self.redis.hincrby(keys.STATS, f"login_requests_{decision}", 1)
+        except RedisError as exc:
+            raise Unavailable(str(exc)) from exc
+        if int(outcome) == -1:
+            return None
+        return Decision(
+            outcome="decided" if int(outcome) in (1, 2) else "already",
+            status="approved" if status == "approved" else "denied",
+            client_name=str(name),
+        )
+
+
+async def decisions(settings: Settings) -> AsyncGenerator[str | None, None]:
+    """The id hashes of requests as they are decided, on one dedicated connection.
+
+    Yields None first, once subscribed: from then on no decision is missed, so
+    anything a listener learned before may be stale and should be read again.
+    Raises Unavailable when the connection is lost (no silent reconnect, which
+    could drop messages unnoticed); call again to resubscribe.
+    """
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+        retry=Retry(NoBackoff(), 0),
+    )
+    pubsub = client.pubsub()
+    try:
+        try:
+            await pubsub.subscribe(keys.LOGIN_DECIDED)
+            # wait for the server's confirmation before claiming to be subscribed
+            confirmed = await pubsub.get_message(timeout=5)
+            if confirmed is None or confirmed["type"] != "subscribe":
+                raise Unavailable(f"SUBSCRIBE not confirmed within 5 s: {confirmed!r}")
+            yield None
+            while True:
+                message = await pubsub.get_message(timeout=10)
+                if message is not None and message["type"] == "message":
+                    yield str(message["data"])
+        except (RedisError, OSError) as exc:
+            raise Unavailable(str(exc)) from exc
+    finally:
+        try:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
+        except (RedisError, OSError):  # already broken; nothing left to close cleanly
+            pass

@@ -1,0 +1,21 @@
+-- Read a deep-link login request for its client; hand an approval out once.
+-- KEYS[1] the request (hash)
+-- ARGV[1] the asking client's key hash ("" when the API is open)
+-- Returns one of:
+--   {"gone"}                                unknown, expired, another client's
+--   {"pending", ttl ms}
+--   {"denied", ttl ms}
+--   {"approved", user JSON, has state (0/1), state}   and the request is deleted
+local found = redis.call("HMGET", KEYS[1], "st", "c", "u", "s")
+local status, client, user, state = found[1], found[2], found[3], found[4]
+if not status or client ~= ARGV[1] then
+  return {"gone"}
+end
+if status == "approved" then
+  redis.call("DEL", KEYS[1])
+  if state then
+    return {"approved", user, 1, state}
+  end
+  return {"approved", user, 0, ""}
+end
+return {status, redis.call("PTTL", KEYS[1])}
