@@ -7,18 +7,23 @@ uvicorn starts it, and fails that start with one line on a bad setting.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Receive, Scope, Send
 
-from api_worker import codes, openapi, ops, tokens
+from api_worker import codes, demo, login_requests, openapi, ops, tokens
 from api_worker.auth import warn_if_open
 from api_worker.errors import EXCEPTION_HANDLERS, CatchAll
 from api_worker.metrics import RequestTimer
+from api_worker.waiters import Waiters
+from shared.logins import Logins, decisions
 from shared.settings import Settings, SettingsError, load_settings
 from shared.store import Store, Unavailable
 
@@ -31,6 +36,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     warn_if_open(settings)
     store = Store.from_settings(settings)
     app.state.store = store
+    app.state.logins = Logins(store)
+    waiters = app.state.waiters = Waiters(partial(decisions, settings))
+    listener = asyncio.create_task(waiters.run(), name="login-decision listener")
     try:
         try:
             await store.ping()
@@ -40,19 +48,32 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         logger.info("API worker started")
         yield
     finally:
+        waiters.close()
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
         await store.close()
         logger.info("API worker stopped")
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """The API app for `settings` (default: loaded from the environment and `.env`)."""
+    settings = settings if settings is not None else load_settings()
+    demo_routes = demo.routes(settings) if settings.demo_page else []
     app = Starlette(
-        routes=[*codes.routes, *tokens.routes, *ops.routes, *openapi.routes],
+        routes=[
+            *codes.routes,
+            *tokens.routes,
+            *login_requests.routes,
+            *ops.routes,
+            *openapi.routes,
+            *demo_routes,
+        ],
         middleware=[Middleware(RequestTimer), Middleware(CatchAll)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=_lifespan,
     )
-    app.state.settings = settings if settings is not None else load_settings()
+    app.state.settings = settings
     return app
 
 

@@ -157,6 +157,8 @@ def main() -> int:
             if sandbox:
                 _say(f"chat with the bot (Telegram sandbox): {sandbox_url}/")
             _say(f"API: {api_url}/  (OpenAPI: {api_url}/openapi.json)")
+            if env.get("DEMO_PAGE") == "1":
+                _say(f"demo website: {api_url}/demo")
             if env["TGLOGIN_PRIVATE_REDIS"] == "true":
                 _say(f"private Redis: {env['REDIS_URL']}")
 

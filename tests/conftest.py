@@ -3,5 +3,6 @@ pytest_plugins = [
     "tests.fixtures.api",
     "tests.fixtures.sandbox",
     "tests.fixtures.bot",
+    "tests.fixtures.demo",
     "tests.fixtures.system",
 ]

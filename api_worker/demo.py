@@ -1,0 +1,280 @@
+"""GET /demo: "Acme Shop", a pretend website whose visitors log in with tglogin.
+
+It is what a website's backend does with the API. The browser talks only to
+`/demo/...`; those routes call the API over HTTP from the server side, with
+the first of API_KEYS, so no key reaches the browser. The visitor's state
+(the pending login request's id, then their access token: this website's own
+session) lives in a signed, HttpOnly cookie, so any API process can answer
+any of the visitor's requests. Signed, not encrypted: visitors can read their
+own token, never change it, and page scripts cannot read it at all. Mounted
+only when DEMO_PAGE=1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from api_worker import context
+from api_worker.auth import API_KEY_HEADER
+from api_worker.body import json_object
+from api_worker.errors import ApiError, InvalidRequest, NotFound
+from shared.hashing import digest
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "demo_static"
+COOKIE = "acme_session"
+# one long poll of the page; the API allows up to 30 s
+WAIT_SECONDS = 25
+_TIMEOUT = 10.0  # seconds for any other call to the API
+_NO_STORE = {"Cache-Control": "no-store"}
+_WILDCARDS = ("0.0.0.0", "::", "")
+# the page loads nothing from elsewhere and is never framed
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    **_NO_STORE,
+}
+_FRIENDLY = {
+    "invalid_code": "That code didn't work: it may be mistyped, expired or already used. "
+    "Ask the bot for a new one with /code.",
+    "invalid_request": "Please enter the code the bot sent you.",
+    "unavailable": "Logging in is temporarily unavailable. Please try again in a moment.",
+    "unauthorized": "This website is not allowed to use the login service (check API_KEYS).",
+}
+# whether the Bot API at an origin is the local Telegram sandbox, by origin
+_sandbox_origins: dict[str, bool] = {}
+
+
+class DemoError(ApiError):
+    """An error of the demo's own routes, with a message meant for the visitor."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error = status, error
+
+
+# -- calling the API from the server side --------------------------------------------------
+
+
+def _api_base(request: Request) -> str:
+    """The API's own address: the port this request came in on (the real one behind
+    a proxy or PORT), over loopback when the API listens on every interface, so
+    uvicorn trusts the X-Forwarded-For we send (its default trusts 127.0.0.1)."""
+    settings = context.settings(request)
+    host, port = settings.api_host, settings.api_port
+    server = request.scope.get("server")
+    if server and server[1]:  # None for a unix socket
+        port = int(server[1])
+        if host not in _WILDCARDS:
+            host = str(server[0])
+    if host in _WILDCARDS:
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def _call(
+    request: Request,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    token: str | None = None,
+    params: dict[str, int] | None = None,
+    seconds: float = _TIMEOUT,
+) -> httpx.Response:
+    headers = {"X-Forwarded-For": context.client_address(request)}  # limits per visitor
+    keys = context.settings(request).api_keys
+    if keys:
+        headers[API_KEY_HEADER] = keys[0].key.reveal()
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        async with httpx.AsyncClient(base_url=_api_base(request), timeout=seconds) as client:
+            return await client.request(method, path, json=body, headers=headers, params=params)
+    except httpx.HTTPError as exc:
+        logger.warning("demo: the API did not answer %s %s: %r", method, path, exc)
+        raise DemoError(503, "unavailable", _FRIENDLY["unavailable"]) from None
+
+
+def _failure(response: httpx.Response) -> DemoError:
+    """The API's error as something to show the visitor; never its raw text."""
+    try:
+        error = str(response.json().get("error", "internal"))
+    except ValueError:
+        error = "internal"
+    if error == "rate_limited":
+        wait = response.headers.get("Retry-After", "a few")
+        message = f"Too many wrong codes from here. Please try again in {wait} seconds."
+    else:
+        message = _FRIENDLY.get(error, "Something went wrong on our side. Please try again.")
+    status = response.status_code if response.status_code in (400, 429, 503) else 502
+    return DemoError(status, error, message)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    # a JSON content type cannot be sent cross-site without CORS: no form can forge these
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise InvalidRequest("Send the request as application/json.")
+    return await json_object(request)
+
+
+def _ok(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, headers=_NO_STORE)
+
+
+# -- the Telegram sandbox: a link that opens the chat there ---------------------------------
+
+
+async def _sandbox_link(request: Request, deep_link: str) -> str | None:
+    """`<sandbox>/?start=<payload>` when the bot talks to the local Telegram sandbox."""
+    base = urlsplit(context.settings(request).telegram_api_base_url)
+    try:
+        loopback = ipaddress.ip_address(base.hostname or "").is_loopback
+    except ValueError:
+        loopback = base.hostname == "localhost"
+    if not loopback:
+        return None
+    origin = f"{base.scheme}://{base.netloc}"
+    if origin not in _sandbox_origins:
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                answer = await client.get(f"{origin}/control/bots")
+            _sandbox_origins[origin] = answer.status_code == 200
+        except httpx.HTTPError:
+            return None  # ask again next time
+    payload = parse_qs(urlsplit(deep_link).query).get("start", [""])[0]
+    return f"{origin}/?start={quote(payload)}" if _sandbox_origins[origin] and payload else None
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+async def page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+
+
+async def session(request: Request) -> Response:
+    """Who is logged in on this website; a token revoked elsewhere ends the session."""
+    token = request.session.get("token")
+    if not isinstance(token, str):
+        return _ok({"logged_in": False})
+    response = await _call(request, "GET", "/v1/me", token=token)
+    if response.status_code == 401 and response.json().get("error") == "invalid_token":
+        request.session.pop("token", None)
+        return _ok({"logged_in": False, "notice": "Your session has ended. Please log in again."})
+    if response.status_code != 200:
+        raise _failure(response)
+    return _ok({"logged_in": True, "user": response.json()["user"]})
+
+
+async def start_telegram(request: Request) -> Response:
+    await _json_body(request)
+    response = await _call(request, "POST", "/v1/login-requests", body={})
+    if response.status_code != 201:
+        if response.status_code == 503:
+            raise DemoError(
+                503, "unavailable", "Logging in with Telegram is not available right now "
+                "(is the bot running?). Please try again in a moment, or use a code."
+            )
+        raise _failure(response)
+    created = response.json()
+    request.session["request"] = created["id"]
+    return _ok(
+        {
+            "deep_link": created["deep_link"],
+            "start_command": created["start_command"],
+            "expires_in": created["expires_in"],
+            "sandbox_link": await _sandbox_link(request, created["deep_link"]),
+        }
+    )
+
+
+async def wait_telegram(request: Request) -> Response:
+    """One long poll: the login request's status once it changes, or after WAIT_SECONDS."""
+    request_id = request.session.get("request")
+    if not isinstance(request_id, str):
+        raise NotFound("No login is in progress.")
+    response = await _call(
+        request, "GET", f"/v1/login-requests/{quote(request_id, safe='')}",
+        params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + _TIMEOUT,
+    )
+    if response.status_code == 404:
+        request.session.pop("request", None)
+        return _ok({"status": "expired"})
+    if response.status_code != 200:
+        raise _failure(response)
+    result = response.json()
+    status = result["status"]
+    if status == "approved":
+        request.session.pop("request", None)
+        request.session["token"] = result["access_token"]
+        return _ok({"status": "approved", "user": result["user"]})
+    if status == "denied":
+        request.session.pop("request", None)
+        return _ok({"status": "denied"})
+    return _ok({"status": "pending", "expires_in": result.get("expires_in")})
+
+
+async def login_code(request: Request) -> Response:
+    code = (await _json_body(request)).get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise DemoError(400, "invalid_request", _FRIENDLY["invalid_request"])
+    response = await _call(request, "POST", "/v1/codes/redeem", body={"code": code})
+    if response.status_code != 200:
+        raise _failure(response)
+    redeemed = response.json()
+    request.session.pop("request", None)
+    request.session["token"] = redeemed["access_token"]
+    return _ok({"logged_in": True, "user": redeemed["user"]})
+
+
+async def logout(request: Request) -> Response:
+    """Revoke the access token at the API, then forget it."""
+    await _json_body(request)
+    token = request.session.get("token")
+    if isinstance(token, str):
+        response = await _call(request, "POST", "/v1/tokens/revoke", token=token)
+        if response.status_code not in (204, 401):  # 401: already revoked or expired
+            raise _failure(response)  # the token stays, so logging out can be retried
+    request.session.clear()
+    return _ok({"logged_in": False})
+
+
+def routes(settings: Settings) -> list[BaseRoute]:
+    """The demo's routes; its cookie is signed with a key derived from AUTH_SECRET."""
+    cookie = Middleware(
+        SessionMiddleware,
+        secret_key=digest(settings.auth_secret, "demo-session-cookie", "acme"),
+        session_cookie=COOKIE,
+        max_age=settings.token_ttl_seconds,
+        path="/demo",
+        same_site="lax",
+    )
+    api = [
+        ("/demo/session", session, "GET"),
+        ("/demo/login/telegram", start_telegram, "POST"),
+        ("/demo/login/telegram/wait", wait_telegram, "GET"),
+        ("/demo/login/code", login_code, "POST"),
+        ("/demo/logout", logout, "POST"),
+    ]
+    return [
+        Route("/demo", page, methods=["GET"]),
+        *(Route(path, view, methods=[method], middleware=[cookie]) for path, view, method in api),
+        Mount("/demo/static", app=StaticFiles(directory=STATIC), name="demo-static"),
+    ]
