@@ -7,7 +7,6 @@ supervisord's `fcgi-program` hands it to every API process sharing one port.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 import sys
@@ -89,12 +88,6 @@ def main(argv: list[str] | None = None) -> None:
         settings = load_settings()
     except SettingsError as exc:
         _fail(f"configuration error: {exc}", 2)
-    if not isinstance(logging.getLevelName(settings.log_level), int):
-        _fail(
-            "configuration error: LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, "
-            f"got {settings.log_level!r}",
-            2,
-        )
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:
         # API processes sharing a socket share their metrics through files here

@@ -22,12 +22,6 @@ def main() -> None:
         settings = load_settings(require_bot_token=True)
     except SettingsError as exc:
         _fail(f"configuration error: {exc}", 2)
-    if not logs.valid_level(settings.log_level):
-        _fail(
-            "configuration error: LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, "
-            f"got {settings.log_level!r}",
-            2,
-        )
     logs.configure(settings.log_level, settings.telegram_bot_token.reveal())
     try:
         run(build_application(settings))

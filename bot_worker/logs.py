@@ -3,6 +3,8 @@
 The Bot API puts the token in every URL, so httpx and httpcore (which log
 request URLs) are held at WARNING, and a filter on the handler blanks the
 token out of anything that still mentions it, tracebacks included.
+python-telegram-bot's own loggers stay at INFO or above: at DEBUG they print
+every message sent, login codes among them.
 """
 
 from __future__ import annotations
@@ -47,10 +49,6 @@ class RedactToken(logging.Filter):
         return True
 
 
-def valid_level(name: str) -> bool:
-    return isinstance(logging.getLevelName(name), int)
-
-
 def configure(level: str, token: str) -> None:
     """Log `level` and up to stdout; quiet the HTTP client loggers."""
     handler = logging.StreamHandler(sys.stdout)
@@ -59,3 +57,6 @@ def configure(level: str, token: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-telegram-bot logs every Bot API call with its parameters at DEBUG,
+    # and a sendMessage's text is a login code: never below INFO
+    logging.getLogger("telegram").setLevel(max(logging.INFO, logging.getLevelName(level)))

@@ -13,8 +13,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from redis.connection import parse_url
 
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(Exception):
@@ -121,18 +123,39 @@ def _int(values: Mapping[str, str], name: str, default: int, low: int, high: int
 
 def _redis_url(values: Mapping[str, str]) -> str:
     raw = values.get("REDIS_URL", "").strip() or "redis://127.0.0.1:6379/0"
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError as exc:
+        raise SettingsError("REDIS_URL", f"cannot be parsed: {exc}") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
         raise SettingsError("REDIS_URL", "must start with redis://, rediss:// or unix://")
     try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise SettingsError("REDIS_URL", "has an invalid port") from None
-    if parts.scheme == "unix" and not parts.path:
+        parsed = parse_url(raw)  # type: ignore[no-untyped-call]  # as the client reads it
+    except ValueError as exc:
+        raise SettingsError("REDIS_URL", f"is invalid: {exc}") from None
+    if parts.scheme == "unix" and not parsed.get("path"):
         raise SettingsError("REDIS_URL", "unix:// needs a socket path")
     if parts.scheme != "unix" and not parts.hostname:
         raise SettingsError("REDIS_URL", "needs a host, e.g. redis://127.0.0.1:6379/0")
+    database = parts.path.lstrip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise SettingsError("REDIS_URL", f"database must be a number, got {database!r}")
     return raw
+
+
+def _log_level(values: Mapping[str, str]) -> str:
+    level = values.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in _LOG_LEVELS:
+        raise SettingsError("LOG_LEVEL", f"must be one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    return level
+
+
+def _api_host(values: Mapping[str, str]) -> str:
+    host = values.get("API_HOST", "").strip()
+    if host:
+        return host
+    # a Procfile platform sets PORT and routes to it from outside the container
+    return "0.0.0.0" if values.get("PORT", "").strip() else "127.0.0.1"
 
 
 def _api_keys(raw: str) -> tuple[ApiClient, ...]:
@@ -202,7 +225,7 @@ def load_settings(
         login_request_limit=_int(values, "LOGIN_REQUEST_LIMIT", 60, 1, 1_000_000),
         login_request_window_seconds=_int(values, "LOGIN_REQUEST_WINDOW_SECONDS", 60, 1, 86400),
         api_keys=_api_keys(values.get("API_KEYS", "")),
-        api_host=values.get("API_HOST", "").strip() or "127.0.0.1",
+        api_host=_api_host(values),
         api_port=api_port,
         issue_limit=_int(values, "CODE_ISSUE_LIMIT", 5, 1, 1000),
         issue_window_seconds=_int(values, "CODE_ISSUE_WINDOW_SECONDS", 600, 1, 86400),
@@ -212,5 +235,5 @@ def load_settings(
             values, "REDEEM_FAIL_ALARM_PER_MINUTE", 100, 1, 10_000_000
         ),
         demo_page=_bool(values, "DEMO_PAGE"),
-        log_level=(values.get("LOG_LEVEL", "").strip().upper() or "INFO"),
+        log_level=_log_level(values),
     )

@@ -29,6 +29,11 @@ def test_defaults_follow_the_contract() -> None:
         ({"AUTH_SECRET": "short"}, "AUTH_SECRET"),
         ({"REDIS_URL": "nope://x"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://:99999999"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://[::1"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://h:6379/abc"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis://h:6379/0?socket_timeout=x"}, "REDIS_URL"),
+        ({"REDIS_URL": "unix:///tmp/r.sock?db=z"}, "REDIS_URL"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"CODE_TTL_SECONDS": "abc"}, "CODE_TTL_SECONDS"),
         ({"CODE_LENGTH": "5"}, "CODE_LENGTH"),
         ({"CODE_LENGTH": "13"}, "CODE_LENGTH"),
@@ -50,11 +55,23 @@ def test_bot_token_required_only_by_the_bot() -> None:
         load_settings(env={"AUTH_SECRET": SECRET}, env_file="/nonexistent", require_bot_token=True)
 
 
-def test_port_wins_over_api_port() -> None:
+def test_port_wins_over_api_port_and_listens_on_every_interface() -> None:
     s = load_settings(
         env={"AUTH_SECRET": SECRET, "PORT": "5000", "API_PORT": "6000"}, env_file="/nonexistent"
     )
-    assert s.api_port == 5000
+    assert (s.api_host, s.api_port) == ("0.0.0.0", 5000)  # a Procfile platform routes to it
+    s = load_settings(
+        env={"AUTH_SECRET": SECRET, "PORT": "5000", "API_HOST": "127.0.0.1"},
+        env_file="/nonexistent",
+    )
+    assert s.api_host == "127.0.0.1"
+
+
+def test_good_redis_urls_pass() -> None:
+    for url in ("redis://h:6379/0", "rediss://u:p@h:6380/2", "unix:///tmp/r.sock", "redis://h"):
+        assert load_settings(
+            env={"AUTH_SECRET": SECRET, "REDIS_URL": url}, env_file="/nonexistent"
+        ).redis_url == url
 
 
 def test_named_and_bare_api_keys() -> None:
