@@ -19,7 +19,8 @@ USER_CODE = PREFIX + "user:code:"
 USER_ISSUES = PREFIX + "user:issues:"
 # per user: sorted set token hash -> expiry (ms); TTL TOKEN_TTL_SECONDS, renewed on issue
 USER_TOKENS = PREFIX + "user:tokens:"
-# per user: update ids already handled (dedupe of redelivered updates); TTL 1 day
+# per user: sorted set of update ids already handled -> when (ms), entries older than
+# a day dropped (dedupe of redelivered updates); TTL 1 day
 USER_UPDATES = PREFIX + "user:updates:"
 # token hash -> JSON {"user": {...}, "exp": ms}; TTL TOKEN_TTL_SECONDS
 TOKEN = PREFIX + "token:"

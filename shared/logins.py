@@ -21,7 +21,6 @@ import logging
 import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -32,7 +31,17 @@ from redis.exceptions import RedisError
 from shared import keys
 from shared.hashing import digest, new_id
 from shared.settings import ApiClient, Settings
-from shared.store import RateLimited, Redemption, Store, Unavailable, User, public_user
+from shared.store import (
+    RateLimited,
+    Redemption,
+    Store,
+    Unavailable,
+    User,
+    load_script,
+    public_user,
+    queue_attempt,
+    retry_after,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +106,6 @@ def client_id(settings: Settings, client: ApiClient | None) -> str:
     return digest(settings.auth_secret, "client", client.key.reveal())[:32]
 
 
-def _ceil_seconds(ms: int) -> int:
-    return max(1, -(-ms // 1000))
-
-
-def _script(name: str) -> str:
-    return resources.files("shared").joinpath("lua", name).read_text()
-
-
 class Logins:
     """Deep-link login operations on a `Store`'s connection."""
 
@@ -112,11 +113,9 @@ class Logins:
         self.store = store
         self.redis = store.redis
         self.settings = store.settings
-        self._decide = store.redis.register_script(_script("login_decide.lua"))
-        self._poll = store.redis.register_script(_script("login_poll.lua"))
-
-    def _hash(self, purpose: str, value: str) -> str:
-        return digest(self.settings.auth_secret, purpose, value)
+        self._decide = store.redis.register_script(load_script("login_decide.lua"))
+        self._poll = store.redis.register_script(load_script("login_poll.lua"))
+        self._hash = store.hash
 
     def id_hash(self, login_id: str) -> str:
         """What `decisions()` yields for this request id."""
@@ -137,13 +136,11 @@ class Logins:
         limit_key = keys.login_creates(self._hash("addr", address))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(limit_key)
-                pipe.expire(limit_key, settings.login_request_window_seconds, nx=True)
-                pipe.pttl(limit_key)
+                queue_attempt(pipe, limit_key, settings.login_request_window_seconds)
                 pipe.get(keys.BOT_USERNAME)
                 created, _, window_ms, published = await pipe.execute()
             if int(created) > settings.login_request_limit:
-                raise RateLimited(_ceil_seconds(int(window_ms)) if int(window_ms) > 0 else 1)
+                raise RateLimited(retry_after(int(window_ms)))
             username = settings.telegram_bot_username or published
             if not username:
                 raise NoBotUsername
@@ -185,7 +182,7 @@ class Logins:
             if status != "approved":
                 return PollResult(
                     status="pending" if status == "pending" else "denied",
-                    expires_in=_ceil_seconds(int(found[1])),
+                    expires_in=retry_after(int(found[1])),
                 )
             user: User = json.loads(found[1])
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -66,12 +66,22 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _ceil_seconds(ms: int) -> int:
+def retry_after(ms: int) -> int:
+    """Whole seconds, at least 1, for a wait of `ms` milliseconds (a PTTL or a wait)."""
     return max(1, -(-ms // 1000))
 
 
-def _script(name: str) -> str:
+def load_script(name: str) -> str:
+    """A Lua script shipped in shared/lua/."""
     return resources.files("shared").joinpath("lua", name).read_text()
+
+
+def queue_attempt(pipe: Pipeline, key: str, window_seconds: int) -> None:
+    """Queue counting one attempt in a fixed window at `key`: the pipeline answers
+    (attempts so far, window started, milliseconds left in the window)."""
+    pipe.incr(key)
+    pipe.expire(key, window_seconds, nx=True)
+    pipe.pttl(key)
 
 
 def connect(settings: Settings) -> aioredis.Redis:
@@ -102,8 +112,7 @@ class Store:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._issue = redis.register_script(_script("issue_code.lua"))
-        self._revoke_user = redis.register_script(_script("revoke_user.lua"))
+        self._issue = redis.register_script(load_script("issue_code.lua"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -112,7 +121,8 @@ class Store:
     async def close(self) -> None:
         await self.redis.aclose()
 
-    def _hash(self, purpose: str, value: str) -> str:
+    def hash(self, purpose: str, value: str) -> str:
+        """The keyed hash Redis knows `value` by."""
         return digest(self.settings.auth_secret, purpose, value)
 
     async def ping(self) -> None:
@@ -134,7 +144,7 @@ class Store:
         settings = self.settings
         uid = int(user["id"])
         code = new_code(settings.code_length)
-        code_hash = self._hash("code", code)
+        code_hash = self.hash("code", code)
         record = json.dumps({"user": public_user(user)}, separators=(",", ":"))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -167,7 +177,7 @@ class Store:
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
         if status == 0:
-            raise RateLimited(_ceil_seconds(int(value)))
+            raise RateLimited(retry_after(int(value)))
         if status == 2:
             return None
         return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
@@ -183,23 +193,21 @@ class Store:
         for anything that is not a live code.
         """
         settings = self.settings
-        fails_key = keys.redeem_fails(self._hash("addr", address))
+        fails_key = keys.redeem_fails(self.hash("addr", address))
         code = normalize_code(raw_code)
         try:
             # Count the attempt before looking at the code, so a burst of
             # concurrent guesses cannot all pass the check; a good code gives
             # its attempt back below.
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(fails_key)
-                pipe.expire(fails_key, settings.redeem_fail_window_seconds, nx=True)
-                pipe.pttl(fails_key)
+                queue_attempt(pipe, fails_key, settings.redeem_fail_window_seconds)
                 attempts, _, ttl = await pipe.execute()
             if int(attempts) > settings.redeem_fail_limit:
                 await self.redis.hincrby(keys.STATS, "redeems_rate_limited", 1)
-                raise RateLimited(_ceil_seconds(int(ttl)) if int(ttl) > 0 else 1)
+                raise RateLimited(retry_after(int(ttl)))
             record = None
             if code.isascii() and code.isdigit() and len(code) == settings.code_length:
-                record = await self.redis.getdel(keys.code(self._hash("code", code)))
+                record = await self.redis.getdel(keys.code(self.hash("code", code)))
             if record is None:
                 await self._count_failure()
                 raise InvalidCode
@@ -208,6 +216,8 @@ class Store:
                 redemption = self.queue_token(pipe, user)
                 pipe.hincrby(keys.STATS, "codes_redeemed", 1)
                 pipe.decr(fails_key)
+                # should the window have ended meanwhile, DECR made a new key: bound it
+                pipe.expire(fails_key, settings.redeem_fail_window_seconds, nx=True)
                 await pipe.execute()
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
@@ -222,7 +232,7 @@ class Store:
         """
         ttl = self.settings.token_ttl_seconds
         token = new_token()
-        token_hash = self._hash("token", token)
+        token_hash = self.hash("token", token)
         now = _now_ms()
         expires = now + ttl * 1000
         tokens_key = keys.user_tokens(int(user["id"]))
@@ -259,7 +269,7 @@ class Store:
     async def token_user(self, token: str) -> User | None:
         """The user an access token belongs to, or None if it is not live."""
         try:
-            record = await self.redis.get(keys.token(self._hash("token", token)))
+            record = await self.redis.get(keys.token(self.hash("token", token)))
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
         if record is None:
@@ -268,7 +278,7 @@ class Store:
 
     async def revoke_token(self, token: str) -> bool:
         """End one access token; False if it was not live."""
-        token_hash = self._hash("token", token)
+        token_hash = self.hash("token", token)
         try:
             record = await self.redis.getdel(keys.token(token_hash))
             if record is None:
@@ -280,16 +290,25 @@ class Store:
         return True
 
     async def revoke_user(self, user_id: int) -> int:
-        """End every access token of a user and void the user's code; how many tokens ended."""
+        """End every access token of a user and void the user's code; how many tokens ended.
+
+        The tokens go before their index entries, so a /logout cut short (a
+        crash, Redis lost) leaves the index pointing at them for the next one.
+        """
+        tokens_key, code_key = keys.user_tokens(user_id), keys.user_code(user_id)
         try:
-            current, *token_hashes = await self._revoke_user(
-                keys=[keys.user_tokens(user_id), keys.user_code(user_id)], args=[_now_ms()]
-            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zrangebyscore(tokens_key, _now_ms(), "+inf")
+                pipe.get(code_key)
+                token_hashes, current = await pipe.execute()
             async with self.redis.pipeline(transaction=False) as pipe:
                 for token_hash in token_hashes:
                     pipe.delete(keys.token(token_hash))
                 if current:
                     pipe.delete(keys.code(current))
+                    pipe.delete(code_key)
+                if token_hashes:
+                    pipe.zrem(tokens_key, *token_hashes)
                 results = await pipe.execute()
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
@@ -302,15 +321,6 @@ class Store:
             await self.redis.set(keys.BOT_USERNAME, username)
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
-
-    async def bot_username(self) -> str | None:
-        if self.settings.telegram_bot_username:
-            return self.settings.telegram_bot_username
-        try:
-            name = await self.redis.get(keys.BOT_USERNAME)
-        except RedisError as exc:
-            raise Unavailable(str(exc)) from exc
-        return None if name is None else str(name)
 
     async def counters(self) -> dict[str, int]:
         """Product counters shared by every process (for /metrics)."""

@@ -1,7 +1,7 @@
 -- Record a code issue for one user, unless the user is over the issue limit.
 -- All keys carry the user's hash tag, so this runs in one Cluster slot.
 -- KEYS[1] user's issue times (zset)   KEYS[2] user's current code hash
--- KEYS[3] user's handled update ids (set)
+-- KEYS[3] user's handled update ids (zset, scored by when)
 -- ARGV[1] now (ms)  ARGV[2] window (ms)  ARGV[3] limit  ARGV[4] new code hash
 -- ARGV[5] code TTL (ms)  ARGV[6] update id ("" when none)  ARGV[7] updates TTL (s)
 -- Returns {status, value}:
@@ -11,7 +11,9 @@
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 if ARGV[6] ~= "" then
-  if redis.call("SADD", KEYS[3], ARGV[6]) == 0 then
+  -- remember update ids for ARGV[7] seconds: long enough for any redelivery
+  redis.call("ZREMRANGEBYSCORE", KEYS[3], "-inf", now - tonumber(ARGV[7]) * 1000)
+  if redis.call("ZADD", KEYS[3], "NX", now, ARGV[6]) == 0 then
     return {2, ""}
   end
   redis.call("EXPIRE", KEYS[3], ARGV[7])
