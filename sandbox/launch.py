@@ -12,6 +12,8 @@ so the same command serves a VM deployment.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 import signal
@@ -20,10 +22,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import xmlrpc.client
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from dotenv import dotenv_values
+from supervisor.xmlrpc import SupervisorTransport
 
 from shared.settings import SettingsError, load_settings
 
@@ -36,16 +41,35 @@ def _say(line: str) -> None:
     print(f"tglogin: {line}", flush=True)
 
 
-def write_env_file(path: Path) -> bool:
-    """Create `.env` with a fresh AUTH_SECRET; False if one already exists."""
-    if path.exists():
+def ensure_auth_secret(path: Path) -> bool:
+    """Give `.env` a fresh AUTH_SECRET unless it or the environment has one;
+    True if one was written."""
+    existing = path.read_text() if path.exists() else ""
+    if os.environ.get("AUTH_SECRET") or dotenv_values(stream=io.StringIO(existing)).get(
+        "AUTH_SECRET"
+    ):
         return False
+    separator = "" if not existing or existing.endswith("\n") else "\n"
     path.write_text(
-        "# written by `make run`; keep it secret, keep it the same in every process\n"
+        existing + separator
+        + "# written by `make run`; keep it secret, keep it the same in every process\n"
         f"AUTH_SECRET={secrets.token_urlsafe(48)}\n"
     )
     path.chmod(0o600)
     return True
+
+
+def _program_states(var: Path) -> dict[str, str]:
+    """supervisord's view: program name -> state (RUNNING, BACKOFF, FATAL, ...)."""
+    transport = SupervisorTransport(None, None, serverurl=f"unix://{var}/supervisor.sock")
+    try:
+        rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        info: list[dict[str, Any]] = rpc.supervisor.getAllProcessInfo()  # type: ignore[assignment]
+    except (OSError, xmlrpc.client.Error):
+        return {}
+    finally:
+        transport.close()
+    return {f"{p['group']}:{p['name']}": str(p["statename"]) for p in info}
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -91,6 +115,9 @@ def build_environment(root: Path) -> dict[str, str]:
     for name in ("API_PROCESSES", "BOT_PROCESSES", "SANDBOX_PORT"):
         if not env[name].isdigit() or int(env[name]) < 1:
             raise SettingsError(name, f"must be a positive whole number, got {env[name]!r}")
+    if int(env["BOT_PROCESSES"]) > 1:
+        # several pollers would fight over getUpdates (409) until the Redis lease exists
+        raise SettingsError("BOT_PROCESSES", "above 1 is not supported yet: run one bot process")
     settings = load_settings(env, env_file=root / ".env", require_bot_token=True)
     env["API_HOST"] = settings.api_host
     env["API_PORT"] = str(settings.api_port)
@@ -104,7 +131,7 @@ def main() -> int:
     if not (root / "supervisord.conf").is_file():
         _say("run me from the project directory (where supervisord.conf is)")
         return 2
-    if write_env_file(root / ".env"):
+    if ensure_auth_secret(root / ".env"):
         _say("wrote .env with a fresh random AUTH_SECRET")
     try:
         env = build_environment(root)
@@ -145,14 +172,19 @@ def main() -> int:
     sandbox_url = f"http://127.0.0.1:{env['SANDBOX_PORT']}"
     checks = [f"{api_url}/healthz"] + ([f"{sandbox_url}/"] if sandbox else [])
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while supervisord.poll() is None and not all(_answers(url) for url in checks):
-        if time.monotonic() > deadline:
-            _say("the system did not come up in time; see the log above")
+    up = healthy = False
+    while supervisord.poll() is None:
+        states = _program_states(var)
+        failed = sorted(name for name, state in states.items() if state in ("FATAL", "EXITED"))
+        if failed:
+            # exit status 2 is a configuration error: supervisord does not restart it
+            _say(f"{', '.join(failed)} stopped and will not restart; see the log above")
+            healthy = False
             forward(signal.SIGTERM, None)
             break
-        time.sleep(0.2)
-    else:
-        if supervisord.poll() is None:
+        ready = states and all(state in ("RUNNING", "STOPPED") for state in states.values())
+        if not up and ready and all(_answers(url) for url in checks):
+            up = healthy = True
             _say("running under supervisord; Ctrl+C stops everything")
             if sandbox:
                 _say(f"chat with the bot (Telegram sandbox): {sandbox_url}/")
@@ -161,10 +193,16 @@ def main() -> int:
                 _say(f"demo website: {api_url}/demo")
             if env["TGLOGIN_PRIVATE_REDIS"] == "true":
                 _say(f"private Redis: {env['REDIS_URL']}")
+        if not up and time.monotonic() > deadline:
+            _say("the system did not come up in time; see the log above")
+            forward(signal.SIGTERM, None)
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            supervisord.wait(0.2 if not up else 1.0)
 
     code = supervisord.wait()
     _say("stopped")
-    return code
+    return code if healthy else 1
 
 
 if __name__ == "__main__":
