@@ -35,6 +35,8 @@ LOGINS = "logins"
 # the request id, which only the API client knows); 3 + 22 bytes, within Telegram's 64
 APPROVE, DENY = "la:", "ld:"
 LOGIN_CALLBACKS = r"^l[ad]:"
+# Telegram refuses answerCallbackQuery texts longer than this
+CALLBACK_ANSWER_MAX = 200
 
 
 def _store(context: ContextTypes.DEFAULT_TYPE) -> Store:
@@ -176,7 +178,7 @@ async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         await query.answer(messages.unavailable(lang), show_alert=True)
         return
     text = _outcome(lang, decision)
-    await query.answer(text)
+    await query.answer(_short(text))
     try:
         await query.edit_message_text(text)  # no reply_markup: the buttons go
     except BadRequest as exc:  # a redelivered tap finds the message already edited
@@ -189,6 +191,11 @@ async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             user.id,
             "decided" if decision.outcome == "decided" else "too late",
         )
+
+
+def _short(text: str) -> str:
+    """A callback answer within Telegram's 200 characters (a long client name)."""
+    return text if len(text) <= CALLBACK_ANSWER_MAX else text[: CALLBACK_ANSWER_MAX - 1] + "…"
 
 
 async def logout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
