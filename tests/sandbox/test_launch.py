@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -83,9 +86,15 @@ def test_a_program_that_cannot_start_is_reported_and_everything_stops(
         AUTH_SECRET=SECRET, API_PORT=str(free_port()),
         TELEGRAM_BOT_TOKEN="1:rejected", TELEGRAM_API_BASE_URL=sandbox.api_base,
     )
-    done = subprocess.run(
-        [PYTHON, "-m", "sandbox.launch"], env=env, cwd=tmp_path, capture_output=True,
-        text=True, timeout=60,
+    launcher = subprocess.Popen(
+        [PYTHON, "-m", "sandbox.launch"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    assert "bot:bot-0 stopped and will not restart" in done.stdout, done.stdout
-    assert done.returncode == 1
+    try:
+        output, _ = launcher.communicate(timeout=60)
+    finally:  # supervisord and its programs must not outlive a failed test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    assert "bot:bot-0 stopped and will not restart" in output, output
+    assert launcher.returncode == 1
