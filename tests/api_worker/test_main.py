@@ -30,6 +30,8 @@ def run_api(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedP
         ({}, "AUTH_SECRET"),
         ({"AUTH_SECRET": "x" * 10}, "AUTH_SECRET"),
         ({"AUTH_SECRET": SECRET, "REDIS_URL": "nope://x"}, "REDIS_URL"),
+        ({"AUTH_SECRET": SECRET, "REDIS_URL": "redis://[::1"}, "REDIS_URL"),
+        ({"AUTH_SECRET": SECRET, "REDIS_URL": "redis://h/0?socket_timeout=x"}, "REDIS_URL"),
         ({"AUTH_SECRET": SECRET, "CODE_TTL_SECONDS": "abc"}, "CODE_TTL_SECONDS"),
         ({"AUTH_SECRET": SECRET, "API_KEYS": "name:"}, "API_KEYS"),
         ({"AUTH_SECRET": SECRET, "PORT": "http"}, "PORT"),

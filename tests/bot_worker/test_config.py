@@ -36,6 +36,10 @@ def run_bot(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
         ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "REDIS_URL": "http://x"},
          "REDIS_URL"),
         ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "CODE_TTL_SECONDS": "abc"},
+         "CODE_TTL_SECONDS"),
+        ({"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": TOKEN, "REDIS_URL": "redis://[::1"},
+         "REDIS_URL"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_variable(
