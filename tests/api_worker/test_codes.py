@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from api_worker.app import create_app
 from shared import keys
 from shared.hashing import digest
 from tests.fixtures.api import ANN, API_SECRET, TestClient, api_settings, issue_code
@@ -23,12 +22,6 @@ def code_key(code: str) -> str:
     settings = api_settings("redis://unused")
     assert settings.auth_secret.reveal() == API_SECRET
     return keys.code(digest(settings.auth_secret, "code", code))
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings(redis_url))) as client:
-        yield client
 
 
 def test_redeem_returns_user_and_token(redis_url: str, client: TestClient) -> None:

@@ -5,7 +5,6 @@ The bot's side (approve, deny) is `shared.logins` called exactly as the bot call
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -18,12 +17,11 @@ import redis
 
 from api_worker.app import create_app
 from api_worker.waiters import Waiters
-from shared.logins import Logins
 from shared.settings import Settings
-from shared.store import Store
 from tests.fixtures.api import ANN, TestClient, api_settings
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.store import run_on_logins, run_on_store
 
 BOT = "tglogin_test_bot"
 KEYS = "shop.example:shop-key,blog.example:blog-key"
@@ -44,15 +42,7 @@ def client(redis_url: str) -> Iterator[TestClient]:
 
 def decide(settings: Settings, payload: str, approve: bool = True, user: Any = ANN) -> None:
     """What the bot does when a user taps Approve or Deny."""
-
-    async def run() -> None:
-        store = Store.from_settings(settings)
-        try:
-            await Logins(store).decide(payload, user, approve)
-        finally:
-            await store.close()
-
-    asyncio.run(run())
+    run_on_logins(settings, lambda logins: logins.decide(payload, user, approve))
 
 
 def payload_of(created: dict[str, Any]) -> str:
@@ -117,14 +107,7 @@ def test_create_without_a_bot_username_is_503_saying_so(redis_url: str) -> None:
         assert response.json()["error"] == "unavailable"
         assert "bot" in response.json()["message"] and "username" in response.json()["message"]
 
-        async def publish() -> None:
-            store = Store.from_settings(settings)
-            try:
-                await store.publish_bot_username("published_bot")
-            finally:
-                await store.close()
-
-        asyncio.run(publish())
+        run_on_store(settings, lambda store: store.publish_bot_username("published_bot"))
         response = client.post(PATH, json={})
         assert response.status_code == 201
         assert response.json()["deep_link"].startswith("https://t.me/published_bot?start=")
@@ -261,6 +244,36 @@ def test_a_waiting_poll_with_no_decision_answers_pending_after_wait(client: Test
     took = time.monotonic() - started
     assert response.json()["status"] == "pending"
     assert 1.0 <= took < 3.0
+
+
+def test_a_held_poll_reads_the_request_a_bounded_number_of_times(
+    redis_url: str, client: TestClient
+) -> None:
+    """Held by the decision listener, not by re-reading: a poll held 3 s with no decision
+    reads the request when it starts and once more when `wait` runs out. A loop that
+    re-read every 0.5 s would issue each of its commands 6 or 7 times."""
+    created = client.post(PATH).json()
+    wait_until(lambda: waiters(client).subscribed, what="the decision listener")
+    url = f"{PATH}/{created['id']}"
+    assert client.get(url).json()["status"] == "pending"  # the poll script is loaded now
+    with redis.Redis.from_url(redis_url, decode_responses=True) as admin:
+        admin.config_resetstat()
+        started = time.monotonic()
+        response = client.get(f"{url}?wait=3")
+        took = time.monotonic() - started
+        stats = admin.info("commandstats")
+    assert response.json()["status"] == "pending"
+    assert took >= 3.0
+    calls = {
+        name.removeprefix("cmdstat_"): int(stat["calls"])
+        for name, stat in stats.items()
+        if not name.startswith(("cmdstat_config", "cmdstat_info"))  # the test's own
+    }
+    scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
+    hash_reads = sum(calls.get(name, 0) for name in ("hget", "hmget", "hgetall"))
+    assert 1 <= scripts <= 3, calls
+    assert 1 <= hash_reads <= 3, calls
+    assert max(calls.values()) <= 3, calls  # no other command repeated in a loop either
 
 
 def test_redis_loss_answers_waiting_polls_and_the_listener_comes_back(tmp_path: Path) -> None:

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.common import PYTHON, ROOT, base_env
+from tests.fixtures.common import run_module
 
 SECRET = "s" * 40
-
-
-def run_api(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # cwd is an empty temp dir, so no .env is read; PYTHONPATH finds the project
-    return subprocess.run(
-        [PYTHON, "-m", "api_worker", *args],
-        env=base_env(PYTHONPATH=str(ROOT), **env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.mark.parametrize(
@@ -39,7 +26,7 @@ def run_api(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedP
     ],
 )
 def test_bad_configuration_is_one_line(tmp_path: Path, env: dict[str, str], variable: str) -> None:
-    result = run_api(env, tmp_path)
+    result = run_module("api_worker", env, tmp_path)
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -52,20 +39,15 @@ def test_bad_configuration_is_one_line(tmp_path: Path, env: dict[str, str], vari
 
 def test_env_file_in_working_directory_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("AUTH_SECRET=short\n")
-    result = run_api({}, tmp_path)
+    result = run_module("api_worker", {}, tmp_path)
     assert result.returncode == 2
     assert "AUTH_SECRET must be at least 32 characters" in result.stderr
 
 
 def test_uvicorn_import_path_fails_startup_in_one_line(tmp_path: Path) -> None:
     """`uvicorn api_worker.app:app` with a bad setting: a failed startup, no traceback."""
-    result = subprocess.run(
-        [PYTHON, "-m", "uvicorn", "api_worker.app:app", "--port", "0"],
-        env=base_env(PYTHONPATH=str(ROOT), AUTH_SECRET="x"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_module(
+        "uvicorn", {"AUTH_SECRET": "x"}, tmp_path, "api_worker.app:app", "--port", "0"
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0

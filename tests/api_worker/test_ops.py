@@ -19,12 +19,6 @@ from tests.fixtures.common import free_port
 from tests.fixtures.redis import RedisServer
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings(redis_url))) as client:
-        yield client
-
-
 def labelled(**labels: str) -> frozenset[tuple[str, str]]:
     return frozenset(labels.items())
 

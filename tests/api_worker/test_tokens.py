@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from api_worker.app import create_app
 from tests.fixtures.api import ANN, TestClient, api_settings, issue_code
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(api_settings(redis_url))) as client:
-        yield client
 
 
 def redeem(client: TestClient, redis_url: str) -> str:

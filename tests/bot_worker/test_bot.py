@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from shared import keys
 from shared.hashing import digest
 from shared.settings import Secret, Settings, load_settings
-from shared.store import Redemption, Store
+from shared.store import Redemption
 from tests.fixtures.bot import (
     ANN,
     AUTH_SECRET,
@@ -23,8 +21,7 @@ from tests.fixtures.bot import (
     code_of,
 )
 from tests.fixtures.redis import RedisServer
-
-T = TypeVar("T")
+from tests.fixtures.store import run_on_store
 
 GROUP: Message = {"id": -1001234567890, "type": "supergroup", "title": "Friends"}
 CHANNEL: Message = {"id": -1009876543210, "type": "channel", "title": "News"}
@@ -36,23 +33,12 @@ def settings_for(redis_url: str, **env: str) -> Settings:
     )
 
 
-def with_store(redis_url: str, body: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = Store.from_settings(settings_for(redis_url))
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def redeem(redis_url: str, code: str, address: str = "127.0.0.1") -> Redemption:
-    return with_store(redis_url, lambda store: store.redeem_code(code, address))
+    return run_on_store(settings_for(redis_url), lambda store: store.redeem_code(code, address))
 
 
 def token_user(redis_url: str, token: str) -> dict[str, Any] | None:
-    return with_store(redis_url, lambda store: store.token_user(token))
+    return run_on_store(settings_for(redis_url), lambda store: store.token_user(token))
 
 
 def code_is_live(redis_server: RedisServer, code: str) -> bool:

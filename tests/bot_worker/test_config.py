@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.common import PYTHON, ROOT, base_env
+from tests.fixtures.common import run_module
 from tests.fixtures.sandbox import TelegramSandbox
 
 TOKEN = "123456:" + "A" * 35
 SECRET = "s" * 40
-
-
-def run_bot(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # cwd is an empty temp dir, so no .env is read; PYTHONPATH finds the project
-    return subprocess.run(
-        [PYTHON, "-m", "bot_worker"],
-        env=base_env(PYTHONPATH=str(ROOT), **env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.mark.parametrize(
@@ -45,7 +32,7 @@ def run_bot(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_bad_config_is_one_line_naming_the_variable(
     env: dict[str, str], variable: str, tmp_path: Path
 ) -> None:
-    result = run_bot(env, tmp_path)
+    result = run_module("bot_worker", env, tmp_path)
     assert result.returncode != 0
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -58,7 +45,7 @@ def test_bad_config_is_one_line_naming_the_variable(
 def test_dotenv_in_working_directory_is_read(tmp_path: Path) -> None:
     # the .env supplies the secret; the missing token is then what is reported
     (tmp_path / ".env").write_text(f"AUTH_SECRET={SECRET}\n")
-    result = run_bot({}, tmp_path)
+    result = run_module("bot_worker", {}, tmp_path)
     assert result.returncode == 2
     assert "TELEGRAM_BOT_TOKEN" in result.stderr
 
@@ -67,7 +54,8 @@ def test_token_the_bot_api_rejects_is_one_line_and_exit_2(
     sandbox: TelegramSandbox, redis_url: str, tmp_path: Path
 ) -> None:
     bad = "123456:too-short"  # the sandbox answers 401 Unauthorized, as Telegram does
-    result = run_bot(
+    result = run_module(
+        "bot_worker",
         {"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": bad,
          "TELEGRAM_API_BASE_URL": sandbox.api_base, "REDIS_URL": redis_url},
         tmp_path,

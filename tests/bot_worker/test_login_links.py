@@ -7,22 +7,19 @@ are the sandbox's callback queries.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from bot_worker import messages
 from shared import keys
-from shared.logins import CreatedLogin, Logins, PollResult
+from shared.logins import CreatedLogin, PollResult
 from shared.settings import ApiClient, Settings, load_settings
-from shared.store import Store
 from tests.fixtures.bot import ANN, AUTH_SECRET, IVAN, BotProcess, BotStarter, Message, buttons
 from tests.fixtures.common import wait_until
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox
+from tests.fixtures.store import run_on_logins
 
-T = TypeVar("T")
 GROUP: Message = {"id": -1001234567890, "type": "supergroup", "title": "Friends"}
 API_KEYS = "shop.example:shop-key"
 
@@ -39,28 +36,18 @@ def settings_for(redis_url: str, **env: str) -> Settings:
     )
 
 
-def with_logins(redis_url: str, body: Callable[[Logins], Awaitable[T]], **env: str) -> T:
-    async def run() -> T:
-        store = Store.from_settings(settings_for(redis_url, **env))
-        try:
-            return await body(Logins(store))
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
 def shop(redis_url: str) -> ApiClient:
     (client,) = settings_for(redis_url, API_KEYS=API_KEYS).api_keys
     return client
 
 
 def create(redis_url: str, client: ApiClient | None = None) -> CreatedLogin:
-    return with_logins(redis_url, lambda logins: logins.create(client, "st", "10.0.0.1"))
+    settings = settings_for(redis_url)
+    return run_on_logins(settings, lambda logins: logins.create(client, "st", "10.0.0.1"))
 
 
 def poll(redis_url: str, created: CreatedLogin, client: ApiClient | None = None) -> PollResult:
-    result = with_logins(redis_url, lambda logins: logins.poll(created.id, client))
+    result = run_on_logins(settings_for(redis_url), lambda logins: logins.poll(created.id, client))
     assert result is not None
     return result
 

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from shared import keys
 from shared.logins import Logins, NoBotUsername, client_id, decisions
 from shared.settings import ApiClient, Secret, Settings, load_settings
-from shared.store import RateLimited, Store
+from shared.store import RateLimited
 from tests.fixtures.common import free_port
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.store import run_on_logins
 
-T = TypeVar("T")
 SECRET = "l" * 40
 ANN = {"id": 1001, "username": "ann", "first_name": "Ann", "last_name": None, "language_code": "en"}
 BOB = {**ANN, "id": 1002, "username": "bob", "first_name": "Bob"}
@@ -35,17 +33,6 @@ def make_settings(redis_url: str, **env: str) -> Settings:
         },
         env_file="/nonexistent",
     )
-
-
-def with_logins(settings: Settings, body: Callable[[Logins], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = Store.from_settings(settings)
-        try:
-            return await body(Logins(store))
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 def test_approve_is_delivered_once_with_a_working_token(redis_url: str) -> None:
@@ -80,7 +67,7 @@ def test_approve_is_delivered_once_with_a_working_token(redis_url: str) -> None:
         assert counters["login_requests_created"] == 1
         assert counters["login_requests_approved"] == 1
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_deny_is_final_and_readable_until_it_expires(redis_url: str) -> None:
@@ -99,7 +86,7 @@ def test_deny_is_final_and_readable_until_it_expires(redis_url: str) -> None:
         assert prompt is not None and prompt.status == "denied"
         assert (await logins.store.counters())["login_requests_denied"] == 1
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_the_same_users_repeated_tap_is_the_same_answer(redis_url: str) -> None:
@@ -110,7 +97,7 @@ def test_the_same_users_repeated_tap_is_the_same_answer(redis_url: str) -> None:
         assert first == again and again is not None and again.outcome == "decided"
         assert (await logins.store.counters())["login_requests_approved"] == 1
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_concurrent_approvals_exactly_one_wins(redis_url: str) -> None:
@@ -127,7 +114,7 @@ def test_concurrent_approvals_exactly_one_wins(redis_url: str) -> None:
         result = await logins.poll(created.id, SHOP)
         assert result is not None and result.status == decided[0].status
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_another_clients_request_is_not_found(redis_url: str) -> None:
@@ -139,7 +126,7 @@ def test_another_clients_request_is_not_found(redis_url: str) -> None:
         assert result is not None and result.status == "pending"
         assert client_id(logins.settings, SHOP) != client_id(logins.settings, BLOG)
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_expired_request_and_link_are_unknown(redis_url: str, redis_server: RedisServer) -> None:
@@ -159,7 +146,7 @@ def test_expired_request_and_link_are_unknown(redis_url: str, redis_server: Redi
             assert await logins.prompt(malformed) is None
             assert await logins.poll(malformed, None) is None
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_no_bot_username_until_one_is_published(redis_url: str) -> None:
@@ -170,7 +157,7 @@ def test_no_bot_username_until_one_is_published(redis_url: str) -> None:
         created = await logins.create(None, None, "10.0.0.1")
         assert created.deep_link.startswith("https://t.me/published_bot?start=")
 
-    with_logins(make_settings(redis_url, TELEGRAM_BOT_USERNAME=""), body)
+    run_on_logins(make_settings(redis_url, TELEGRAM_BOT_USERNAME=""), body)
 
 
 def test_creation_is_limited_per_address(redis_url: str) -> None:
@@ -182,7 +169,7 @@ def test_creation_is_limited_per_address(redis_url: str) -> None:
         assert 1 <= limited.value.retry_after <= 60
         await logins.create(None, None, "10.0.0.2")  # another address is not affected
 
-    with_logins(make_settings(redis_url, LOGIN_REQUEST_LIMIT="3"), body)
+    run_on_logins(make_settings(redis_url, LOGIN_REQUEST_LIMIT="3"), body)
 
 
 def test_decisions_feed_announces_each_decision(redis_url: str) -> None:
@@ -194,7 +181,7 @@ def test_decisions_feed_announces_each_decision(redis_url: str) -> None:
             heard = await asyncio.wait_for(anext(feed), 5)
         assert heard == logins.id_hash(created.id)
 
-    with_logins(make_settings(redis_url), body)
+    run_on_logins(make_settings(redis_url), body)
 
 
 def test_decisions_feed_over_a_unix_socket(tmp_path: Path) -> None:
@@ -215,6 +202,6 @@ def test_decisions_feed_over_a_unix_socket(tmp_path: Path) -> None:
                 await logins.decide(created.payload, ANN, approve=False)
                 assert await asyncio.wait_for(anext(feed), 5) == logins.id_hash(created.id)
 
-        with_logins(settings, body)
+        run_on_logins(settings, body)
     finally:
         server.stop()

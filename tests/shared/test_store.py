@@ -16,6 +16,7 @@ from shared.settings import ApiClient, Secret, Settings, load_settings
 from shared.store import InvalidCode, RateLimited, Store, Unavailable
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.store import run_on_store
 
 SECRET = "s" * 40
 ANN = {"id": 1001, "username": "ann", "first_name": "Ann", "last_name": None, "language_code": "en"}
@@ -25,22 +26,6 @@ def make_settings(redis_url: str, **env: str) -> Settings:
     return load_settings(
         env={"AUTH_SECRET": SECRET, "REDIS_URL": redis_url, **env}, env_file="/nonexistent"
     )
-
-
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def _with_store(settings: Settings, body: object) -> object:
-    store = Store.from_settings(settings)
-    try:
-        return await body(store)  # type: ignore[operator]
-    finally:
-        await store.close()
-
-
-def with_store(settings: Settings, body: object) -> object:
-    return asyncio.run(_with_store(settings, body))
 
 
 def test_issue_then_redeem_once(redis_url: str) -> None:
@@ -55,7 +40,7 @@ def test_issue_then_redeem_once(redis_url: str) -> None:
         with pytest.raises(InvalidCode):
             await store.redeem_code(issued.code, "10.0.0.1")
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_new_code_voids_previous(redis_url: str) -> None:
@@ -67,7 +52,7 @@ def test_new_code_voids_previous(redis_url: str) -> None:
             await store.redeem_code(first.code, "10.0.0.1")
         assert (await store.redeem_code(second.code, "10.0.0.1")).user["id"] == ANN["id"]
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_issue_limit_gives_wait_time(redis_url: str) -> None:
@@ -80,7 +65,7 @@ def test_issue_limit_gives_wait_time(redis_url: str) -> None:
         # another user is not affected
         assert await store.issue_code({**ANN, "id": 1002}) is not None
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_redelivered_update_issues_no_second_code(redis_url: str) -> None:
@@ -89,7 +74,7 @@ def test_redelivered_update_issues_no_second_code(redis_url: str) -> None:
         assert await store.issue_code(ANN, update_id=77) is None
         assert (await store.counters())["codes_issued"] == 1
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_failed_redeems_limit_the_address(redis_url: str) -> None:
@@ -108,7 +93,7 @@ def test_failed_redeems_limit_the_address(redis_url: str) -> None:
         assert counters["redeems_failed"] == 3
         assert counters["redeems_rate_limited"] == 1
 
-    with_store(
+    run_on_store(
         make_settings(redis_url, REDEEM_FAIL_LIMIT="3", REDEEM_FAIL_WINDOW_SECONDS="60"), body
     )
 
@@ -124,7 +109,7 @@ def test_expired_code_is_invalid(redis_url: str, redis_server: RedisServer) -> N
         with pytest.raises(InvalidCode):
             await store.redeem_code(issued.code, "10.0.0.1")
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_revoke_token_and_user(redis_url: str) -> None:
@@ -144,7 +129,7 @@ def test_revoke_token_and_user(redis_url: str) -> None:
             await store.redeem_code(pending.code, "10.0.0.1")
         assert await store.revoke_user(ANN["id"]) == 0
 
-    with_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
+    run_on_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
 
 
 def test_concurrent_redeems_exactly_one_wins(redis_url: str) -> None:
@@ -161,7 +146,7 @@ def test_concurrent_redeems_exactly_one_wins(redis_url: str) -> None:
             o for o in outcomes if isinstance(o, Unavailable)
         ][:3]
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_no_plain_code_or_token_in_redis(redis_url: str, redis_server: RedisServer) -> None:
@@ -190,7 +175,7 @@ def test_no_plain_code_or_token_in_redis(redis_url: str, redis_server: RedisServ
                 secrets.append(result.redemption.access_token)
         secrets.append("shop-api-key-123")
 
-    with_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
+    run_on_store(make_settings(redis_url, CODE_ISSUE_LIMIT="10"), body)
     text = redis_server.dump()
     assert len(text.splitlines()) > 50  # codes, tokens, indexes, login requests are there ...
     assert text.count(keys.LOGIN_LINK) == 6 and text.count(keys.LOGIN + "{") == 4
@@ -217,7 +202,7 @@ def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
         assert (await store.redeem_code(issued.code, "10.0.0.1")).user["id"] == ANN["id"]
 
     try:
-        with_store(make_settings(server.url), body)
+        run_on_store(make_settings(server.url), body)
     finally:
         server.stop()
 
@@ -270,7 +255,7 @@ def test_all_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None
         await store.publish_bot_username("b")
         assert (await store.counters())["codes_issued"] == 2
 
-    with_store(make_settings(cluster_node.url, REDEEM_FAIL_LIMIT="100"), body)
+    run_on_store(make_settings(cluster_node.url, REDEEM_FAIL_LIMIT="100"), body)
 
 
 def test_login_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None:
@@ -288,7 +273,7 @@ def test_login_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> No
         counters = await store.counters()
         assert counters["login_requests_approved"] == counters["login_requests_denied"] == 1
 
-    with_store(make_settings(cluster_node.url), body)
+    run_on_store(make_settings(cluster_node.url), body)
 
 
 def test_full_width_digits_are_the_same_code(redis_url: str) -> None:
@@ -298,7 +283,7 @@ def test_full_width_digits_are_the_same_code(redis_url: str) -> None:
         wide = "".join(chr(0xFF10 + int(d)) for d in issued.code)
         assert (await store.redeem_code(wide, "10.0.0.1")).user["id"] == ANN["id"]
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
 
 
 def test_concurrent_guesses_stop_at_the_limit(redis_url: str) -> None:
@@ -310,4 +295,4 @@ def test_concurrent_guesses_stop_at_the_limit(redis_url: str) -> None:
         assert sum(isinstance(o, InvalidCode) for o in outcomes) == 10
         assert sum(isinstance(o, RateLimited) for o in outcomes) == 50
 
-    with_store(make_settings(redis_url), body)
+    run_on_store(make_settings(redis_url), body)
