@@ -65,20 +65,20 @@ def _user_record(user: User) -> dict[str, Any]:
     }
 
 
-def _private(update: Update) -> tuple[Message, User] | None:
-    """The message and its sender, if this is a user's message in a private chat."""
+def _private(update: Update) -> tuple[Message, User, Lang] | None:
+    """The message, its sender and their language, if this is a user's message in a
+    private chat."""
     message, user = update.effective_message, update.effective_user
     if message is None or user is None or message.chat.type != "private":
         return None
-    return message, user
+    return message, user, messages.lang_of(user.language_code)
 
 
 async def _issue_code(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     found = _private(update)
     if found is None:
         return
-    message, user = found
-    lang = messages.lang_of(user.language_code)
+    message, user, lang = found
     try:
         issued = await _store(context).issue_code(_user_record(user), update_id=update.update_id)
     except RateLimited as exc:
@@ -124,8 +124,7 @@ async def login_link(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     found = _private(update)
     if found is None:
         return
-    message, user = found
-    lang = messages.lang_of(user.language_code)
+    message, user, lang = found
     payload = context.args[0] if context.args else ""
     try:
         prompt = await _logins(context).prompt(payload)
@@ -203,8 +202,7 @@ async def logout(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     found = _private(update)
     if found is None:
         return
-    message, user = found
-    lang = messages.lang_of(user.language_code)
+    message, user, lang = found
     try:
         ended = await _store(context).revoke_user(user.id)
     except Unavailable as exc:
@@ -220,9 +218,9 @@ async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     found = _private(update)
     if found is None:
         return
-    message, user = found
+    message, _, lang = found
     ttl = _store(context).settings.code_ttl_seconds
-    await message.reply_text(messages.help_text(messages.lang_of(user.language_code), ttl))
+    await message.reply_text(messages.help_text(lang, ttl))
 
 
 async def text_hint(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -230,8 +228,8 @@ async def text_hint(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     found = _private(update)
     if found is None:
         return
-    message, user = found
-    await message.reply_text(messages.text_hint(messages.lang_of(user.language_code)))
+    message, _, lang = found
+    await message.reply_text(messages.text_hint(lang))
 
 
 async def not_private(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
