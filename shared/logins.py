@@ -195,19 +195,20 @@ class Logins:
 
     # -- bot side -----------------------------------------------------------------------
 
-    async def _request_key(self, payload: str) -> str | None:
+    async def _link_target(self, payload: str) -> str | None:
+        """The id hash of the request a deep-link payload points to, if it is live."""
         if not _TOKEN_SHAPE.fullmatch(payload):
             return None
         id_hash = await self.redis.get(keys.login_link(self._hash("link", payload)))
-        return None if id_hash is None else keys.login(str(id_hash))
+        return None if id_hash is None else str(id_hash)
 
     async def prompt(self, payload: str) -> Prompt | None:
         """What `/start <payload>` is about, or None for an unknown or expired link."""
         try:
-            key = await self._request_key(payload)
-            if key is None:
+            id_hash = await self._link_target(payload)
+            if id_hash is None:
                 return None
-            status, name = await self.redis.hmget(key, ["st", "n"])
+            status, name = await self.redis.hmget(keys.login(id_hash), ["st", "n"])
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
         if status not in _STATUSES:
@@ -219,18 +220,18 @@ class Logins:
         request is unknown or expired. Wakes the API processes waiting on it."""
         decision = "approved" if approve else "denied"
         try:
-            key = await self._request_key(payload)
-            if key is None:
+            id_hash = await self._link_target(payload)
+            if id_hash is None:
                 return None
             outcome, status, name = await self._decide(
-                keys=[key],
+                keys=[keys.login(id_hash)],
                 args=[
                     decision,
                     json.dumps(public_user(user), separators=(",", ":")),
                     str(user["id"]),
                     self.settings.login_request_ttl_seconds * 1000,
                     keys.LOGIN_DECIDED,
-                    key.removeprefix(keys.LOGIN + "{").removesuffix("}"),
+                    id_hash,
                 ],
             )
             if int(outcome) == 1:
