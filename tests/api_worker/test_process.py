@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import time
 from pathlib import Path
 
 import httpx
@@ -132,7 +131,6 @@ def test_sigterm_finishes_in_flight_requests(redis_url: str, start_api: ApiStart
     assert httpx.get(f"{api.url}/healthz").status_code == 200
 
     assert api.proc is not None
-    stopped_at = time.monotonic()
     api.proc.send_signal(signal.SIGTERM)
     wait_until(lambda: "Shutting down" in api.output(), what="uvicorn to begin shutting down")
     wait_until(lambda: not port_open(api.port), what="the listening socket to close")
@@ -144,8 +142,7 @@ def test_sigterm_finishes_in_flight_requests(redis_url: str, start_api: ApiStart
     assert b'"access_token"' in answers[0]
     assert b'"invalid_code"' in answers[1] and b'"invalid_code"' in answers[2]
 
-    api.proc.wait(timeout=10)
-    assert time.monotonic() - stopped_at < 10
+    api.proc.wait(timeout=10)  # raises if it has not ended by itself within 10 s
     output = api.output()
     assert "Traceback" not in output
     assert "API worker stopped" in output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,13 +77,11 @@ def test_stop_signal_ends_the_bot_quickly_and_quietly(
 ) -> None:
     bot.ask("/code", ANN)  # mid-poll, with a store connection open
     assert bot.proc is not None
-    began = time.monotonic()
     bot.proc.send_signal(sig)
     try:
         status = bot.proc.wait(10)
     except subprocess.TimeoutExpired:
         pytest.fail(f"the bot did not stop within 10 s of {sig.name}:\n{bot.output()}")
-    assert time.monotonic() - began < 10
     assert status == 0, bot.output()
     assert "Traceback" not in bot.output()
     assert "bot stopped" in bot.output()
