@@ -1,9 +1,13 @@
-"""Build the python-telegram-bot Application and run it.
+"""Build the python-telegram-bot Application and run it, polling or as a webhook.
 
-`build_application` wires the handlers and the lifecycle hooks: the Redis
-store opens in `post_init` and closes in `post_shutdown`. How updates
-arrive is `run`'s business alone (plain polling today), so a Redis-leased
-poller or webhook mode can replace it without touching the handlers.
+`build_application` wires the handlers and a rate limiter that holds
+Telegram's flood limits across processes. `run` owns the event loop and the
+signals: it initialises the Application, opens Redis, and then either polls
+under the Redis lease (`polling.py`) or serves WEBHOOK_URL (`webhook.py`);
+either way every update goes through `dispatch.Dispatcher`, which confirms an
+update to Telegram only once it was handled. SIGTERM or SIGINT stops taking
+updates, lets those in hand finish (`STOP_GRACE`), and leaves the rest to
+Telegram and the next process.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeAlias
 
-from telegram import BotCommand, Update
-from telegram.error import TelegramError
+import uvicorn
+from telegram import BotCommand
+from telegram.error import NetworkError, TelegramError
 from telegram.ext import (
     Application,
     CallbackQueryHandler,
@@ -27,6 +34,13 @@ from telegram.ext import (
 )
 
 from bot_worker import handlers, messages
+from bot_worker.dispatch import Dispatcher
+from bot_worker.limiter import SharedRateLimiter
+from bot_worker.polling import Poller
+from bot_worker.webhook import create_webhook_app, ensure_webhook
+from shared.flood import FloodControl
+from shared.lease import Leases, instance_name
+from shared.ledger import HEARTBEAT_SECONDS, UpdateLedger
 from shared.logins import Logins
 from shared.settings import Settings
 from shared.store import Store, Unavailable
@@ -43,11 +57,14 @@ BotApplication: TypeAlias = Application[
 ]
 
 SETTINGS = "settings"
-PUBLISHER = "username_publisher"
 COMMANDS = ("start", "code", "logout", "help")
 # retry delays (s) for publishing the username while Redis is unreachable
 PUBLISH_RETRY_FIRST = 0.5
 PUBLISH_RETRY_MAX = 5.0
+# tries, and the first delay (s, doubling), to reach a Bot API that is still starting
+START_TRIES, START_RETRY_FIRST = 6, 0.5
+# seconds the updates in hand get to finish after a stop signal (supervisord waits 10)
+STOP_GRACE = 8.0
 
 # messages people send, not edits, service updates or the bot's own posts
 _NEW = filters.UpdateType.MESSAGE | filters.UpdateType.CHANNEL_POST
@@ -61,11 +78,16 @@ def build_application(settings: Settings) -> BotApplication:
         Application.builder()
         .token(settings.telegram_bot_token.reveal())
         .base_url(settings.telegram_api_base_url)
-        # a second connection for getUpdates: on shutdown PTB confirms the fetched
-        # updates with one more call while the long poll may still hold the first
+        # updates arrive through `run`, never python-telegram-bot's own Updater, which
+        # confirms a fetched batch to Telegram before handling it
+        .updater(None)
+        .rate_limiter(SharedRateLimiter())
+        # replies go out side by side (each chat's in order, see dispatch.py)
+        .connection_pool_size(64)
+        .pool_timeout(10.0)
+        # a second connection for getUpdates: the final confirming call on a stop
+        # may overlap the long poll being cancelled
         .get_updates_connection_pool_size(2)
-        .post_init(_post_init)
-        .post_shutdown(_post_shutdown)
         .build()
     )
     application.bot_data[SETTINGS] = settings
@@ -89,39 +111,149 @@ def add_handlers(application: BotApplication) -> None:
     application.add_error_handler(handlers.error)
 
 
-def run(application: BotApplication) -> None:
-    """Serve updates until SIGINT or SIGTERM; `run_polling` owns the loop and signals."""
-    application.run_polling(
-        allowed_updates=Update.ALL_TYPES,
-        drop_pending_updates=False,
-        # ride out a Bot API that is still starting (supervisord starts all at once)
-        bootstrap_retries=5,
-    )
+def run(application: BotApplication, fd: int | None = None) -> None:
+    """Serve updates until SIGINT or SIGTERM; this function owns the loop and the signals."""
+    asyncio.run(_serve(application, fd))
 
 
-async def _post_init(application: BotApplication) -> None:
+class Runtime:
+    """What one bot process holds open while it runs."""
+
+    def __init__(self, application: BotApplication, settings: Settings) -> None:
+        bot_id = application.bot.id
+        instance = instance_name()
+        self.store = Store.from_settings(settings)
+        self.leases = Leases(self.store.redis, bot_id, instance)
+        self.ledger = UpdateLedger(self.store.redis, bot_id, instance)
+        self.dispatcher = Dispatcher(application.process_update, self.ledger)
+        limiter = application.bot.rate_limiter
+        assert isinstance(limiter, SharedRateLimiter)
+        limiter.flood = FloodControl(self.store.redis, bot_id, settings.bot_send_rate)
+        application.bot_data[handlers.STORE] = self.store
+        application.bot_data[handlers.LOGINS] = Logins(self.store)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def background(self, job: Awaitable[None], name: str) -> None:
+        self.tasks.append(asyncio.ensure_future(job))
+        self.tasks[-1].set_name(name)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+
+async def _serve(application: BotApplication, fd: int | None) -> None:
     settings: Settings = application.bot_data[SETTINGS]
-    store = Store.from_settings(settings)
-    application.bot_data[handlers.STORE] = store
-    application.bot_data[handlers.LOGINS] = Logins(store)
-    await _set_commands(application)
-    username = settings.telegram_bot_username or application.bot.username
-    logger.info("bot @%s started", application.bot.username)
-    application.bot_data[PUBLISHER] = asyncio.create_task(
-        _publish_username(store, username), name="publish bot username"
-    )
-
-
-async def _post_shutdown(application: BotApplication) -> None:
-    publisher: asyncio.Task[None] | None = application.bot_data.pop(PUBLISHER, None)
-    if publisher is not None and not publisher.done():
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
-    store: Store | None = application.bot_data.pop(handlers.STORE, None)
-    if store is not None:  # None when start-up failed before post_init
-        await store.close()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await _initialize(application)
+    runtime = Runtime(application, settings)
+    try:
+        await application.start()
+        await _beat_once(runtime.ledger)
+        runtime.background(_heartbeat(runtime.ledger), "heartbeat")
+        await _set_commands(application)
+        username = settings.telegram_bot_username or application.bot.username
+        runtime.background(_publish_username(runtime.store, username), "publish username")
+        logger.info("bot @%s started (%s)", application.bot.username, settings.bot_mode)
+        if settings.bot_mode == "webhook":
+            runtime.background(
+                ensure_webhook(settings, application.bot, runtime.leases, stop), "set webhook"
+            )
+            await _serve_webhook(settings, application, runtime.dispatcher, fd, stop)
+        else:
+            poller = Poller(application.bot, runtime.dispatcher, runtime.leases)
+            await _until_stopped(poller.run(stop), stop)
+    finally:
+        logger.info("Application is stopping")
+        await runtime.close()
+        if application.running:
+            await application.stop()
+        await application.shutdown()
         logger.info("bot stopped")
+
+
+async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
+    """Run `work`; once `stop` is set it gets STOP_GRACE seconds to finish, then is cancelled."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        done, _ = await asyncio.wait({task}, timeout=STOP_GRACE)
+        if not done:
+            logger.warning("updates still in hand after %.0f s: left to Telegram", STOP_GRACE)
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _initialize(application: BotApplication) -> None:
+    """getMe and the rest of python-telegram-bot's start-up; ride out a Bot API that is
+    still starting (supervisord starts everything at once)."""
+    delay = START_RETRY_FIRST
+    for attempt in range(START_TRIES):
+        try:
+            await application.initialize()
+            return
+        except NetworkError as exc:
+            if attempt == START_TRIES - 1:
+                raise
+            logger.warning("Bot API not reachable yet (%s); again in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server without its own signal handling: `run` owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_webhook(
+    settings: Settings,
+    application: BotApplication,
+    dispatcher: Dispatcher,
+    fd: int | None,
+    stop: asyncio.Event,
+) -> None:
+    app = create_webhook_app(settings, application.bot, dispatcher)
+    config = uvicorn.Config(
+        app, host=settings.bot_host, port=settings.bot_port, fd=fd, log_config=None,
+        access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
+    )
+    server = _Uvicorn(config)
+    serving = asyncio.create_task(server.serve(), name="webhook server")
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    server.should_exit = True  # stop accepting; requests in hand finish (their updates)
+    await serving
+    if not server.started:
+        raise SystemExit(3)  # uvicorn logged why (e.g. the port is taken)
+
+
+async def _beat_once(ledger: UpdateLedger) -> None:
+    with contextlib.suppress(Unavailable):
+        await ledger.heartbeat()
+
+
+async def _heartbeat(ledger: UpdateLedger) -> None:
+    """Keep this process's claims on updates alive; they lapse soon after it dies."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            await ledger.heartbeat()
+        except Unavailable as exc:
+            logger.warning("heartbeat not recorded, Redis is unavailable: %s", exc)
 
 
 async def _set_commands(application: BotApplication) -> None:

@@ -19,10 +19,11 @@ from telegram import (
     Update,
     User,
 )
-from telegram.error import BadRequest
+from telegram.error import BadRequest, Forbidden
 from telegram.ext import ContextTypes
 
 from bot_worker import messages
+from bot_worker.dispatch import handling_errors, key_of, may_pass
 from bot_worker.messages import Lang
 from shared.logins import Decision, Logins
 from shared.store import RateLimited, Store, Unavailable
@@ -80,7 +81,8 @@ async def _issue_code(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         return
     message, user, lang = found
     try:
-        issued = await _store(context).issue_code(_user_record(user), update_id=update.update_id)
+        update_key = str(key_of(update, context.bot.id))
+        issued = await _store(context).issue_code(_user_record(user), update_key=update_key)
     except RateLimited as exc:
         logger.info("code issue refused for user %d: over the limit", user.id)
         await message.reply_text(messages.rate_limited(lang, exc.retry_after))
@@ -90,7 +92,8 @@ async def _issue_code(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await message.reply_text(messages.unavailable(lang))
         return
     if issued is None:
-        logger.info("update %d was already handled; not issuing a second code", update.update_id)
+        # handled again after a crash, but the user has a newer code by now
+        logger.info("update %d: its code was replaced since; not sent again", update.update_id)
         return
     reply = messages.code_issued(lang, issued.code, issued.ttl_seconds)
     keyboard = InlineKeyboardMarkup(
@@ -177,7 +180,10 @@ async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         await query.answer(messages.unavailable(lang), show_alert=True)
         return
     text = _outcome(lang, decision)
-    await query.answer(_short(text))
+    try:
+        await query.answer(_short(text))
+    except BadRequest as exc:  # a tap handled again: its query was answered the first time
+        logger.info("callback query already answered: %s", exc)
     try:
         await query.edit_message_text(text)  # no reply_markup: the buttons go
     except BadRequest as exc:  # a redelivered tap finds the message already edited
@@ -250,7 +256,26 @@ async def not_private(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 
 
 async def error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log every error a handler did not handle; the bot keeps running."""
+    """Log every error a handler did not handle; the bot keeps running.
+
+    The dispatcher learns of it too: an error that may pass (Telegram
+    unreachable) has the update handled again later, so no reply now.
+    A user who blocked the bot (403) ends that conversation quietly.
+    """
+    errors = handling_errors.get()
+    if errors is not None and context.error is not None:
+        errors.append(context.error)
+    if isinstance(context.error, Forbidden):
+        chat = update.effective_chat if isinstance(update, Update) else None
+        logger.info(
+            "chat %s: Telegram refused the reply (%s); nothing more to send",
+            chat.id if chat else "?", context.error.message,
+        )
+        return
+    if context.error is not None and may_pass(context.error):
+        logger.warning("Telegram call failed, the update will be handled again: %s",
+                       context.error)
+        return
     logger.error("error while handling an update", exc_info=context.error)
     if isinstance(update, Update) and update.effective_message is not None:
         if update.effective_chat is not None and update.effective_chat.type == "private":

@@ -30,6 +30,18 @@ def new_code(length: int) -> str:
     return f"{secrets.randbelow(10**length):0{length}d}"
 
 
+def code_for_update(secret: Secret, update_key: str, length: int) -> str:
+    """The code an update issues: `length` digits from a keyed hash of the update.
+
+    Handling one update again (after a crash, a takeover, a webhook retry)
+    re-sends the same code instead of a second one. Without AUTH_SECRET the
+    digits are as unpredictable as random ones (HMAC-SHA256 is a PRF; 128 bits
+    reduced mod 10^length leave no usable bias).
+    """
+    mac = hmac.new(secret.reveal().encode(), f"update-code:{update_key}".encode(), hashlib.sha256)
+    return f"{int.from_bytes(mac.digest()[:16], 'big') % 10**length:0{length}d}"
+
+
 def normalize_code(raw: str) -> str:
     """A typed code without the spaces and dashes people put in it; full-width
     and other compatibility digits become ASCII."""

@@ -19,8 +19,9 @@ USER_CODE = PREFIX + "user:code:"
 USER_ISSUES = PREFIX + "user:issues:"
 # per user: sorted set token hash -> expiry (ms); TTL TOKEN_TTL_SECONDS, renewed on issue
 USER_TOKENS = PREFIX + "user:tokens:"
-# per user: sorted set of update ids already handled -> when (ms), entries older than
-# a day dropped (dedupe of redelivered updates); TTL 1 day
+# per user: sorted set of update keys (bot id, update id, fingerprint) that issued a code
+# -> when (ms), entries older than a day dropped (a re-handled update re-sends its code
+# instead of issuing another); TTL 1 day
 USER_UPDATES = PREFIX + "user:updates:"
 # token hash -> JSON {"user": {...}, "exp": ms}; TTL TOKEN_TTL_SECONDS
 TOKEN = PREFIX + "token:"
@@ -45,7 +46,30 @@ LOGIN_CREATES = PREFIX + "login:creates:"
 # pub/sub channel (not a key): each message is the poll-id hash of a request just decided
 LOGIN_DECIDED = PREFIX + "login:decided"
 
+# Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
+# lease, the ledger and the flood-limit scripts each run in one Cluster slot.
+BOT = PREFIX + "bot:"
+# the instance polling getUpdates (its lease); TTL LEASE_MS, renewed while it polls
+POLLER = ":poller"
+# hash instance -> ms until which it is alive (heartbeat); TTL 1 day, dead entries pruned
+LIVE = ":live"
+# hash per bucket of 1024 update ids: "<update id>:<fingerprint>" -> "d" (handled) or
+# "c:<instance>" (being handled); TTL UPDATES_TTL_SECONDS from the last write
+UPDATES = ":updates:"
+# the digest of the webhook configuration last set with setWebhook; no TTL (deleted by
+# a poller); and the lock one process holds while setting it, TTL WEBHOOK_LOCK_MS
+WEBHOOK = ":webhook"
+WEBHOOK_LOCK = ":webhook:lock"
+# sorted set of recent sends (all chats) -> ms; TTL one rate window
+SENDS = ":sends"
+# per chat: sorted set of recent sends to that chat -> ms; TTL one chat window
+CHAT_SENDS = ":sends:c"
+# ms until which Telegram asked every process to hold sends (a 429's retry_after);
+# TTL that wait
+FLOOD_WAIT = ":floodwait"
+
 UPDATES_TTL_SECONDS = 86400
+UPDATE_BUCKET = 1024
 FAIL_RATE_TTL_SECONDS = 120
 
 
@@ -96,3 +120,39 @@ def login_link(payload_hash: str) -> str:
 
 def login_creates(address_hash: str) -> str:
     return LOGIN_CREATES + address_hash
+
+
+def _bot(bot_id: int, suffix: str) -> str:
+    return f"{BOT}{{b{bot_id}}}{suffix}"
+
+
+def poller(bot_id: int) -> str:
+    return _bot(bot_id, POLLER)
+
+
+def live(bot_id: int) -> str:
+    return _bot(bot_id, LIVE)
+
+
+def updates(bot_id: int, update_id: int) -> str:
+    return _bot(bot_id, f"{UPDATES}{update_id // UPDATE_BUCKET}")
+
+
+def webhook(bot_id: int) -> str:
+    return _bot(bot_id, WEBHOOK)
+
+
+def webhook_lock(bot_id: int) -> str:
+    return _bot(bot_id, WEBHOOK_LOCK)
+
+
+def sends(bot_id: int) -> str:
+    return _bot(bot_id, SENDS)
+
+
+def chat_sends(bot_id: int, chat_id: int | str) -> str:
+    return _bot(bot_id, f"{CHAT_SENDS}{chat_id}")
+
+
+def flood_wait(bot_id: int) -> str:
+    return _bot(bot_id, FLOOD_WAIT)

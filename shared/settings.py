@@ -6,7 +6,10 @@ entry points turn it into one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,11 +91,18 @@ class Settings:
     redeem_fail_alarm_per_minute: int = 100
     demo_page: bool = False
     log_level: str = "INFO"
+    # how updates reach the bot: "polling" (one leased poller) or "webhook"
+    bot_mode: str = "polling"
+    webhook_url: str = ""
+    # the X-Telegram-Bot-Api-Secret-Token; derived from AUTH_SECRET when not set
+    webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    bot_host: str = "127.0.0.1"
+    bot_port: int = 8001
+    # messages a second, all bot processes together (Telegram's flood limit)
+    bot_send_rate: int = 30
 
     def client_for_key(self, key: str) -> ApiClient | None:
         """The API client whose key this is, or None."""
-        import hmac
-
         for client in self.api_keys:
             if hmac.compare_digest(client.key.reveal().encode(), key.encode()):
                 return client
@@ -173,6 +183,30 @@ def _api_keys(raw: str) -> tuple[ApiClient, ...]:
     return tuple(clients)
 
 
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+def _webhook(values: Mapping[str, str], secret: str) -> tuple[str, str, Secret]:
+    """BOT_MODE, WEBHOOK_URL and WEBHOOK_SECRET, checked together."""
+    mode = values.get("BOT_MODE", "").strip().lower() or "polling"
+    if mode not in ("polling", "webhook"):
+        raise SettingsError("BOT_MODE", f"must be polling or webhook, got {mode!r}")
+    url = values.get("WEBHOOK_URL", "").strip()
+    if mode == "webhook":
+        if not url:
+            raise SettingsError("WEBHOOK_URL", "is required when BOT_MODE=webhook")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError("WEBHOOK_URL", f"must be an https:// URL, got {url!r}")
+    hook_secret = values.get("WEBHOOK_SECRET", "").strip()
+    if hook_secret and not _WEBHOOK_SECRET.fullmatch(hook_secret):
+        raise SettingsError("WEBHOOK_SECRET", "must be 1-256 characters of A-Z a-z 0-9 _ -")
+    if not hook_secret:
+        # the same in every process without another variable to keep in step
+        hook_secret = hmac.new(secret.encode(), b"webhook-secret", hashlib.sha256).hexdigest()
+    return mode, url, Secret(hook_secret)
+
+
 def _bool(values: Mapping[str, str], name: str) -> bool:
     raw = values.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -212,6 +246,10 @@ def load_settings(
         else _int(values, "API_PORT", 8000, 1, 65535)
     )
 
+    bot_mode, webhook_url, webhook_secret = _webhook(values, secret)
+    # PORT is the API's on a Procfile platform; a bot service of its own sets BOT_PORT
+    bot_port = _int(values, "BOT_PORT", 8001, 1, 65535)
+
     return Settings(
         auth_secret=Secret(secret),
         redis_url=_redis_url(values),
@@ -236,4 +274,10 @@ def load_settings(
         ),
         demo_page=_bool(values, "DEMO_PAGE"),
         log_level=_log_level(values),
+        bot_mode=bot_mode,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        bot_host=values.get("BOT_HOST", "").strip() or "127.0.0.1",
+        bot_port=bot_port,
+        bot_send_rate=_int(values, "BOT_SEND_RATE", 30, 1, 100_000),
     )

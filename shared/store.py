@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -24,7 +26,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
-from shared.hashing import digest, new_code, new_token, normalize_code
+from shared.hashing import code_for_update, digest, new_code, new_token, normalize_code
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,19 @@ class Redemption:
     user: User
     access_token: str
     expires_in: int
+
+
+@contextmanager
+def unavailable_on_error() -> Iterator[None]:
+    """Turn any Redis failure inside the block into `Unavailable`."""
+    try:
+        yield
+    except RedisError as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _now_ms() -> int:
@@ -133,22 +148,29 @@ class Store:
 
     # -- codes (bot side) -------------------------------------------------
 
-    async def issue_code(self, user: User, update_id: int | None = None) -> IssuedCode | None:
+    async def issue_code(self, user: User, update_key: str | None = None) -> IssuedCode | None:
         """Issue a new code for `user`, voiding the previous one.
 
-        Raises RateLimited when the user asked too often; returns None when
-        `update_id` was already handled (a redelivered update).
+        With `update_key` (the update asking for it) the code is derived from
+        that key, and asking again for the same update gives the same code
+        without counting another issue, so a re-handled update re-sends its
+        reply rather than a second code. Raises RateLimited when the user asked
+        too often; returns None when that update's code was since replaced.
         Two round trips: write the new code and run the per-user script in one
         pipeline, then delete the previous code (or the unused new one).
         """
         settings = self.settings
         uid = int(user["id"])
-        code = new_code(settings.code_length)
+        if update_key is None:
+            code = new_code(settings.code_length)
+        else:
+            code = code_for_update(settings.auth_secret, update_key, settings.code_length)
         code_hash = self.hash("code", code)
         record = json.dumps({"user": public_user(user)}, separators=(",", ":"))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.code(code_hash), record, ex=settings.code_ttl_seconds)
+                # NX: a re-handled update must not lengthen the life of its code
+                pipe.set(keys.code(code_hash), record, ex=settings.code_ttl_seconds, nx=True)
                 await self._issue(
                     keys=[keys.user_issues(uid), keys.user_code(uid), keys.user_updates(uid)],
                     args=[
@@ -157,20 +179,21 @@ class Store:
                         settings.issue_limit,
                         code_hash,
                         settings.code_ttl_seconds * 1000,
-                        "" if update_id is None else str(update_id),
+                        update_key or "",
                         keys.UPDATES_TTL_SECONDS,
                     ],
                     client=pipe,
                 )
-                _, (status, value) = await pipe.execute()
+                created, (status, value) = await pipe.execute()
             status = int(status)
             async with self.redis.pipeline(transaction=False) as pipe:
                 if status == 1:
-                    if value:
+                    if value and value != code_hash:
                         pipe.delete(keys.code(value))
                     pipe.hincrby(keys.STATS, "codes_issued", 1)
-                else:
-                    pipe.delete(keys.code(code_hash))
+                elif status == 0 or (status == 2 and not value):
+                    if created:  # only a code this call wrote; never a live one
+                        pipe.delete(keys.code(code_hash))
                     if status == 0:
                         pipe.hincrby(keys.STATS, "codes_issue_limited", 1)
                 await pipe.execute()
@@ -178,7 +201,7 @@ class Store:
             raise Unavailable(str(exc)) from exc
         if status == 0:
             raise RateLimited(retry_after(int(value)))
-        if status == 2:
+        if status == 2 and not value:
             return None
         return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
 

@@ -68,11 +68,44 @@ def test_issue_limit_gives_wait_time(redis_url: str) -> None:
     run_on_store(make_settings(redis_url), body)
 
 
-def test_redelivered_update_issues_no_second_code(redis_url: str) -> None:
+def test_a_rehandled_update_gets_its_same_code_not_a_second(redis_url: str) -> None:
     async def body(store: Store) -> None:
-        assert await store.issue_code(ANN, update_id=77) is not None
-        assert await store.issue_code(ANN, update_id=77) is None
+        first = await store.issue_code(ANN, update_key="42:77:abc")
+        assert first is not None
+        again = await store.issue_code(ANN, update_key="42:77:abc")
+        assert again is not None and again.code == first.code
         assert (await store.counters())["codes_issued"] == 1
+        # the code is still live and redeems once
+        redeemed = await store.redeem_code(first.code, "10.0.0.1")
+        assert redeemed.user["id"] == ANN["id"]
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_the_same_update_id_with_other_content_or_bot_is_a_new_update(redis_url: str) -> None:
+    """A Bot API that starts its ids again, or a second bot, never looks like a duplicate."""
+
+    async def body(store: Store) -> None:
+        first = await store.issue_code(ANN, update_key="42:1:aaaa")
+        restarted = await store.issue_code(ANN, update_key="42:1:bbbb")
+        other_bot = await store.issue_code(ANN, update_key="43:1:aaaa")
+        assert first and restarted and other_bot
+        assert len({first.code, restarted.code, other_bot.code}) == 3
+        assert (await store.counters())["codes_issued"] == 3
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_a_rehandled_update_whose_code_was_replaced_sends_nothing(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        first = await store.issue_code(ANN, update_key="42:1:aaaa")
+        newer = await store.issue_code(ANN, update_key="42:2:bbbb")
+        assert first and newer
+        assert await store.issue_code(ANN, update_key="42:1:aaaa") is None
+        # the newer code is untouched, the replaced one stays void
+        with pytest.raises(InvalidCode):
+            await store.redeem_code(first.code, "10.0.0.1")
+        assert (await store.redeem_code(newer.code, "10.0.0.1")).user["id"] == ANN["id"]
 
     run_on_store(make_settings(redis_url), body)
 
@@ -242,9 +275,9 @@ def test_cluster_node_rejects_cross_slot_scripts(cluster_node: RedisServer) -> N
 
 def test_all_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None:
     async def body(store: Store) -> None:
-        issued = await store.issue_code(ANN, update_id=1)
+        issued = await store.issue_code(ANN, update_key="42:1:aaaa")
         assert issued is not None
-        again = await store.issue_code(ANN, update_id=2)
+        again = await store.issue_code(ANN, update_key="42:2:bbbb")
         assert again is not None
         redeemed = await store.redeem_code(again.code, "10.0.0.1")
         with pytest.raises(InvalidCode):
