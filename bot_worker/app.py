@@ -120,6 +120,7 @@ class Runtime:
     """What one bot process holds open while it runs."""
 
     def __init__(self, application: BotApplication, settings: Settings) -> None:
+        self.bot = application.bot
         bot_id = application.bot.id
         instance = instance_name()
         self.store = Store.from_settings(settings)

@@ -123,6 +123,10 @@ class Poller:
             except InvalidToken:
                 raise
             except (NetworkError, RetryAfter) as exc:
+                # start again from Telegram's earliest unconfirmed update: a Bot API
+                # that restarted may number its updates from 1 again, and the ledger
+                # skips whatever was handled already
+                offset = None
                 logger.warning("getUpdates failed (%s); again in %.1f s", exc, delay)
                 await _wait(stop, delay)
                 delay = min(delay * 2, RETRY_CAP)

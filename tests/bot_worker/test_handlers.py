@@ -1,29 +1,32 @@
-"""Handlers driven in-process by the real Application, against the sandbox and Redis.
+"""Updates driven in-process through the real Dispatcher and Application, against the
+sandbox and Redis.
 
-For what a separate process cannot show: one update processed twice (a webhook
-retry or a polling takeover redelivers it) must not issue two codes.
+For what a separate process cannot show: one update handled twice (a webhook
+retry or a polling takeover redelivers it) answers once and issues one code;
+an update handled again after a crash between its code and its reply re-sends
+that same code; and an update with a known id but other content (a Bot API
+that started its ids again) is a new update.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from telegram import Update
 
-from bot_worker.app import build_application
+from bot_worker.app import Runtime, build_application
 from shared import keys
-from shared.settings import load_settings
+from shared.settings import Settings, load_settings
 from tests.fixtures.bot import ANN, AUTH_SECRET, code_of
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox, make_token
 
 
-def test_a_redelivered_update_issues_no_second_code(
-    sandbox: TelegramSandbox, redis_server: RedisServer, redis_url: str
-) -> None:
-    token = make_token()
-    settings = load_settings(
+def _settings(sandbox: TelegramSandbox, redis_url: str, token: str) -> Settings:
+    return load_settings(
         env={
             "AUTH_SECRET": AUTH_SECRET,
             "TELEGRAM_BOT_TOKEN": token,
@@ -33,29 +36,93 @@ def test_a_redelivered_update_issues_no_second_code(
         env_file="/nonexistent",
         require_bot_token=True,
     )
-    sent = sandbox.send("/code", user=ANN, token=token)
 
-    async def deliver_twice() -> None:
+
+def _with_runtime(settings: Settings, body: Callable[[Runtime], Awaitable[None]]) -> None:
+    async def main() -> None:
         application = build_application(settings)
-        assert application.post_init is not None and application.post_shutdown is not None
         async with application:
-            await application.post_init(application)
+            runtime = Runtime(application, settings)
             try:
-                (update,) = await application.bot.get_updates(timeout=5)
-                assert isinstance(update, Update)
-                await application.process_update(update)
-                await application.process_update(update)
+                await runtime.ledger.heartbeat()
+                await body(runtime)
             finally:
-                await application.post_shutdown(application)
+                await runtime.close()
 
-    asyncio.run(deliver_twice())
+    asyncio.run(main())
 
-    replies = [
+
+def _bot_replies(sandbox: TelegramSandbox, sent: dict[str, Any], token: str) -> list[Any]:
+    return [
         m for m in sandbox.messages(sent["chat_id"], after=sent["message_id"], token=token)
         if m["from_bot"]
     ]
+
+
+def test_a_redelivered_update_is_answered_once(
+    sandbox: TelegramSandbox, redis_server: RedisServer, redis_url: str
+) -> None:
+    token = make_token()
+    sent = sandbox.send("/code", user=ANN, token=token)
+
+    async def deliver_twice(runtime: Runtime) -> None:
+        (update,) = await runtime.bot.get_updates(timeout=5)
+        assert isinstance(update, Update)
+        assert await runtime.dispatcher.handle(update)
+        assert await runtime.dispatcher.handle(update)  # only confirmed, not handled again
+
+    _with_runtime(_settings(sandbox, redis_url, token), deliver_twice)
+    replies = _bot_replies(sandbox, sent, token)
     assert len(replies) == 1, replies
     assert re.fullmatch(r"\d{8}", code_of(replies[0]))
     with redis_server.client() as client:
         assert client.zcard(keys.user_issues(ANN["id"])) == 1
         assert len(list(client.scan_iter(match=keys.CODE + "*"))) == 1
+
+
+def test_an_update_cut_short_before_its_reply_resends_the_same_code(
+    sandbox: TelegramSandbox, redis_server: RedisServer, redis_url: str
+) -> None:
+    """The reply fails with a Telegram error that may pass: the update is given back,
+    and handling it again sends the code issued the first time, not a second one."""
+    token = make_token()
+    sent = sandbox.send("/code", user=ANN, token=token)
+    sandbox.fault("sendMessage", error_code=502, description="Bad Gateway",
+                  retry_after=None, token=token)
+
+    async def fail_then_succeed(runtime: Runtime) -> None:
+        (update,) = await runtime.bot.get_updates(timeout=5)
+        assert isinstance(update, Update)
+        assert not await runtime.dispatcher.handle(update)  # not confirmed: handle again
+        assert await runtime.dispatcher.handle(update)
+
+    _with_runtime(_settings(sandbox, redis_url, token), fail_then_succeed)
+    (reply,) = _bot_replies(sandbox, sent, token)
+    with redis_server.client() as client:
+        assert client.zcard(keys.user_issues(ANN["id"])) == 1
+        (code_key,) = client.scan_iter(match=keys.CODE + "*")
+        assert client.get(keys.user_code(ANN["id"])) == code_key.removeprefix(keys.CODE)
+    assert re.fullmatch(r"\d{8}", code_of(reply))
+
+
+def test_the_same_update_id_with_other_content_is_a_new_update(
+    sandbox: TelegramSandbox, redis_server: RedisServer, redis_url: str
+) -> None:
+    """A Bot API that starts its ids again (a restarted sandbox) is never swallowed."""
+    token = make_token()
+    first = sandbox.send("/code", user=ANN, token=token)
+
+    async def twice_the_same_id(runtime: Runtime) -> None:
+        (update,) = await runtime.bot.get_updates(timeout=5)
+        assert isinstance(update, Update) and update.message is not None
+        assert await runtime.dispatcher.handle(update)
+        data = update.to_dict()
+        data["message"]["date"] += 3600  # the same id, a message an hour later
+        again = Update.de_json(data, runtime.bot)
+        assert again.update_id == update.update_id
+        assert await runtime.dispatcher.handle(again)
+
+    _with_runtime(_settings(sandbox, redis_url, token), twice_the_same_id)
+    replies = _bot_replies(sandbox, first, token)
+    assert len(replies) == 2, replies
+    assert code_of(replies[0]) != code_of(replies[1])
