@@ -2,12 +2,15 @@
 
 - no `.env`: write one with a fresh random AUTH_SECRET;
 - no REDIS_URL: run a private Redis-compatible server, data under var/redis;
-- no TELEGRAM_BOT_TOKEN: run the local Telegram sandbox and point the bot at it.
+- no TELEGRAM_BOT_TOKEN: run the local Telegram sandbox and point the bot at it
+  (in webhook mode the sandbox posts updates to the bot on BOT_PORT).
 
-It prints where to open the chat page and the API once they answer. Ctrl+C
-(or SIGTERM) stops supervisord, which stops every program, within 10 s.
-With REDIS_URL and TELEGRAM_BOT_TOKEN set it starts only the API and the bot,
-so the same command serves a VM deployment.
+It prints where to open the chat page and the API once they answer. A program
+that crashes or is killed is restarted (`sandbox.supervision` watches them);
+the launcher stops everything only on Ctrl+C (or SIGTERM), or when a program
+exits with a configuration error, and then says which. With REDIS_URL and
+TELEGRAM_BOT_TOKEN set it starts only the API and the bot, so the same
+command serves a VM deployment.
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-import xmlrpc.client
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from dotenv import dotenv_values
-from supervisor.xmlrpc import SupervisorTransport
 
+from sandbox.supervision import Credentials, Supervisor, Watcher, write_ctl_config
 from shared.settings import SettingsError, load_settings
 
 SANDBOX_TOKEN = "7000000001:SANDBOX-local-token-not-a-real-bot-0000"
 DEFAULT_SANDBOX_PORT = "8081"
+DEFAULT_BOT_PORT = "8001"
+WEBHOOK_PATH = "/telegram/webhook"
 STARTUP_TIMEOUT = 60.0
 
 
@@ -59,19 +62,6 @@ def ensure_auth_secret(path: Path) -> bool:
     return True
 
 
-def _program_states(var: Path) -> dict[str, str]:
-    """supervisord's view: program name -> state (RUNNING, BACKOFF, FATAL, ...)."""
-    transport = SupervisorTransport(None, None, serverurl=f"unix://{var}/supervisor.sock")
-    try:
-        rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        info: list[dict[str, Any]] = rpc.supervisor.getAllProcessInfo()  # type: ignore[assignment]
-    except (OSError, xmlrpc.client.Error):
-        return {}
-    finally:
-        transport.close()
-    return {f"{p['group']}:{p['name']}": str(p["statename"]) for p in info}
-
-
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,7 +81,8 @@ def _answers(url: str) -> bool:
 
 
 def build_environment(root: Path) -> dict[str, str]:
-    """The environment supervisord and its programs run with."""
+    """The environment supervisord and its programs run with: every ENV_ value
+    `supervisord.conf` reads, and the settings the programs share."""
     env = dict(os.environ)
     file_values = {k: v for k, v in dotenv_values(root / ".env").items() if v is not None}
     for name, value in file_values.items():
@@ -99,6 +90,8 @@ def build_environment(root: Path) -> dict[str, str]:
     var = root / "var"
     env["TGLOGIN_VAR"] = str(var)
     env["TGLOGIN_PYTHON"] = sys.executable
+    env["TGLOGIN_USER"] = str(os.getuid())  # supervisord names its user: no warning as root
+    env.update(Credentials.fresh().as_env())
     env.setdefault("API_PROCESSES", "2")
     env.setdefault("BOT_PROCESSES", "1")
     env.setdefault("DEMO_PAGE", "1")
@@ -108,22 +101,56 @@ def build_environment(root: Path) -> dict[str, str]:
     if not env.get("REDIS_URL"):
         env["REDIS_URL"] = f"unix://{var}/redis.sock"
         env["TGLOGIN_PRIVATE_REDIS"] = "true"
+    webhook = env.get("BOT_MODE", "").strip().lower() == "webhook"
     if not env.get("TELEGRAM_BOT_TOKEN"):
         env["TELEGRAM_BOT_TOKEN"] = SANDBOX_TOKEN
         env["TELEGRAM_API_BASE_URL"] = f"http://127.0.0.1:{env['SANDBOX_PORT']}/bot"
         env["TGLOGIN_SANDBOX"] = "true"
+        if webhook and not env.get("WEBHOOK_URL"):
+            # the sandbox, like Telegram, posts to it; it takes plain http on loopback
+            port = env.get("BOT_PORT") or DEFAULT_BOT_PORT
+            env["WEBHOOK_URL"] = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
     for name in ("API_PROCESSES", "BOT_PROCESSES", "SANDBOX_PORT"):
         if not env[name].isdigit() or int(env[name]) < 1:
             raise SettingsError(name, f"must be a positive whole number, got {env[name]!r}")
-    if int(env["BOT_PROCESSES"]) > 1:
-        # several pollers would fight over getUpdates (409) until the Redis lease exists
-        raise SettingsError("BOT_PROCESSES", "above 1 is not supported yet: run one bot process")
     settings = load_settings(env, env_file=root / ".env", require_bot_token=True)
     env["API_HOST"] = settings.api_host
     env["API_PORT"] = str(settings.api_port)
+    env["BOT_MODE"] = settings.bot_mode
+    env["BOT_HOST"] = settings.bot_host
+    env["BOT_PORT"] = str(settings.bot_port)
+    # one of the two bot programs starts: [program:bot] polls, [fcgi-program:botweb]
+    # serves the webhook on one socket supervisord opens
+    env["TGLOGIN_BOT_POLLING"] = str(settings.bot_mode == "polling").lower()
+    env["TGLOGIN_BOT_WEBHOOK"] = str(settings.bot_mode == "webhook").lower()
+    # supervisord binds an fcgi-program's socket for a moment at start even when the
+    # program does not start: in polling mode a file under var/ stands in for BOT_PORT
+    env["TGLOGIN_BOT_SOCKET"] = (
+        f"tcp://{settings.bot_host}:{settings.bot_port}"
+        if settings.bot_mode == "webhook"
+        else f"unix://{var}/bot-webhook.sock"
+    )
     # API processes share their Prometheus metrics through files here
     env["PROMETHEUS_MULTIPROC_DIR"] = str(var / "metrics")
     return env
+
+
+def busy_port(env: dict[str, str]) -> str | None:
+    """The line to say when a port the system listens on is taken, else None."""
+    wanted = [("API_PORT", env["API_HOST"], int(env["API_PORT"]))]
+    if env["TGLOGIN_SANDBOX"] == "true":
+        wanted.append(("SANDBOX_PORT", "127.0.0.1", int(env["SANDBOX_PORT"])))
+    if env["BOT_MODE"] == "webhook":
+        wanted.append(("BOT_PORT", env["BOT_HOST"], int(env["BOT_PORT"])))
+    seen: dict[int, str] = {}
+    for name, _, port in wanted:
+        if port in seen:
+            return f"{seen[port]} and {name} are both {port}; set one to another port"
+        seen[port] = name
+    for name, host, port in wanted:
+        if not _port_free(host, port):
+            return f"port {port} on {host} is in use; set {name} to another port"
+    return None
 
 
 def main() -> int:
@@ -138,16 +165,10 @@ def main() -> int:
     except SettingsError as error:
         _say(f"configuration error: {error}")
         return 2
-
-    api_host, api_port = env["API_HOST"], int(env["API_PORT"])
-    sandbox = env["TGLOGIN_SANDBOX"] == "true"
-    wanted = [("API_PORT", api_host, api_port)]
-    if sandbox:
-        wanted.append(("SANDBOX_PORT", "127.0.0.1", int(env["SANDBOX_PORT"])))
-    for name, host, port in wanted:
-        if not _port_free(host, port):
-            _say(f"port {port} on {host} is in use; set {name} to another port")
-            return 2
+    busy = busy_port(env)
+    if busy:
+        _say(busy)
+        return 2
 
     var = Path(env["TGLOGIN_VAR"])
     metrics = Path(env["PROMETHEUS_MULTIPROC_DIR"])
@@ -155,54 +176,84 @@ def main() -> int:
     for stale in metrics.glob("*.db"):
         stale.unlink()
     (var / "redis").mkdir(parents=True, exist_ok=True)
+    credentials = Credentials.from_env(env)
+    write_ctl_config(var / "supervisorctl.conf", var / "supervisor.sock", credentials)
 
     conf = str(root / "supervisord.conf")
     supervisord = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", conf], env=env, cwd=root
     )
+    stop_asked = False
 
-    def forward(signum: int, frame: FrameType | None) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_asked
+        stop_asked = True
         if supervisord.poll() is None:
             supervisord.send_signal(signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
 
-    api_url = f"http://{'127.0.0.1' if api_host in ('0.0.0.0', '::') else api_host}:{api_port}"
-    sandbox_url = f"http://127.0.0.1:{env['SANDBOX_PORT']}"
-    checks = [f"{api_url}/healthz"] + ([f"{sandbox_url}/"] if sandbox else [])
+    urls = _urls(env)
+    checks = [f"{urls['api']}/healthz"] + ([f"{urls['sandbox']}/"] if "sandbox" in urls else [])
+    watcher = Watcher(Supervisor(var / "supervisor.sock", credentials), _say)
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    up = healthy = False
-    while supervisord.poll() is None:
-        states = _program_states(var)
-        failed = sorted(name for name, state in states.items() if state in ("FATAL", "EXITED"))
-        if failed:
-            # exit status 2 is a configuration error: supervisord does not restart it
-            _say(f"{', '.join(failed)} stopped and will not restart; see the log above")
-            healthy = False
-            forward(signal.SIGTERM, None)
+    up = False
+    outcome = 0
+    while supervisord.poll() is None and not stop_asked:
+        look = watcher.look()
+        if look.config_error:
+            _say(
+                f"{look.config_error} exited with a configuration error (status 2, "
+                "its message is above); stopping everything"
+            )
+            outcome = 2
+            stop(signal.SIGTERM, None)
             break
-        ready = states and all(state in ("RUNNING", "STOPPED") for state in states.values())
+        states = look.states.values()
+        ready = bool(states) and all(state in ("RUNNING", "STOPPED") for state in states)
         if not up and ready and all(_answers(url) for url in checks):
-            up = healthy = True
-            _say("running under supervisord; Ctrl+C stops everything")
-            if sandbox:
-                _say(f"chat with the bot (Telegram sandbox): {sandbox_url}/")
-            _say(f"API: {api_url}/  (OpenAPI: {api_url}/openapi.json)")
-            if env.get("DEMO_PAGE") == "1":
-                _say(f"demo website: {api_url}/demo")
-            if env["TGLOGIN_PRIVATE_REDIS"] == "true":
-                _say(f"private Redis: {env['REDIS_URL']}")
+            up = True
+            _announce(env, urls)
         if not up and time.monotonic() > deadline:
             _say("the system did not come up in time; see the log above")
-            forward(signal.SIGTERM, None)
+            outcome = 1
+            stop(signal.SIGTERM, None)
             break
         with contextlib.suppress(subprocess.TimeoutExpired):
             supervisord.wait(0.2 if not up else 1.0)
 
     code = supervisord.wait()
     _say("stopped")
-    return code if healthy else 1
+    if outcome:
+        return outcome
+    return code if up else 1
+
+
+def _urls(env: dict[str, str]) -> dict[str, str]:
+    """Where a browser on this machine reaches the API and, if it runs, the sandbox."""
+    api_host = env["API_HOST"]
+    host = "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host
+    urls = {"api": f"http://{host}:{env['API_PORT']}"}
+    if env["TGLOGIN_SANDBOX"] == "true":
+        urls["sandbox"] = f"http://127.0.0.1:{env['SANDBOX_PORT']}"
+    return urls
+
+
+def _announce(env: dict[str, str], urls: dict[str, str]) -> None:
+    _say("running under supervisord; Ctrl+C stops everything")
+    if "sandbox" in urls:
+        _say(f"chat with the bot (Telegram sandbox): {urls['sandbox']}/")
+    _say(f"API: {urls['api']}/  (OpenAPI: {urls['api']}/openapi.json)")
+    if env.get("DEMO_PAGE") == "1":
+        _say(f"demo website: {urls['api']}/demo")
+    if env["BOT_MODE"] == "webhook":
+        _say(
+            f"bot: {env['BOT_PROCESSES']} webhook processes on {env['BOT_HOST']}:"
+            f"{env['BOT_PORT']} for {env['WEBHOOK_URL']}"
+        )
+    if env["TGLOGIN_PRIVATE_REDIS"] == "true":
+        _say(f"private Redis: {env['REDIS_URL']}")
 
 
 if __name__ == "__main__":

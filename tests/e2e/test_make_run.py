@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from tests.fixtures.bot import ANN
-from tests.fixtures.common import ROOT, base_env, free_port, wait_until
+from tests.fixtures.common import PYTHON, ROOT, base_env, free_port, wait_until
 from tests.fixtures.system import System, project_copy, session_processes
 
 
@@ -33,6 +34,14 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert httpx.get(f"{system.api_url}/readyz").status_code == 200
         assert httpx.get(system.sandbox.url).status_code == 200
         assert system.redeem(system.new_code(ANN)).status_code == 200
+        # supervisorctl with this run's credentials, from a file only the user may read
+        ctl = project / "var" / "supervisorctl.conf"
+        assert oct(ctl.stat().st_mode)[-3:] == "600"
+        status = subprocess.run(
+            [PYTHON, "-m", "supervisor.supervisorctl", "-c", str(ctl), "status", "api:*"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert status.returncode == 0 and status.stdout.count("RUNNING") == 2, status
 
         assert system.proc is not None
         pid = system.proc.pid
@@ -44,4 +53,12 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         wait_until(lambda: not session_processes(pid), timeout=1, what="no process left")
     finally:
         system.stop()
-    assert "Traceback" not in system.output()
+    output = system.output()
+    assert "Traceback" not in output
+    # supervisord has nothing critical to say: its socket asks for a password, its user is named
+    assert not [line for line in output.splitlines() if " CRIT " in line], output
+    password = next(
+        line.split("=", 1)[1] for line in ctl.read_text().splitlines()
+        if line.startswith("password=")
+    )
+    assert password not in output
