@@ -1,4 +1,10 @@
-"""`python -m sandbox.telegram --port N`: run the Telegram Bot API sandbox on 127.0.0.1."""
+"""`python -m sandbox.telegram --port N`: run the Telegram Bot API sandbox on 127.0.0.1.
+
+Flood limits (flood.py) default to Telegram's: `--send-rate 30` messages a second
+per bot, `--chat-burst 3` per chat in any `--chat-window 3` seconds; env
+SANDBOX_SEND_RATE, SANDBOX_CHAT_BURST, SANDBOX_CHAT_WINDOW when no flag is given;
+0 turns a limit off. A reset (POST /control/reset) restores these.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from sandbox.telegram.app import create_app
+from sandbox.telegram.flood import Limits
 
 GRACEFUL_SHUTDOWN = 3  # seconds open requests get to finish once a stop is asked for
 
@@ -27,13 +34,42 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         help="loopback address to bind (the sandbox never binds elsewhere)")
     parser.add_argument("--bot-username", default=None,
                         help="username every bot reports (default sandbox<id>_bot)")
+    parser.add_argument("--send-rate", type=int, default=None,
+                        help="messages a second per bot, 0: no limit (env SANDBOX_SEND_RATE, "
+                             "default 30)")
+    parser.add_argument("--chat-burst", type=int, default=None,
+                        help="messages per chat in any chat window, 0: no limit "
+                             "(env SANDBOX_CHAT_BURST, default 3)")
+    parser.add_argument("--chat-window", type=float, default=None,
+                        help="seconds of the per-chat window, 0: no limit "
+                             "(env SANDBOX_CHAT_WINDOW, default 3)")
     args = parser.parse_args(argv)
+    args.limits = _limits(parser, args)
     if args.port is None:
         raw = os.environ.get("SANDBOX_PORT", "8081")
         if not raw.isdigit() or not 0 < int(raw) < 65536:
             parser.error(f"SANDBOX_PORT must be a port number, got {raw!r}")
         args.port = int(raw)
     return args
+
+
+def _limits(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Limits:
+    """The flood limits at start: each flag, else its SANDBOX_* variable, else the default."""
+    values: dict[str, float] = {}
+    for name, kind in (("send_rate", int), ("chat_burst", int), ("chat_window", float)):
+        value = getattr(args, name)
+        where = "--" + name.replace("_", "-")
+        if value is None:
+            where = f"SANDBOX_{name.upper()}"
+            raw = os.environ.get(where, "").strip()
+            try:
+                value = kind(raw) if raw else getattr(Limits(), name)
+            except ValueError:
+                parser.error(f"{where} must be a number, got {raw!r}")
+        if not 0 <= value < float("inf"):
+            parser.error(f"{where} must be 0 or more, got {value}")
+        values[name] = value
+    return Limits(int(values["send_rate"]), int(values["chat_burst"]), values["chat_window"])
 
 
 class _Server(uvicorn.Server):
@@ -57,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(bot_username=args.bot_username)
+    limits: Limits = args.limits
+    app = create_app(bot_username=args.bot_username, limits=limits)
     base = f"http://{args.host}:{args.port}"
     print(f"sandbox: Telegram Bot API at {base}/bot , chat page at {base}/", flush=True)
+    print(f"sandbox: flood limits {limits.send_rate}/s per bot, {limits.chat_burst} per chat "
+          f"per {limits.chat_window:g} s (0: none)", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                             access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN)

@@ -15,9 +15,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from sandbox.telegram import control
+from sandbox.telegram import control, control_faults
 from sandbox.telegram.botapi import endpoint
 from sandbox.telegram.errors import ControlError
+from sandbox.telegram.flood import Limits
 from sandbox.telegram.state import Sandbox
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "internal", "message": "unexpected sandbox error"}, 500)
 
 
-def create_app(bot_username: str | None = None) -> Starlette:
-    sandbox = Sandbox(bot_username=bot_username)
+def create_app(bot_username: str | None = None, limits: Limits | None = None) -> Starlette:
+    """The sandbox app; `limits` are the flood limits at start and after every reset."""
+    sandbox = Sandbox(bot_username=bot_username, limits=limits)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,6 +57,7 @@ def create_app(bot_username: str | None = None) -> Starlette:
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/bot{token}/{method}", endpoint, methods=["GET", "POST"]),
             *control.routes,
+            *control_faults.routes,
         ],
         exception_handlers={ControlError: _control_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -1,6 +1,8 @@
 """The Bot API endpoint `/bot<token>/<method>` and the small methods.
 
 Importing this module registers every handler (messaging, updates) in the table.
+Each call passes admission (admission.py: flood waits, faults, holds, blocked
+users, flood limits) before its handler, and is recorded once answered.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sandbox.telegram import messaging, updates
+from sandbox.telegram.admission import admit
 from sandbox.telegram.errors import ApiError, bad_request
 from sandbox.telegram.params import read_params
-from sandbox.telegram.registry import METHODS, Call, Described, method
+from sandbox.telegram.registry import METHODS, NAMES, Call, Described, method
 from sandbox.telegram.state import JSON, Sandbox
 
 __all__ = ["endpoint", "messaging", "updates"]
@@ -26,30 +29,38 @@ _COMMAND = re.compile(r"[a-z0-9_]{1,32}")
 
 async def endpoint(request: Request) -> Response:
     token: str = request.path_params["token"]
-    name: str = request.path_params["method"]
+    key = str(request.path_params["method"]).lower()
+    name = NAMES.get(key, request.path_params["method"])
     sandbox: Sandbox = request.app.state.sandbox
+    if not TOKEN.fullmatch(token):
+        return ApiError(401, "Unauthorized").response()
+    bot = sandbox.bot(token)
+    sandbox.last_bot = bot
+    chat_id: int | None = None
     try:
-        if not TOKEN.fullmatch(token):
-            raise ApiError(401, "Unauthorized")
-        bot = sandbox.bot(token)
-        sandbox.last_bot = bot
-        handler = METHODS.get(name.lower())
+        handler = METHODS.get(key)
         if handler is None:
             raise ApiError(404, "Not Found")
-        params = await read_params(request)
-        bot.calls[name.lower()] += 1
-        fault = bot.take_fault(name.lower())
-        if fault is not None:
-            extra = {"retry_after": fault.retry_after} if fault.retry_after is not None else None
-            raise ApiError(fault.error_code, fault.description, extra)
-        result = await handler(Call(sandbox, bot, params, request))
+        call = Call(sandbox, bot, await read_params(request), request)
+        chat_id = call.chat_id()
+        bot.calls[key] += 1
+        if not await admit(call, key, chat_id):
+            bot.answered(name, 0, chat_id)  # the client left during a hold: nothing was done
+            return Response(status_code=204)
+        result = await handler(call)
     except ApiError as error:
+        retry = (error.parameters or {}).get("retry_after")
+        bot.answered(name, error.error_code, chat_id, retry if isinstance(retry, int) else None)
         return error.response()
+    except Exception:
+        bot.answered(name, 500, chat_id)  # the app's handler logs it and answers 500
+        raise
     body: dict[str, Any] = {"ok": True}
     if isinstance(result, Described):
         body.update(result=result.result, description=result.description)
     else:
         body["result"] = result
+    bot.answered(name, 200, chat_id)
     return JSONResponse(body)
 
 

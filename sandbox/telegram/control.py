@@ -1,12 +1,15 @@
 """The JSON control interface under /control/ that tests and the chat page use.
 
 It plays the Telegram users: it writes messages and taps buttons (each queues
-an Update for the bot), reads what the bot sent, injects faults and resets.
+an Update for the bot; a JSON array body does many in order and answers an
+array), reads what the bot sent and the record of its calls, sets the flood
+limits and resets. Faults, holds and blocked users are in control_faults.py.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -14,57 +17,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandbox.telegram import markup
-from sandbox.telegram.botapi import TOKEN
+from sandbox.telegram.control_args import (
+    bot_for,
+    integer,
+    number,
+    read_bodies,
+    read_body,
+    sandbox_of,
+    wait_seconds,
+)
 from sandbox.telegram.errors import ControlError
+from sandbox.telegram.flood import Limits
 from sandbox.telegram.formatting import command_entities, utf16_len
 from sandbox.telegram.longpoll import unless_disconnected
 from sandbox.telegram.messaging import MAX_TEXT
-from sandbox.telegram.state import DEFAULT_USER, JSON, Bot, Chat, Fault, Sandbox
+from sandbox.telegram.state import DEFAULT_USER, JSON, Bot, Chat, Sandbox
 
-MAX_WAIT = 30.0  # seconds a control long poll may wait
 _CHAT_TYPES = ("private", "group", "supergroup", "channel")
 _START = re.compile(r"/start(?:@[A-Za-z0-9_]+)?\s+(.*)", re.DOTALL)
 _PAYLOAD = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _sandbox(request: Request) -> Sandbox:
-    sandbox: Sandbox = request.app.state.sandbox
-    return sandbox
-
-
-async def _body(request: Request) -> JSON:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ControlError(400, "invalid_json", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ControlError(400, "invalid_json", "the body must be a JSON object")
-    return body
-
-
-def _bot(sandbox: Sandbox, token: Any = None, bot_id: Any = None) -> Bot:
-    """The bot named by token or bot_id; else the one that most recently called the API."""
-    if token:
-        if not isinstance(token, str) or not TOKEN.fullmatch(token):
-            raise ControlError(400, "invalid_token", "token is not a well-formed bot token")
-        return sandbox.bot(token)
-    if bot_id not in (None, ""):
-        for bot in sandbox.bots.values():
-            if str(bot.id) == str(bot_id):
-                return bot
-        raise ControlError(404, "unknown_bot", f"no bot with id {bot_id} has been seen")
-    if sandbox.last_bot is None:
-        raise ControlError(409, "no_bot", "no bot has called the Bot API yet; pass a token")
-    return sandbox.last_bot
-
-
-def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or value is None:
-        raise ControlError(400, f"invalid_{name}", f"{name} must be an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ControlError(400, f"invalid_{name}", f"{name} must be an integer") from None
 
 
 def _user(value: Any) -> JSON:
@@ -72,7 +43,7 @@ def _user(value: Any) -> JSON:
         return dict(DEFAULT_USER)
     if not isinstance(value, dict):
         raise ControlError(400, "invalid_user", "user must be an object")
-    user_id = _int(value.get("id"), "user")
+    user_id = integer(value.get("id"), "user")
     user = {k: v for k, v in value.items() if v not in (None, "")}
     user.update(id=user_id, is_bot=False)
     user.setdefault("first_name", f"User {user_id}")
@@ -85,7 +56,7 @@ def _chat(bot: Bot, value: Any, user: JSON) -> Chat:
     if not isinstance(value, dict) or value.get("type", "private") not in _CHAT_TYPES:
         raise ControlError(400, "invalid_chat", f"chat.type must be one of {_CHAT_TYPES}")
     kind = value.get("type", "private")
-    chat_id = _int(value.get("id", user["id"] if kind == "private" else None), "chat")
+    chat_id = integer(value.get("id", user["id"] if kind == "private" else None), "chat")
     info: JSON = {"id": chat_id, "type": kind}
     if kind == "private":
         for key in ("first_name", "last_name", "username"):
@@ -97,16 +68,30 @@ def _chat(bot: Bot, value: Any, user: JSON) -> Chat:
             info["username"] = str(value["username"])
     chat = bot.chats.get(chat_id)
     if chat is None:
-        chat = bot.chats[chat_id] = Chat(info=info)
+        chat = bot.add_chat(Chat(info=info))
     else:
         chat.info.update(info)
     return chat
 
 
+async def _each(request: Request, one: Callable[[Sandbox, JSON], JSON]) -> Response:
+    """Apply `one` to the body, or to each object of a batch in order (the first invalid one
+    ends the batch with its error; the ones before it are done); then wake the long polls."""
+    sandbox = sandbox_of(request)
+    bodies, batch = await read_bodies(request)
+    try:
+        results = [one(sandbox, body) for body in bodies]
+    finally:
+        sandbox.changed()
+    return JSONResponse(results if batch else results[0])
+
+
 async def post_message(request: Request) -> Response:
-    body = await _body(request)
-    sandbox = _sandbox(request)
-    bot = _bot(sandbox, body.get("token"), body.get("bot_id"))
+    return await _each(request, _message)
+
+
+def _message(sandbox: Sandbox, body: JSON) -> JSON:
+    bot = bot_for(sandbox, body.get("token"), body.get("bot_id"))
     text = body.get("text")
     if not isinstance(text, str) or not text.strip() or utf16_len(text) > MAX_TEXT:
         raise ControlError(400, "invalid_text", f"text must be 1-{MAX_TEXT} characters")
@@ -124,18 +109,17 @@ async def post_message(request: Request) -> Response:
         fields["entities"] = entities
     stored = bot.add_message(chat, fields, from_bot=False)
     update_id = bot.queue("channel_post" if channel else "message", stored.message)
-    sandbox.changed()
-    return JSONResponse(
-        {"update_id": update_id, "message_id": stored.message_id, "chat_id": chat.id}
-    )
+    return {"update_id": update_id, "message_id": stored.message_id, "chat_id": chat.id}
 
 
 async def post_callback(request: Request) -> Response:
-    body = await _body(request)
-    sandbox = _sandbox(request)
-    bot = _bot(sandbox, body.get("token"), body.get("bot_id"))
-    chat_id = _int(body.get("chat_id"), "chat_id")
-    message_id = _int(body.get("message_id"), "message_id")
+    return await _each(request, _callback)
+
+
+def _callback(sandbox: Sandbox, body: JSON) -> JSON:
+    bot = bot_for(sandbox, body.get("token"), body.get("bot_id"))
+    chat_id = integer(body.get("chat_id"), "chat_id")
+    message_id = integer(body.get("message_id"), "message_id")
     data = body.get("data")
     chat = bot.chats.get(chat_id)
     stored = chat.messages.get(message_id) if chat else None
@@ -153,29 +137,17 @@ async def post_callback(request: Request) -> Response:
         "chat_instance": bot.chat_instance(chat_id), "data": data,
     }
     update_id = bot.queue("callback_query", payload)
-    sandbox.changed()
-    return JSONResponse({"update_id": update_id, "callback_query_id": query.id})
-
-
-def _wait(request: Request) -> float:
-    raw = request.query_params.get("wait") or "0"
-    try:
-        wait = float(raw)
-    except ValueError:
-        wait = -1.0
-    if not 0 <= wait <= MAX_WAIT:
-        raise ControlError(400, "invalid_wait", f"wait must be 0-{MAX_WAIT:g} seconds")
-    return wait
+    return {"update_id": update_id, "callback_query_id": query.id}
 
 
 async def get_messages(request: Request) -> Response:
-    sandbox = _sandbox(request)
+    sandbox = sandbox_of(request)
     query = request.query_params
-    bot = _bot(sandbox, query.get("token"), query.get("bot_id"))
-    chat_id = _int(request.path_params["chat_id"], "chat_id")
-    after = _int(query.get("after") or 0, "after")
-    since = _int(query["since"], "since") if query.get("since") else None
-    wait = _wait(request)
+    bot = bot_for(sandbox, query.get("token"), query.get("bot_id"))
+    chat_id = integer(request.path_params["chat_id"], "chat_id")
+    after = integer(query.get("after") or 0, "after")
+    since = integer(query["since"], "since") if query.get("since") else None
+    wait = wait_seconds(request)
 
     def ready() -> bool:
         chat = bot.chats.get(chat_id)
@@ -197,7 +169,7 @@ async def get_messages(request: Request) -> Response:
 
 
 async def get_callback(request: Request) -> Response:
-    sandbox = _sandbox(request)
+    sandbox = sandbox_of(request)
     query_id = request.path_params["callback_query_id"]
 
     def answer() -> JSON | None:
@@ -207,7 +179,7 @@ async def get_callback(request: Request) -> Response:
                 return query.answer
         return None
 
-    await unless_disconnected(request, sandbox.wait_for(answer, _wait(request)))
+    await unless_disconnected(request, sandbox.wait_for(answer, wait_seconds(request)))
     found = answer()
     if found is None:
         raise ControlError(404, "not_answered", "no answer to that callback query (yet)")
@@ -215,37 +187,49 @@ async def get_callback(request: Request) -> Response:
 
 
 async def get_bots(request: Request) -> Response:
-    sandbox = _sandbox(request)
+    sandbox = sandbox_of(request)
     return JSONResponse(
         [bot.summary(default=bot is sandbox.last_bot) for bot in sandbox.bots.values()]
     )
 
 
-async def post_fault(request: Request) -> Response:
-    body = await _body(request)
-    bot = _bot(_sandbox(request), body.get("token"), body.get("bot_id"))
-    name = body.get("method")
-    if not isinstance(name, str) or not name:
-        raise ControlError(400, "invalid_method", "method is required")
-    error_code = _int(body.get("error_code", 429), "error_code")
-    if not 400 <= error_code <= 599:
-        raise ControlError(400, "invalid_error_code", "error_code must be 400-599")
-    retry_after = body.get("retry_after")
-    retry = None if retry_after is None else _int(retry_after, "retry_after")
-    if error_code == 429 and retry is None:
-        retry = 1
-    default = f"Too Many Requests: retry after {retry}" if error_code == 429 else "Bad Request"
-    description = str(body.get("description") or default)
-    count = _int(body.get("count", 1), "count")
-    if count <= 0:
-        bot.faults.pop(name.lower(), None)
-    else:
-        bot.faults[name.lower()] = Fault(error_code, description, retry, count)
-    return JSONResponse({"method": name, "count": max(count, 0)})
+async def get_calls(request: Request) -> Response:
+    """`?token=|bot_id=&method=&since=`: the bot's recorded calls (record.py) in order."""
+    query = request.query_params
+    bot = bot_for(sandbox_of(request), query.get("token"), query.get("bot_id"))
+    since = query.get("since")
+    after = number(since, "since", 0, float("inf")) if since else None
+    return JSONResponse({"calls": bot.record.query(query.get("method") or None, after)})
+
+
+async def limits(request: Request) -> Response:
+    """GET: the flood limits (flood.py). POST `{"send_rate"?, "chat_burst"?, "chat_window"?}`:
+    change the ones given (0 turns a limit off) and answer the limits now in force."""
+    sandbox = sandbox_of(request)
+    if request.method == "POST":
+        body = await read_body(request)
+        unknown = set(body) - {"send_rate", "chat_burst", "chat_window"}
+        if unknown:
+            raise ControlError(400, "invalid_limits", f"unknown limits: {sorted(unknown)}")
+        now = sandbox.limits
+        sandbox.set_limits(Limits(
+            send_rate=_count(body.get("send_rate", now.send_rate), "send_rate"),
+            chat_burst=_count(body.get("chat_burst", now.chat_burst), "chat_burst"),
+            chat_window=number(body.get("chat_window", now.chat_window), "chat_window", 0, 86400),
+        ))
+    return JSONResponse(sandbox.limits.view())
+
+
+def _count(value: Any, name: str) -> int:
+    result = integer(value, name)
+    if result < 0 or (isinstance(value, float) and not value.is_integer()):
+        raise ControlError(400, f"invalid_{name}", f"{name} must be 0 or more")
+    return result
 
 
 async def post_reset(request: Request) -> Response:
-    _sandbox(request).reset()
+    """Forget every bot, chat, update, fault and record; restore the limits given at start."""
+    sandbox_of(request).reset()
     return JSONResponse({"ok": True})
 
 
@@ -255,6 +239,7 @@ routes = [
     Route("/control/chats/{chat_id}/messages", get_messages, methods=["GET"]),
     Route("/control/callbacks/{callback_query_id}", get_callback, methods=["GET"]),
     Route("/control/bots", get_bots, methods=["GET"]),
-    Route("/control/faults", post_fault, methods=["POST"]),
+    Route("/control/calls", get_calls, methods=["GET"]),
+    Route("/control/limits", limits, methods=["GET", "POST"]),
     Route("/control/reset", post_reset, methods=["POST"]),
 ]

@@ -27,22 +27,36 @@ class Call:
         raw = self.params.string("chat_id")
         if raw is None or raw == "":
             raise bad_request("chat_id is empty")
-        chat: Chat | None = None
+        chat = self._find_chat(raw)
+        if chat is None:
+            raise bad_request("chat not found")
+        return chat
+
+    def chat_id(self) -> int | None:
+        """The id of the chat the call names (by id or @username), or None; never fails."""
+        raw = self.params.string("chat_id")
+        if not raw:
+            return None
+        if not raw.startswith("@"):
+            try:
+                return int(raw)
+            except ValueError:
+                return None
+        chat = self._find_chat(raw)
+        return chat.id if chat else None
+
+    def _find_chat(self, raw: str) -> Chat | None:
         if raw.startswith("@"):
             name = raw[1:].lower()
-            chat = next(
+            return next(
                 (c for c in self.bot.chats.values()
                  if str(c.info.get("username", "")).lower() == name),
                 None,
             )
-        else:
-            try:
-                chat = self.bot.chats.get(int(raw))
-            except ValueError:
-                chat = None
-        if chat is None:
-            raise bad_request("chat not found")
-        return chat
+        try:
+            return self.bot.chats.get(int(raw))
+        except ValueError:
+            return None
 
 
 @dataclass
@@ -55,12 +69,14 @@ class Described:
 
 Handler = Callable[[Call], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
-METHODS: dict[str, Handler] = {}
+METHODS: dict[str, Handler] = {}  # by lower-case name
+NAMES: dict[str, str] = {}  # lower-case name -> the name as Telegram spells it
 
 
 def method(name: str) -> Callable[[H], H]:
     def register(handler: H) -> H:
         METHODS[name.lower()] = handler
+        NAMES[name.lower()] = name
         return handler
 
     return register

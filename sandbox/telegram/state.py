@@ -4,6 +4,14 @@ One `Sandbox` lives in the app; each distinct bot token is its own `Bot` with
 its own update queue, webhook and view of chats. All of it is in memory and
 touched only from the event loop. `Sandbox.changed()` wakes every long poll,
 which then re-checks what it waits for.
+
+Memory is bounded, so a sandbox left up for weeks holds steady (the bounds
+below, per bot): a chat keeps its last `MAX_CHAT_MESSAGES` messages (message
+ids keep counting; a forgotten message can no longer be replied to, edited or
+tapped); a bot keeps its `MAX_CHATS` most recently active chats, its last
+`MAX_CALLBACKS` callback queries and its last `MAX_PENDING_UPDATES` unconfirmed
+updates (Telegram too drops updates nobody fetched, after 24 hours). The call
+record (record.py) and the flood windows (flood.py) bound themselves.
 """
 
 from __future__ import annotations
@@ -16,12 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sandbox.telegram.flood import Flood, Limits
+from sandbox.telegram.record import CallRecord
+
 T = TypeVar("T")
 JSON = dict[str, Any]
 
 DEFAULT_USER: JSON = {
     "id": 1001, "is_bot": False, "first_name": "Ann", "username": "ann", "language_code": "en",
 }
+MAX_CHAT_MESSAGES = 200  # messages kept per chat; the oldest is forgotten
+MAX_CHATS = 10_000  # chats kept per bot; the least recently active is forgotten
+MAX_CALLBACKS = 10_000  # callback queries kept per bot; the oldest is forgotten
+MAX_PENDING_UPDATES = 100_000  # unconfirmed updates kept per bot; the oldest is dropped
 # callback query ids keep counting across resets, so a stale id never matches a new query
 _callback_ids = itertools.count(4_000_000_000_000_000_001)
 
@@ -71,10 +86,14 @@ class Webhook:
 
 @dataclass
 class Fault:
+    """The next `count` calls of a method fail with `error_code`, or with `hold` set, are
+    performed only after `hold` seconds (or a release), and not at all if the client leaves."""
+
     error_code: int
     description: str
     retry_after: int | None
     count: int
+    hold: float | None = None
 
 
 @dataclass
@@ -101,6 +120,13 @@ class Bot:
     callbacks: dict[str, CallbackQuery] = field(default_factory=dict)
     faults: dict[str, Fault] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)  # by lower-case method name
+    record: CallRecord = field(default_factory=CallRecord)
+    flood: Flood = field(default_factory=Flood)
+    conflicts: int = 0  # getUpdates calls answered 409
+    flood_waits: int = 0  # calls answered 429
+    blocked: set[int] = field(default_factory=set)  # chat ids of users who blocked the bot
+    holding: Counter[str] = field(default_factory=Counter)  # held calls now, by method
+    releases: Counter[str] = field(default_factory=Counter)  # a bump ends the method's holds
     poll_generation: int = 0  # a new getUpdates ends every older pending one
     polls_pending: int = 0
     closed: bool = False  # set by a reset: pending polls of this bot end at once
@@ -127,7 +153,22 @@ class Bot:
         allowed = self.webhook.allowed_updates if self.webhook else self.allowed_updates
         if not allowed or kind in allowed:
             self.updates.append({"update_id": update_id, kind: payload})
+            if len(self.updates) > MAX_PENDING_UPDATES:
+                del self.updates[: len(self.updates) - MAX_PENDING_UPDATES]
         return update_id
+
+    def add_chat(self, chat: Chat) -> Chat:
+        """Keep a new chat, forgetting the least recently active one beyond `MAX_CHATS`."""
+        self.chats[chat.id] = chat
+        while len(self.chats) > MAX_CHATS:
+            del self.chats[next(iter(self.chats))]
+        return chat
+
+    def touch(self, chat: Chat) -> None:
+        """`chat` was active: it becomes the last to be forgotten."""
+        if self.chats.get(chat.id) is chat:
+            del self.chats[chat.id]
+            self.chats[chat.id] = chat
 
     def add_message(self, chat: Chat, fields: JSON, *, from_bot: bool) -> StoredMessage:
         now = time.time()
@@ -136,12 +177,20 @@ class Bot:
         chat.next_message_id += 1
         stored = StoredMessage(message=message, from_bot=from_bot, sent_at=now)
         chat.messages[stored.message_id] = stored
+        while len(chat.messages) > MAX_CHAT_MESSAGES:
+            del chat.messages[next(iter(chat.messages))]
         chat.version += 1
+        self.touch(chat)
         return stored
 
     def new_callback(self, chat_id: int, message_id: int, data: str) -> CallbackQuery:
         query = CallbackQuery(str(next(_callback_ids)), chat_id, message_id, data)
         self.callbacks[query.id] = query
+        while len(self.callbacks) > MAX_CALLBACKS:
+            del self.callbacks[next(iter(self.callbacks))]
+        chat = self.chats.get(chat_id)
+        if chat is not None:
+            self.touch(chat)
         return query
 
     def chat_instance(self, chat_id: int) -> str:
@@ -166,13 +215,30 @@ class Bot:
             "get_updates_calls": self.calls["getupdates"],
             "send_message_calls": self.calls["sendmessage"],
             "calls": dict(self.calls),
+            "conflicts": self.conflicts,
+            "flood_waits": self.flood_waits,
             "chats": sorted(self.chats),
+            "callback_queries": len(self.callbacks),
+            "blocked": sorted(self.blocked),
+            "held_calls": dict(self.holding),
         }
+
+    def answered(
+        self, method: str, status: int, chat_id: int | None, retry_after: int | None = None
+    ) -> None:
+        """Record a call as answered and count the 409s of getUpdates and every 429."""
+        self.record.add(method, status, chat_id, retry_after=retry_after)
+        if status == 409 and method == "getUpdates":
+            self.conflicts += 1
+        if status == 429:
+            self.flood_waits += 1
 
 
 class Sandbox:
-    def __init__(self, bot_username: str | None = None) -> None:
+    def __init__(self, bot_username: str | None = None, limits: Limits | None = None) -> None:
         self.bot_username = bot_username
+        self.default_limits = limits or Limits()
+        self.limits = self.default_limits
         self.bots: dict[str, Bot] = {}
         self.last_bot: Bot | None = None
         self._event = asyncio.Event()
@@ -214,7 +280,15 @@ class Sandbox:
                 bot.webhook.task.cancel()
         self.changed()
 
+    def set_limits(self, limits: Limits) -> None:
+        """New flood limits for every bot; waits the old limits caused end now."""
+        self.limits = limits
+        for bot in self.bots.values():
+            bot.flood.lift_limit_waits()
+
     def reset(self) -> None:
+        """Forget every bot and restore the limits given at start."""
         self.close()
         self.bots.clear()
         self.last_bot = None
+        self.limits = self.default_limits

@@ -99,19 +99,32 @@ def test_bots_lists_counts_without_tokens(sandbox: TelegramSandbox) -> None:
     assert token not in str(sandbox.get("/control/bots").text)
 
 
-def test_faults_fail_the_next_calls_with_retry_after(sandbox: TelegramSandbox) -> None:
+def test_faults_fail_the_next_calls_and_other_methods_go_on(sandbox: TelegramSandbox) -> None:
     token = make_token()
     sandbox.send("hi", token=token)
-    sandbox.fault("sendMessage", retry_after=3, count=2, token=token)
+    sandbox.fault("sendMessage", error_code=500, description="Internal Server Error",
+                  count=2, token=token)
     for _ in range(2):
         response = sandbox.api(token, "sendMessage", chat_id=1001, text="x")
-        assert response.status_code == 429
+        assert response.status_code == 500
         assert response.json() == {
-            "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
-            "parameters": {"retry_after": 3},
+            "ok": False, "error_code": 500, "description": "Internal Server Error"
         }
-    assert sandbox.api(token, "sendMessage", chat_id=1001, text="x").status_code == 200
     assert sandbox.api(token, "getMe").status_code == 200  # other methods are unaffected
+    assert sandbox.api(token, "sendMessage", chat_id=1001, text="x").status_code == 200
+
+
+def test_an_injected_429_answers_retry_after(sandbox: TelegramSandbox) -> None:
+    token = make_token()
+    sandbox.send("hi", token=token)
+    sandbox.fault("sendMessage", retry_after=3, token=token)
+    response = sandbox.api(token, "sendMessage", chat_id=1001, text="x")
+    assert response.status_code == 429
+    assert response.json() == {
+        "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
+        "parameters": {"retry_after": 3},
+    }
+    assert sandbox.api(token, "getMe").status_code == 200
 
 
 def test_reset_forgets_everything(sandbox: TelegramSandbox) -> None:

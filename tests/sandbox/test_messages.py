@@ -8,8 +8,10 @@ from tests.fixtures.sandbox import TelegramSandbox, make_token
 
 
 def _bot_with_chat(sandbox: TelegramSandbox) -> str:
+    """A bot that chat 1001 wrote to, with no flood limits: these tests send in bursts."""
     token = make_token()
     sandbox.send("hello", token=token)
+    sandbox.set_limits(send_rate=0, chat_burst=0)
     return token
 
 
