@@ -14,10 +14,9 @@ from tests.fixtures.common import wait_until
 from tests.fixtures.system import System, SystemStarter, session_processes
 
 SIGNALS = (signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM)
-# The sandbox goes first, before the bot has handled any update: a restarted sandbox
-# numbers its updates from 1 again (Telegram never does), which a bot that handled
-# updates before takes for ones it has already seen.
-PROGRAMS = ("sandbox:sandbox", "redis:redis", "api:api-0", "bot:bot-0")
+# The sandbox goes last, after the bot has handled updates: a restarted sandbox numbers
+# its updates from 1 again, which the bot must not take for ones it has already seen.
+PROGRAMS = ("redis:redis", "api:api-0", "bot:bot-0", "sandbox:sandbox")
 UNAVAILABLE = "temporarily unavailable"
 # a bot process killed while it held the polling lease keeps it until it expires (15 s)
 REPLY_TIMEOUT = 40.0
