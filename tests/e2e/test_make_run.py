@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -46,11 +45,9 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
         assert system.proc is not None
         pid = system.proc.pid
         assert len(session_processes(pid)) >= 6  # make, launcher, supervisord, redis, sandbox, ...
-        started = time.monotonic()
         system.interrupt()
-        system.proc.wait(10)
-        assert time.monotonic() - started < 10
-        wait_until(lambda: not session_processes(pid), timeout=1, what="no process left")
+        system.proc.wait(10)  # raises if Ctrl+C takes longer
+        wait_until(lambda: not session_processes(pid), timeout=10, what="no process left")
     finally:
         system.stop()
     output = system.output()
