@@ -16,10 +16,12 @@ from functools import partial
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from api_worker import codes, demo, login_requests, openapi, ops, tokens
 from api_worker.auth import warn_if_open
+from api_worker.body import TextUrls
 from api_worker.errors import EXCEPTION_HANDLERS, CatchAll
 from api_worker.metrics import RequestTimer
 from api_worker.waiters import Waiters
@@ -28,6 +30,19 @@ from shared.settings import Settings, SettingsError, load_settings
 from shared.store import Store, Unavailable
 
 logger = logging.getLogger(__name__)
+
+# GETs that hand something over once (a login approval and its new access token): HEAD
+# is a GET without the body, so it would hand it to no one. These answer HEAD 405.
+_DELIVERS_ONCE = (login_requests.status, demo.wait_telegram)
+
+
+def _head_only_where_safe(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """`HEAD` never changes state: Starlette answers HEAD on every GET route by running
+    the GET, so the routes that deliver once take it off their methods (405 + Allow)."""
+    for route in routes:
+        if isinstance(route, Route) and route.endpoint in _DELIVERS_ONCE and route.methods:
+            route.methods.discard("HEAD")
+    return routes
 
 
 @asynccontextmanager
@@ -61,15 +76,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings if settings is not None else load_settings()
     demo_routes = demo.routes(settings) if settings.demo_page else []
     app = Starlette(
-        routes=[
-            *codes.routes,
-            *tokens.routes,
-            *login_requests.routes,
-            *ops.routes,
-            *openapi.routes,
-            *demo_routes,
-        ],
-        middleware=[Middleware(RequestTimer), Middleware(CatchAll)],
+        routes=_head_only_where_safe(
+            [
+                *codes.routes,
+                *tokens.routes,
+                *login_requests.routes,
+                *ops.routes,
+                *openapi.routes,
+                *demo_routes,
+            ]
+        ),
+        middleware=[Middleware(RequestTimer), Middleware(CatchAll), Middleware(TextUrls)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=_lifespan,
     )

@@ -1,13 +1,23 @@
-"""Reading a JSON request body: at most 4 KiB, and it must be an object."""
+"""Reading what a request carries: a JSON body of at most 4 KiB that is an object, and
+text that is text.
+
+Every string a client sends may end up in Redis or in a reply, both UTF-8. JSON can
+spell a lone surrogate (`"\\ud800"`) that no UTF-8 encoder accepts, and a URL can
+percent-encode bytes that are not UTF-8 (`%FF`, `%ED%A0%80`): both are refused here
+with 400 `invalid_request`, in the body and in the URL (path and query) of every
+endpoint, before any handler sees them.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api_worker.errors import InvalidRequest, TooLarge
+from api_worker.errors import InvalidRequest, TooLarge, error_response
 
 MAX_BODY_BYTES = 4096
 
@@ -36,8 +46,17 @@ async def read_limited(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+def is_text(value: Any) -> bool:
+    """Whether every string in a parsed JSON value (keys too) can be written as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which only \\u escapes can spell
+        return False
+    return True
+
+
 async def json_object(request: Request, *, empty_is_object: bool = False) -> dict[str, Any]:
-    """The body as a JSON object; InvalidRequest for anything else. With
+    """The body as a JSON object of UTF-8 text; InvalidRequest for anything else. With
     `empty_is_object`, no body at all counts as `{}`."""
     raw = await read_limited(request)
     if not raw.strip():
@@ -50,4 +69,39 @@ async def json_object(request: Request, *, empty_is_object: bool = False) -> dic
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if not is_text(value):
+        raise InvalidRequest(
+            "The request body holds a string that is not valid Unicode text "
+            "(a lone surrogate such as \\ud800)."
+        )
     return value
+
+
+def _utf8(encoded: bytes) -> bool:
+    try:
+        unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class TextUrls:
+    """ASGI middleware: a request whose path or query, percent-decoded, is not UTF-8
+    gets 400 `invalid_request` (the server would otherwise read it with U+FFFD in
+    place of the bad bytes, a different text than the client sent)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+            query = scope.get("query_string", b"").replace(b"+", b" ")
+            if not (_utf8(raw_path) and _utf8(query)):
+                response = error_response(
+                    400, "invalid_request", "The URL holds percent-encoded bytes that are "
+                    "not UTF-8 text."
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
