@@ -29,12 +29,12 @@ def _fail(message: str, status: int) -> NoReturn:
 
 
 def log_config(level: str) -> dict[str, Any]:
-    """Everything to stdout in one format; uvicorn's loggers pass through the root."""
+    """Everything to stdout in one format; uvicorn's loggers pass through the root. The
+    formatter redacts query strings and login request ids (`api_worker.logs`)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": FORMAT}},
-        "filters": {"redact_paths": {"()": "api_worker.routes.RedactPaths"}},
+        "formatters": {"plain": {"()": "api_worker.logs.RedactingFormatter", "fmt": FORMAT}},
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
@@ -46,7 +46,7 @@ def log_config(level: str) -> dict[str, Any]:
         "loggers": {
             "uvicorn": {"handlers": [], "propagate": True},
             "uvicorn.error": {"handlers": [], "propagate": True},
-            "uvicorn.access": {"handlers": [], "propagate": True, "filters": ["redact_paths"]},
+            "uvicorn.access": {"handlers": [], "propagate": True},
             # the HTTP client loggers are held at WARNING in every tglogin process
             "httpx": {"level": "WARNING"},
             "httpcore": {"level": "WARNING"},

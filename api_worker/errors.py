@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
-from api_worker.routes import route_label
+from api_worker.logs import route_label
 from shared.store import InvalidCode, RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)

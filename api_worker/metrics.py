@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_worker import context
-from api_worker.routes import route_label
+from api_worker.logs import route_label
 from shared.store import Unavailable
 
 REQUEST_DURATION = Histogram(
