@@ -2,25 +2,48 @@
 
 `--fd 0` serves on a listening socket inherited as file descriptor 0, as
 supervisord's `fcgi-program` hands it to every API process sharing one port.
+
+Connections are bounded so that idle or slow clients cannot use a process up:
+- a connection that has not sent a complete request head within
+  API_HEADER_TIMEOUT_SECONDS (default 30) of opening, or of the first byte of its
+  next request, is closed; trickling bytes does not extend it;
+- a keep-alive connection idle between requests is closed after 5 s;
+- a request carrying both Content-Length and Transfer-Encoding (a request
+  smuggling shape) is answered 400 and its connection closed;
+- the process raises its soft descriptor limit (RLIMIT_NOFILE) to the hard limit at
+  start, and near that limit answers 503 (and closes) instead of stalling its accepts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
 import os
+import resource
 import socket
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+import h11
 import uvicorn
+from dotenv import dotenv_values
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from api_worker.app import create_app
 from api_worker.waiters import Waiters
 from shared.settings import SettingsError, load_settings
 
+logger = logging.getLogger("api_worker")
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+HEADER_TIMEOUT = 30  # seconds to send a complete request head (API_HEADER_TIMEOUT_SECONDS)
+KEEP_ALIVE = 5  # seconds a connection may sit idle between requests
+BACKLOG = 2048  # connections the kernel queues for accept (supervisord's socket_backlog)
+FD_RESERVE = 64  # descriptors kept for Redis, metrics files and logs near the limit
 
 
 def _fail(message: str, status: int) -> NoReturn:
@@ -52,6 +75,133 @@ def log_config(level: str) -> dict[str, Any]:
             "httpcore": {"level": "WARNING"},
         },
     }
+
+
+def _environment() -> dict[str, str]:
+    """The variables as settings read them: `.env` in the working directory, then the
+    environment, which wins."""
+    values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def _seconds(values: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise SettingsError(name, f"must be a whole number of seconds from {low} to {high}, "
+                            f"got {raw!r}")
+    return int(raw)
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):  # e.g. a hard limit above the kernel's nr_open
+            return soft, soft
+        return soft, wanted
+    return soft, soft
+
+
+class _Connection(h11.Connection):
+    """h11's server side, which refuses a request carrying both Content-Length and
+    Transfer-Encoding: h11 would let Transfer-Encoding win (RFC 9112 allows it), but a
+    proxy in front that believes Content-Length would see other requests than we do."""
+
+    refusal: str | None = None
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                self.refusal = (
+                    "A request may not carry both Content-Length and Transfer-Encoding."
+                )
+                raise h11.RemoteProtocolError(self.refusal)
+        return event
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for the request head.
+
+    uvicorn times only the keep-alive pause after a response; a new connection, or a
+    next request begun and never finished, waits forever. Here a timer starts when a
+    connection opens, or when the first byte of a next request arrives, and closes the
+    connection unless the head is complete by then; more bytes do not move it.
+    """
+
+    header_timeout: float = HEADER_TIMEOUT
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        size = config.h11_max_incomplete_event_size
+        self.conn = _Connection(h11.SERVER) if size is None else _Connection(h11.SERVER, size)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._watch_head()
+
+    def _watch_head(self) -> None:
+        """Time the head while one is awaited: no request yet in this cycle, and not the
+        keep-alive pause (which uvicorn times itself)."""
+        awaiting = (
+            self.conn.their_state is h11.IDLE
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        )
+        if not awaiting:
+            self._stop_head_timer()
+        elif self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a malformed request, in the API's JSON error model."""
+        message = self.conn.refusal if isinstance(self.conn, _Connection) else None
+        body = json.dumps(
+            {"error": "invalid_request", "message": message or "The request is not valid HTTP."}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
+
+def protocol(header_timeout: float) -> type[BoundedH11Protocol]:
+    """The protocol class for uvicorn's `http` setting, with this head deadline."""
+    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"header_timeout": header_timeout})
 
 
 class _Server(uvicorn.Server):
@@ -86,8 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     try:
         settings = load_settings()
+        header_timeout = _seconds(
+            _environment(), "API_HEADER_TIMEOUT_SECONDS", HEADER_TIMEOUT, 1, 3600
+        )
     except SettingsError as exc:
         _fail(f"configuration error: {exc}", 2)
+    before, descriptors = raise_descriptor_limit()
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if metrics_dir:
         # API processes sharing a socket share their metrics through files here
@@ -103,8 +257,18 @@ def main(argv: list[str] | None = None) -> None:
         fd=args.fd,
         log_config=log_config(settings.log_level),
         proxy_headers=True,
+        http=protocol(header_timeout),
+        timeout_keep_alive=KEEP_ALIVE,
+        backlog=BACKLOG,
+        # at the descriptor limit: 503 and close, rather than accepts failing for a while
+        limit_concurrency=max(descriptors - FD_RESERVE, FD_RESERVE),
         timeout_graceful_shutdown=8,
         lifespan="on",
+    )
+    logger.info(
+        "connections: request head within %d s, keep-alive %d s, descriptor limit %d%s",
+        header_timeout, KEEP_ALIVE, descriptors,
+        f" (raised from {before})" if descriptors != before else "",
     )
     server = _Server(config, app)
     try:

@@ -9,6 +9,7 @@ import pytest
 from tests.fixtures.common import run_module
 
 SECRET = "s" * 40
+HEAD_TIMEOUT = "API_HEADER_TIMEOUT_SECONDS"
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,8 @@ SECRET = "s" * 40
         ({"AUTH_SECRET": SECRET, "API_KEYS": "name:"}, "API_KEYS"),
         ({"AUTH_SECRET": SECRET, "PORT": "http"}, "PORT"),
         ({"AUTH_SECRET": SECRET, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"AUTH_SECRET": SECRET, HEAD_TIMEOUT: "soon"}, HEAD_TIMEOUT),
+        ({"AUTH_SECRET": SECRET, HEAD_TIMEOUT: "0"}, HEAD_TIMEOUT),
     ],
 )
 def test_bad_configuration_is_one_line(tmp_path: Path, env: dict[str, str], variable: str) -> None:
