@@ -11,13 +11,19 @@ Connections are bounded so that idle or slow clients cannot use a process up:
 - a request carrying both Content-Length and Transfer-Encoding (a request
   smuggling shape) is answered 400 and its connection closed;
 - the process raises its soft descriptor limit (RLIMIT_NOFILE) to the hard limit at
-  start, and near that limit answers 503 (and closes) instead of stalling its accepts.
+  start, so thousands of connections fit while the deadlines above reap idle ones.
+
+API_HOST may be an IPv6 address; `::` listens on every address of both families
+(dual-stack), as supervisord's socket for it does. The proxies of
+FORWARDED_ALLOW_IPS are trusted by their IPv4 addresses also when they arrive on
+such a socket as IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -43,7 +49,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 HEADER_TIMEOUT = 30  # seconds to send a complete request head (API_HEADER_TIMEOUT_SECONDS)
 KEEP_ALIVE = 5  # seconds a connection may sit idle between requests
 BACKLOG = 2048  # connections the kernel queues for accept (supervisord's socket_backlog)
-FD_RESERVE = 64  # descriptors kept for Redis, metrics files and logs near the limit
+TRUSTED_PROXIES = "127.0.0.1,::1"  # uvicorn's FORWARDED_ALLOW_IPS default
 
 
 def _fail(message: str, status: int) -> NoReturn:
@@ -93,6 +99,36 @@ def _seconds(values: dict[str, str], name: str, default: int, low: int, high: in
         raise SettingsError(name, f"must be a whole number of seconds from {low} to {high}, "
                             f"got {raw!r}")
     return int(raw)
+
+
+def trusted_proxies(raw: str) -> list[str]:
+    """FORWARDED_ALLOW_IPS for uvicorn, each IPv4 address or network also in its
+    IPv4-mapped IPv6 form (how a dual-stack socket shows an IPv4 peer)."""
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    mapped: list[str] = []
+    for entry in entries:
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            continue  # "*", a host name or a unix socket path: uvicorn reads it as it is
+        if isinstance(network, ipaddress.IPv4Network):
+            address = f"::ffff:{network.network_address}"
+            mapped.append(f"{address}/{96 + network.prefixlen}" if "/" in entry else address)
+    return entries + mapped
+
+
+def dual_stack_socket(port: int) -> socket.socket:
+    """A socket bound to [::]:port that takes IPv4 connections too (asyncio would make
+    it IPv6-only)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def raise_descriptor_limit() -> tuple[int, int]:
@@ -236,9 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     try:
         settings = load_settings()
-        header_timeout = _seconds(
-            _environment(), "API_HEADER_TIMEOUT_SECONDS", HEADER_TIMEOUT, 1, 3600
-        )
+        values = _environment()
+        header_timeout = _seconds(values, "API_HEADER_TIMEOUT_SECONDS", HEADER_TIMEOUT, 1, 3600)
     except SettingsError as exc:
         _fail(f"configuration error: {exc}", 2)
     before, descriptors = raise_descriptor_limit()
@@ -257,11 +292,10 @@ def main(argv: list[str] | None = None) -> None:
         fd=args.fd,
         log_config=log_config(settings.log_level),
         proxy_headers=True,
+        forwarded_allow_ips=trusted_proxies(values.get("FORWARDED_ALLOW_IPS", TRUSTED_PROXIES)),
         http=protocol(header_timeout),
         timeout_keep_alive=KEEP_ALIVE,
         backlog=BACKLOG,
-        # at the descriptor limit: 503 and close, rather than accepts failing for a while
-        limit_concurrency=max(descriptors - FD_RESERVE, FD_RESERVE),
         timeout_graceful_shutdown=8,
         lifespan="on",
     )
@@ -270,9 +304,17 @@ def main(argv: list[str] | None = None) -> None:
         header_timeout, KEEP_ALIVE, descriptors,
         f" (raised from {before})" if descriptors != before else "",
     )
+    sockets: list[socket.socket] | None = None
+    if args.fd is None and settings.api_host == "::":
+        try:
+            sockets = [dual_stack_socket(settings.api_port)]
+        except OSError as exc:
+            logger.error("cannot listen on [::]:%d: %s", settings.api_port, exc)
+            raise SystemExit(3) from None
+        logger.info("listening on [::]:%d, IPv6 and IPv4", settings.api_port)
     server = _Server(config, app)
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful stop
         pass
     if not server.started:

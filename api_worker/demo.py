@@ -41,7 +41,8 @@ COOKIE = "acme_session"
 WAIT_SECONDS = 25
 _TIMEOUT = 10.0  # seconds for any other call to the API
 _NO_STORE = {"Cache-Control": "no-store"}
-_WILDCARDS = ("0.0.0.0", "::", "")
+# where to reach the API when it listens on every address: its own family's loopback
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 # the page loads nothing from elsewhere and is never framed
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -73,7 +74,8 @@ class DemoError(ApiError):
 def _api_base(request: Request) -> str:
     """The API's own address: the port this request came in on (the real one behind
     a proxy or PORT), over loopback when the API listens on every interface, so
-    uvicorn trusts the X-Forwarded-For we send (its default trusts 127.0.0.1)."""
+    uvicorn trusts the X-Forwarded-For we send (its default trusts 127.0.0.1 and
+    ::1); IPv6 addresses in brackets."""
     settings = context.settings(request)
     host, port = settings.api_host, settings.api_port
     server = request.scope.get("server")
@@ -81,8 +83,7 @@ def _api_base(request: Request) -> str:
         port = int(server[1])
         if host not in _WILDCARDS:
             host = str(server[0])
-    if host in _WILDCARDS:
-        host = "127.0.0.1"
+    host = _WILDCARDS.get(host, host)
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"

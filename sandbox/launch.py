@@ -30,7 +30,7 @@ from types import FrameType
 
 from dotenv import dotenv_values
 
-from sandbox.supervision import Credentials, Supervisor, Watcher, write_ctl_config
+from sandbox.supervision import Credentials, Supervisor, Watcher, tcp_socket, write_ctl_config
 from shared.settings import SettingsError, load_settings
 
 SANDBOX_TOKEN = "7000000001:SANDBOX-local-token-not-a-real-bot-0000"
@@ -63,13 +63,25 @@ def ensure_auth_secret(path: Path) -> bool:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    """Whether `host:port` can be bound as supervisord will bind it (`::` for both
+    families, so an IPv4 listener on the port counts as taken)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if ":" in host:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         try:
             s.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def _url_host(host: str) -> str:
+    """Where a browser on this machine reaches a server listening on `host` (`::` takes
+    IPv4 too: supervisord's socket is dual-stack)."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def _answers(url: str) -> bool:
@@ -116,6 +128,8 @@ def build_environment(root: Path) -> dict[str, str]:
     settings = load_settings(env, env_file=root / ".env", require_bot_token=True)
     env["API_HOST"] = settings.api_host
     env["API_PORT"] = str(settings.api_port)
+    # supervisord opens it (IPv6 too: `python -m sandbox.supervision`)
+    env["TGLOGIN_API_SOCKET"] = tcp_socket(settings.api_host, settings.api_port)
     env["BOT_MODE"] = settings.bot_mode
     env["BOT_HOST"] = settings.bot_host
     env["BOT_PORT"] = str(settings.bot_port)
@@ -126,7 +140,7 @@ def build_environment(root: Path) -> dict[str, str]:
     # supervisord binds an fcgi-program's socket for a moment at start even when the
     # program does not start: in polling mode a file under var/ stands in for BOT_PORT
     env["TGLOGIN_BOT_SOCKET"] = (
-        f"tcp://{settings.bot_host}:{settings.bot_port}"
+        tcp_socket(settings.bot_host, settings.bot_port)
         if settings.bot_mode == "webhook"
         else f"unix://{var}/bot-webhook.sock"
     )
@@ -181,7 +195,7 @@ def main() -> int:
 
     conf = str(root / "supervisord.conf")
     supervisord = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", conf], env=env, cwd=root
+        [sys.executable, "-m", "sandbox.supervision", "-n", "-c", conf], env=env, cwd=root
     )
     stop_asked = False
 
@@ -232,9 +246,7 @@ def main() -> int:
 
 def _urls(env: dict[str, str]) -> dict[str, str]:
     """Where a browser on this machine reaches the API and, if it runs, the sandbox."""
-    api_host = env["API_HOST"]
-    host = "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host
-    urls = {"api": f"http://{host}:{env['API_PORT']}"}
+    urls = {"api": f"http://{_url_host(env['API_HOST'])}:{env['API_PORT']}"}
     if env["TGLOGIN_SANDBOX"] == "true":
         urls["sandbox"] = f"http://127.0.0.1:{env['SANDBOX_PORT']}"
     return urls

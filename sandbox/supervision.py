@@ -15,13 +15,22 @@ decisions supervisord cannot make:
 supervisord's socket asks for a user name and password made fresh for every
 run; `supervisorctl -c var/supervisorctl.conf status` reads them from a file
 only the user can read.
+
+`python -m sandbox.supervision -n -c supervisord.conf` is supervisord itself, able
+to open an IPv6 `fcgi-program` socket (`socket=tcp://[::1]:8000`; `tcp://[::]:8000`
+listens on every address of both families). supervisord's own socket parser takes
+IPv4 and host names only; everything else is supervisord unchanged.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
+import re
 import secrets
+import socket
+import sys
 import time
 import xmlrpc.client
 from collections.abc import Callable
@@ -29,6 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor import supervisord
+from supervisor.datatypes import InetStreamSocketConfig
+from supervisor.options import ServerOptions
+from supervisor.states import SupervisorStates
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared.settings import Secret
@@ -166,3 +179,78 @@ class Watcher:
             pass  # a spawn error: it is FATAL again soon, and waits longer
         except _UNREACHABLE:
             revival.started = False  # supervisord did not answer: try at the next look
+
+
+# -- supervisord with IPv6 fcgi-program sockets ------------------------------------------
+
+_TCP6 = re.compile(r"tcp://\[([^\]\s]+)\]:(\d+)")
+
+
+def tcp_socket(host: str, port: int) -> str:
+    """An fcgi-program `socket=` value: `tcp://[::1]:8000` for an IPv6 address."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+class Inet6StreamSocketConfig(InetStreamSocketConfig):  # type: ignore[misc]
+    """A TCP socket on an IPv6 address; `::` is dual-stack (IPv4 clients too)."""
+
+    def __init__(self, host: str, port: int, **kwargs: Any) -> None:
+        super().__init__(host, port, **kwargs)
+        self.url = tcp_socket(self.host, self.port)
+
+    def create_and_bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # off: `::` takes IPv4 connections too, whatever net.ipv6.bindv6only says
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class Ipv6ServerOptions(ServerOptions):  # type: ignore[misc]
+    """supervisord's options, reading `socket=tcp://[<IPv6 address>]:<port>` too."""
+
+    def parse_fcgi_socket(
+        self, sock: str, proc_uid: Any, socket_owner: Any, socket_mode: Any,
+        socket_backlog: Any,
+    ) -> Any:
+        match = _TCP6.fullmatch(sock)
+        if match is None:
+            return super().parse_fcgi_socket(
+                sock, proc_uid, socket_owner, socket_mode, socket_backlog
+            )
+        host, port = match.group(1), int(match.group(2))
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address in {sock}") from None
+        if socket_owner is not None or socket_mode is not None:
+            raise ValueError(
+                "socket_owner and socket_mode params should only be used with a Unix domain "
+                "socket"
+            )
+        return Inet6StreamSocketConfig(host, port, backlog=socket_backlog)
+
+
+def run_supervisord(args: list[str]) -> None:
+    """supervisord's `main` (restarting itself on SIGHUP as it does) with IPv6 sockets."""
+    first = True
+    while True:
+        options = Ipv6ServerOptions()
+        options.realize(args, doc=supervisord.__doc__)
+        options.first = first
+        options.test = False
+        supervisord.go(options)
+        options.close_httpservers()
+        options.close_logger()
+        first = False
+        if options.mood < SupervisorStates.RESTARTING:
+            break
+
+
+if __name__ == "__main__":
+    run_supervisord(sys.argv[1:])
