@@ -1,18 +1,34 @@
 """GET /openapi.json: an OpenAPI 3.1 description of every endpoint.
 
-A static document: the endpoints are few and their contract is fixed. New
-endpoints add their entry to `PATHS`.
+The endpoints are few and their contract is fixed; the numbers in it (body size,
+`state` length, `wait`, the version) are the code's own constants, so the document
+cannot drift from them. What depends on the configuration is served as configured:
+with API_KEYS empty no operation asks for the X-API-Key header. New endpoints add
+their entry to `PATHS`; `make test` checks every response against the document
+(tests/api_worker/test_schema_conformance.py).
 """
 
 from __future__ import annotations
 
+import copy
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from api_worker import context
+from api_worker.auth import API_KEY_HEADER
+from api_worker.body import MAX_BODY_BYTES
+from api_worker.login_requests import MAX_STATE, MAX_WAIT
+
 Json = dict[str, Any]
+
+try:
+    VERSION = version("tglogin")
+except PackageNotFoundError:  # pragma: no cover - run from a tree that is not installed
+    VERSION = "0.0.0"
 
 
 def _ref(kind: str, name: str) -> Json:
@@ -23,17 +39,12 @@ def _json(schema: Json) -> Json:
     return {"application/json": {"schema": schema}}
 
 
-def _error(description: str, code: str, headers: Json | None = None) -> Json:
+def _error(description: str, *codes: str, headers: Json | None = None) -> Json:
+    """A JSON error response whose `error` is one of `codes`."""
+    error: Json = {"const": codes[0]} if len(codes) == 1 else {"enum": list(codes)}
     response: Json = {
         "description": description,
-        "content": _json(
-            {
-                "allOf": [
-                    _ref("schemas", "Error"),
-                    {"properties": {"error": {"const": code}}},
-                ]
-            }
-        ),
+        "content": _json({"allOf": [_ref("schemas", "Error"), {"properties": {"error": error}}]}),
     }
     if headers:
         response["headers"] = headers
@@ -54,26 +65,32 @@ RESPONSES: Json = {
     ),
     "Unauthorized": _error("API_KEYS is set and X-API-Key is missing or wrong.", "unauthorized"),
     "InvalidToken": _error(
-        "The bearer token is missing, malformed, unknown, expired or revoked "
-        "(or, when API_KEYS is set, `unauthorized`: the API key is missing or wrong).",
+        "`invalid_token`: the bearer token is missing, malformed, unknown, expired or "
+        "revoked (with `WWW-Authenticate: Bearer ...`); `unauthorized`: API_KEYS is set and "
+        "X-API-Key is missing or wrong.",
         "invalid_token",
-        {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer ...`"}},
+        "unauthorized",
+        headers={
+            "WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer ...`"}
+        },
     ),
-    "TooLarge": _error("The request body is larger than 4096 bytes.", "too_large"),
+    "TooLarge": _error(f"The request body is larger than {MAX_BODY_BYTES} bytes.", "too_large"),
     "RateLimited": _error(
-        "Too many failed redeems from this client address; wait `Retry-After` seconds.",
+        "Too many failed attempts (codes, tokens or API keys) from this client address; "
+        "wait `Retry-After` seconds.",
         "rate_limited",
-        {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+        headers={"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
     ),
     "Unavailable": _error("Redis cannot be reached; try again shortly.", "unavailable"),
     "InvalidLoginRequest": _error(
-        'The body is not `{}` or `{"state": "<at most 128 characters>"}`.', "invalid_request"
+        f'The body is not `{{}}` or `{{"state": "<at most {MAX_STATE} characters>"}}`.',
+        "invalid_request",
     ),
     "LoginRateLimited": _error(
         "Too many login requests from this client address (LOGIN_REQUEST_LIMIT per "
         "LOGIN_REQUEST_WINDOW_SECONDS); wait `Retry-After` seconds.",
         "rate_limited",
-        {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+        headers={"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
     ),
     "LoginUnavailable": _error(
         "Redis cannot be reached, or no bot has published its username yet (and "
@@ -81,13 +98,19 @@ RESPONSES: Json = {
         "which.",
         "unavailable",
     ),
-    "InvalidWait": _error("`wait` is not a whole number from 0 to 30.", "invalid_request"),
+    "InvalidWait": _error(
+        f"`wait` is not a whole number from 0 to {MAX_WAIT}.", "invalid_request"
+    ),
     "LoginNotFound": _error(
         "No such login request for this client: unknown, expired, another client's, or its "
         "approval was already delivered.",
         "not_found",
     ),
     "Internal": _error("An unexpected error; it is logged.", "internal"),
+    "InvalidUrl": _error(
+        "The URL's path or query holds percent-encoded bytes that are not UTF-8 text.",
+        "invalid_request",
+    ),
 }
 
 SCHEMAS: Json = {
@@ -144,7 +167,7 @@ SCHEMAS: Json = {
         "properties": {
             "state": {
                 "type": "string",
-                "maxLength": 128,
+                "maxLength": MAX_STATE,
                 "description": "Handed back with the approval, e.g. to tie it to a session.",
             }
         },
@@ -231,6 +254,7 @@ PATHS: Json = {
             "responses": {
                 "200": {"description": "The user", "content": _json(_ref("schemas", "Me"))},
                 "401": _ref("responses", "InvalidToken"),
+                "429": _ref("responses", "RateLimited"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),
             },
@@ -244,6 +268,7 @@ PATHS: Json = {
             "responses": {
                 "204": {"description": "Revoked"},
                 "401": _ref("responses", "InvalidToken"),
+                "429": _ref("responses", "RateLimited"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),
             },
@@ -289,7 +314,9 @@ PATHS: Json = {
                     "name": "wait",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 0, "maximum": 30, "default": 0},
+                    "schema": {
+                        "type": "integer", "minimum": 0, "maximum": MAX_WAIT, "default": 0
+                    },
                     "description": "Seconds to hold the answer while the request is pending.",
                 },
             ],
@@ -300,6 +327,7 @@ PATHS: Json = {
                 },
                 "400": _ref("responses", "InvalidWait"),
                 "401": _ref("responses", "Unauthorized"),
+                "429": _ref("responses", "RateLimited"),
                 "404": _ref("responses", "LoginNotFound"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),
@@ -347,11 +375,16 @@ PATHS: Json = {
     },
 }
 
+# any URL can carry bytes that are not UTF-8 (api_worker.body.TextUrls): 400 everywhere
+for _operations in PATHS.values():
+    for _operation in _operations.values():
+        _operation["responses"].setdefault("400", _ref("responses", "InvalidUrl"))
+
 DOCUMENT: Json = {
     "openapi": "3.1.0",
     "info": {
         "title": "tglogin",
-        "version": "0.1.0",
+        "version": VERSION,
         "description": (
             "Log in with a one-time code from a Telegram bot, or with a deep link the user "
             "approves in the bot. Every error body is "
@@ -364,15 +397,33 @@ DOCUMENT: Json = {
         "schemas": SCHEMAS,
         "responses": RESPONSES,
         "securitySchemes": {
-            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
             "Bearer": {"type": "http", "scheme": "bearer"},
         },
     },
 }
 
 
+def _open(document: Json) -> Json:
+    """The document for a server without API_KEYS: no operation asks for X-API-Key."""
+    opened = copy.deepcopy(document)
+    for operations in opened["paths"].values():
+        for operation in operations.values():
+            operation["security"] = [
+                {k: v for k, v in requirement.items() if k != "ApiKey"}
+                for requirement in operation.get("security", [])
+                if set(requirement) != {"ApiKey"}
+            ]
+    opened["components"]["securitySchemes"].pop("ApiKey")
+    return opened
+
+
+OPEN_DOCUMENT = _open(DOCUMENT)
+
+
 async def openapi(request: Request) -> Response:
-    return JSONResponse(DOCUMENT)
+    keys = context.settings(request).api_keys
+    return JSONResponse(DOCUMENT if keys else OPEN_DOCUMENT)
 
 
 routes = [Route("/openapi.json", openapi, methods=["GET"])]
