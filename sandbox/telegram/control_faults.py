@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandbox.telegram.control_args import bot_for, integer, number, read_body, sandbox_of
+from sandbox.telegram.control_guard import guarded
 from sandbox.telegram.errors import ControlError
 from sandbox.telegram.state import JSON, Bot, Fault
 
@@ -81,8 +82,8 @@ async def post_block(request: Request) -> Response:
     return JSONResponse({"chat_id": chat_id, "blocked": blocked})
 
 
-routes = [
+routes = guarded([
     Route("/control/faults", post_fault, methods=["POST"]),
     Route("/control/release", post_release, methods=["POST"]),
     Route("/control/block", post_block, methods=["POST"]),
-]
+])
