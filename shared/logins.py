@@ -16,6 +16,7 @@ so Redis never holds a token in plain text here either.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -23,13 +24,11 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from shared import keys
 from shared.hashing import digest, new_id
+from shared.redis import Subscriber
 from shared.settings import ApiClient, Settings
 from shared.store import (
     RateLimited,
@@ -247,39 +246,19 @@ class Logins:
         )
 
 
-async def decisions(settings: Settings) -> AsyncGenerator[str | None, None]:
+def decisions(settings: Settings) -> AsyncGenerator[str | None, None]:
     """The id hashes of requests as they are decided, on one dedicated connection.
 
     Yields None first, once subscribed: from then on no decision is missed, so
     anything a listener learned before may be stale and should be read again.
-    Raises Unavailable when the connection is lost (no silent reconnect, which
-    could drop messages unnoticed); call again to resubscribe.
+    Raises Unavailable when the connection is lost or Redis stops answering (no
+    silent reconnect, which could drop messages unnoticed); call again to
+    resubscribe, on the master Sentinel names then, or another Cluster node.
     """
-    client = aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        health_check_interval=15,
-        retry=Retry(NoBackoff(), 0),
-    )
-    pubsub = client.pubsub()
-    try:
-        try:
-            await pubsub.subscribe(keys.LOGIN_DECIDED)
-            # wait for the server's confirmation before claiming to be subscribed
-            confirmed = await pubsub.get_message(timeout=5)
-            if confirmed is None or confirmed["type"] != "subscribe":
-                raise Unavailable(f"SUBSCRIBE not confirmed within 5 s: {confirmed!r}")
-            yield None
-            while True:
-                message = await pubsub.get_message(timeout=10)
-                if message is not None and message["type"] == "message":
-                    yield str(message["data"])
-        except (RedisError, OSError) as exc:
-            raise Unavailable(str(exc)) from exc
-    finally:
-        try:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await client.aclose()
-        except (RedisError, OSError):  # already broken; nothing left to close cleanly
-            pass
+    return _subscriber(settings).listen(keys.LOGIN_DECIDED)
+
+
+@functools.cache
+def _subscriber(settings: Settings) -> Subscriber:
+    """One per process and settings, so it remembers the Cluster nodes it has seen."""
+    return Subscriber(settings)

@@ -100,6 +100,14 @@ class Settings:
     bot_port: int = 8001
     # messages a second, all bot processes together (Telegram's flood limit)
     bot_send_rate: int = 30
+    # seconds any Redis operation may take before the caller gets `Unavailable`
+    redis_timeout: float = 5.0
+    # Sentinel: the sentinels' addresses and the master's name (REDIS_URL then gives only
+    # the database, password and TLS options)
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
+    # Cluster: REDIS_URL names one node
+    redis_cluster: bool = False
 
     def client_for_key(self, key: str) -> ApiClient | None:
         """The API client whose key this is, or None."""
@@ -151,6 +159,65 @@ def _redis_url(values: Mapping[str, str]) -> str:
     if parts.scheme != "unix" and database and not database.isdigit():
         raise SettingsError("REDIS_URL", f"database must be a number, got {database!r}")
     return raw
+
+
+def _redis_timeout(values: Mapping[str, str]) -> float:
+    raw = values.get("REDIS_TIMEOUT", "").strip()
+    if not raw:
+        return 5.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError("REDIS_TIMEOUT", f"must be a number of seconds, got {raw!r}") from None
+    if not 0.1 <= value <= 60:  # also refuses nan and inf
+        raise SettingsError("REDIS_TIMEOUT", f"must be between 0.1 and 60 seconds, got {raw}")
+    return value
+
+
+_SENTINEL_PORT = 26379
+
+
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port, host:port, [v6]:port`; a missing port is Sentinel's own, 26379."""
+    found: list[tuple[str, int]] = []
+    for item in (p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        try:
+            parts = urlsplit(f"//{item}")
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host = port = None
+        if not host or parts.path or parts.username is not None:
+            raise SettingsError(
+                "REDIS_SENTINELS", f"entries must be host:port, separated by commas, got {item!r}"
+            )
+        found.append((host, port or _SENTINEL_PORT))
+    return tuple(found)
+
+
+def _redis_topology(
+    values: Mapping[str, str], redis_url: str
+) -> tuple[tuple[tuple[str, int], ...], str, bool]:
+    """REDIS_SENTINELS, REDIS_SENTINEL_MASTER and REDIS_CLUSTER, checked together."""
+    sentinels = _sentinels(values.get("REDIS_SENTINELS", ""))
+    master = values.get("REDIS_SENTINEL_MASTER", "").strip()
+    cluster = _bool(values, "REDIS_CLUSTER")
+    if sentinels and not master:
+        raise SettingsError("REDIS_SENTINEL_MASTER", "is required with REDIS_SENTINELS")
+    if master and not sentinels:
+        raise SettingsError("REDIS_SENTINELS", "is required with REDIS_SENTINEL_MASTER")
+    if master and any(c.isspace() for c in master):
+        raise SettingsError("REDIS_SENTINEL_MASTER", f"must not contain spaces, got {master!r}")
+    if cluster and sentinels:
+        raise SettingsError("REDIS_CLUSTER", "cannot be combined with REDIS_SENTINELS")
+    parts = urlsplit(redis_url)
+    if (sentinels or cluster) and parts.scheme == "unix":
+        variable = "REDIS_CLUSTER" if cluster else "REDIS_SENTINELS"
+        raise SettingsError(variable, "needs a redis:// or rediss:// REDIS_URL, not unix://")
+    if cluster and parts.path.lstrip("/") not in ("", "0"):
+        raise SettingsError("REDIS_CLUSTER", "has only database 0; REDIS_URL names another")
+    return sentinels, master, cluster
 
 
 def _log_level(values: Mapping[str, str]) -> str:
@@ -249,10 +316,12 @@ def load_settings(
     bot_mode, webhook_url, webhook_secret = _webhook(values, secret)
     # PORT is the API's on a Procfile platform; a bot service of its own sets BOT_PORT
     bot_port = _int(values, "BOT_PORT", 8001, 1, 65535)
+    redis_url = _redis_url(values)
+    sentinels, sentinel_master, cluster = _redis_topology(values, redis_url)
 
     return Settings(
         auth_secret=Secret(secret),
-        redis_url=_redis_url(values),
+        redis_url=redis_url,
         telegram_bot_token=Secret(token),
         telegram_api_base_url=base_url,
         telegram_bot_username=values.get("TELEGRAM_BOT_USERNAME", "").strip().lstrip("@"),
@@ -280,4 +349,8 @@ def load_settings(
         bot_host=values.get("BOT_HOST", "").strip() or "127.0.0.1",
         bot_port=bot_port,
         bot_send_rate=_int(values, "BOT_SEND_RATE", 30, 1, 100_000),
+        redis_timeout=_redis_timeout(values),
+        redis_sentinels=sentinels,
+        redis_sentinel_master=sentinel_master,
+        redis_cluster=cluster,
     )

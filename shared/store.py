@@ -11,32 +11,26 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 from shared.hashing import code_for_update, digest, new_code, new_token, normalize_code
+from shared.redis import Unavailable as Unavailable  # re-exported: the layer's, as before
+from shared.redis import connect as connect
+from shared.redis import load_script as load_script
+from shared.redis import ping as redis_ping
+from shared.redis import unavailable_on_error as unavailable_on_error
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 User = dict[str, Any]
 USER_FIELDS = ("id", "username", "first_name", "last_name", "language_code")
-
-
-class Unavailable(Exception):
-    """Redis cannot be reached (or answered with an error) right now."""
 
 
 class InvalidCode(Exception):
@@ -64,15 +58,6 @@ class Redemption:
     expires_in: int
 
 
-@contextmanager
-def unavailable_on_error() -> Iterator[None]:
-    """Turn any Redis failure inside the block into `Unavailable`."""
-    try:
-        yield
-    except RedisError as exc:
-        raise Unavailable(str(exc)) from exc
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -86,34 +71,12 @@ def retry_after(ms: int) -> int:
     return max(1, -(-ms // 1000))
 
 
-def load_script(name: str) -> str:
-    """A Lua script shipped in shared/lua/."""
-    return resources.files("shared").joinpath("lua", name).read_text()
-
-
 def queue_attempt(pipe: Pipeline, key: str, window_seconds: int) -> None:
     """Queue counting one attempt in a fixed window at `key`: the pipeline answers
     (attempts so far, window started, milliseconds left in the window)."""
     pipe.incr(key)
     pipe.expire(key, window_seconds, nx=True)
     pipe.pttl(key)
-
-
-def connect(settings: Settings) -> aioredis.Redis:
-    """A client for REDIS_URL that fails fast when Redis is down and reconnects after."""
-    # a blocking pool queues a burst of requests instead of failing them
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=64,
-        timeout=5,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
-    return aioredis.Redis.from_pool(pool)
 
 
 def public_user(user: User) -> User:
@@ -141,10 +104,8 @@ class Store:
         return digest(self.settings.auth_secret, purpose, value)
 
     async def ping(self) -> None:
-        try:
-            await self.redis.ping()
-        except RedisError as exc:
-            raise Unavailable(str(exc)) from exc
+        """Redis answers (every primary of a Cluster) within REDIS_TIMEOUT."""
+        await redis_ping(self.redis)
 
     # -- codes (bot side) -------------------------------------------------
 

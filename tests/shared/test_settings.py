@@ -99,3 +99,69 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
     env_file.write_text(f"AUTH_SECRET={SECRET}\nCODE_LENGTH=6\nCODE_TTL_SECONDS=60\n")
     s = load_settings(env={"CODE_TTL_SECONDS": "90"}, env_file=env_file)
     assert (s.code_length, s.code_ttl_seconds) == (6, 90)
+
+
+# -- Redis topology: REDIS_TIMEOUT, Sentinel, Cluster ----------------------------------------
+
+
+def test_redis_defaults_are_one_server_and_five_seconds() -> None:
+    s = load_settings(env={"AUTH_SECRET": SECRET}, env_file="/nonexistent")
+    assert s.redis_timeout == 5.0
+    assert (s.redis_sentinels, s.redis_sentinel_master, s.redis_cluster) == ((), "", False)
+
+
+def test_sentinel_and_cluster_settings() -> None:
+    s = load_settings(
+        env={
+            "AUTH_SECRET": SECRET,
+            "REDIS_URL": "rediss://:pw@ignored/2",
+            "REDIS_SENTINELS": "10.0.0.1:26379, sentinel-b:26380,[::1]:5000, sentinel-c",
+            "REDIS_SENTINEL_MASTER": "mymaster",
+            "REDIS_TIMEOUT": "2.5",
+        },
+        env_file="/nonexistent",
+    )
+    assert s.redis_sentinels == (
+        ("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 5000), ("sentinel-c", 26379)
+    )
+    assert (s.redis_sentinel_master, s.redis_timeout) == ("mymaster", 2.5)
+    s = load_settings(
+        env={"AUTH_SECRET": SECRET, "REDIS_URL": "redis://node-1:7000", "REDIS_CLUSTER": "1"},
+        env_file="/nonexistent",
+    )
+    assert s.redis_cluster and not s.redis_sentinels
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "says"),
+    [
+        ({"REDIS_TIMEOUT": "soon"}, "REDIS_TIMEOUT", "number of seconds"),
+        ({"REDIS_TIMEOUT": "0"}, "REDIS_TIMEOUT", "between"),
+        ({"REDIS_TIMEOUT": "nan"}, "REDIS_TIMEOUT", "between"),
+        ({"REDIS_TIMEOUT": "600"}, "REDIS_TIMEOUT", "between"),
+        ({"REDIS_SENTINELS": "a:1,b:x", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS", "'b:x'"),
+        ({"REDIS_SENTINELS": "a:1/x", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS", "a:1/x"),
+        ({"REDIS_SENTINELS": "a:1"}, "REDIS_SENTINEL_MASTER", "required"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS", "required"),
+        ({"REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_MASTER": "m x"}, "REDIS_SENTINEL_MASTER", ""),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER", "1 or 0"),
+        (
+            {"REDIS_CLUSTER": "1", "REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_MASTER": "m"},
+            "REDIS_CLUSTER", "REDIS_SENTINELS",
+        ),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "unix:///tmp/r.sock"}, "REDIS_CLUSTER", "unix://"),
+        ({"REDIS_CLUSTER": "1", "REDIS_URL": "redis://h:7000/3"}, "REDIS_CLUSTER", "database 0"),
+        (
+            {"REDIS_SENTINELS": "a:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "unix:///r.s"},
+            "REDIS_SENTINELS", "unix://",
+        ),
+    ],
+)
+def test_bad_redis_topology_names_the_variable(
+    env: dict[str, str], variable: str, says: str
+) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(env={"AUTH_SECRET": SECRET, **env}, env_file="/nonexistent")
+    assert error.value.variable == variable
+    assert str(error.value).startswith(variable) and says in str(error.value)
+    assert "\n" not in str(error.value)
