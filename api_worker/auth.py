@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from api_worker import context
 from api_worker.errors import InvalidToken, Unauthorized
+from shared.limits import FailureCounter
 from shared.settings import ApiClient, Settings
 
 logger = logging.getLogger(__name__)
@@ -24,18 +25,33 @@ def warn_if_open(settings: Settings) -> None:
         )
 
 
-def require_client(request: Request) -> ApiClient | None:
-    """The calling API client; None when the API is open (no API_KEYS)."""
+async def require_client(request: Request) -> ApiClient | None:
+    """The calling API client; None when the API is open (no API_KEYS).
+
+    A valid key costs nothing. A missing or wrong one counts against the
+    address (`API_KEY_FAIL_LIMIT` per `API_KEY_FAIL_WINDOW_SECONDS`, and the
+    global failure alarm): 401 until the limit, then 429 with `Retry-After`
+    until the window ends, so keys cannot be guessed at speed.
+    """
     settings = context.settings(request)
     if not settings.api_keys:
         return None
     key = request.headers.get(API_KEY_HEADER)
+    client = settings.client_for_key(key) if key else None
+    if client is not None:
+        return client
+    store = context.store(request)
+    failures = FailureCounter(
+        store.redis, settings, settings.api_key_fail_limit, settings.api_key_fail_window_seconds
+    )
+    address = context.client_address(request)
+    # every one counts for the alarm, refused or not: a flood of guesses should ring it
+    await store.codes.count_failure("api_key_failures")
+    if await failures.fail(address) > settings.api_key_fail_limit:
+        await failures.check(address)  # raises RateLimited with the window's rest
     if not key:
         raise Unauthorized(f"The {API_KEY_HEADER} header is required.")
-    client = settings.client_for_key(key)
-    if client is None:
-        raise Unauthorized(f"The {API_KEY_HEADER} header does not hold a valid API key.")
-    return client
+    raise Unauthorized(f"The {API_KEY_HEADER} header does not hold a valid API key.")
 
 
 def bearer_token(request: Request) -> str:

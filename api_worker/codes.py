@@ -20,14 +20,16 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 async def redeem(request: Request) -> Response:
-    require_client(request)
+    client = await require_client(request)
     body = await json_object(request)
     if "code" not in body:
         raise InvalidRequest('The body must hold the code: {"code": "12345678"}.')
     code = body["code"]
     if not isinstance(code, str):
         raise InvalidRequest('"code" must be a string of digits, e.g. {"code": "12345678"}.')
-    result = await context.store(request).redeem_code(code, context.client_address(request))
+    result = await context.store(request).redeem_code(
+        code, context.client_address(request), client
+    )
     logger.info("code redeemed for user %s", result.user["id"])
     return JSONResponse(
         {

@@ -48,7 +48,7 @@ def _state(body: dict[str, Any]) -> str | None:
 
 
 async def create(request: Request) -> Response:
-    client = require_client(request)
+    client = await require_client(request)
     state = _state(await json_object(request, empty_is_object=True))
     try:
         created = await context.logins(request).create(
@@ -103,7 +103,7 @@ def _body(result: PollResult) -> dict[str, Any]:
 
 
 async def status(request: Request) -> Response:
-    client = require_client(request)
+    client = await require_client(request)
     wait = _wait(request)
     login_id: str = request.path_params["id"]
     logins, waiters = context.logins(request), context.waiters(request)

@@ -43,6 +43,9 @@ REQUEST_DURATION = Histogram(
 COUNTERS = {
     "codes_issued": ("tglogin_codes_issued", "Codes the bot issued."),
     "codes_redeemed": ("tglogin_codes_redeemed", "Codes redeemed for an access token."),
+    "api_key_failures": (
+        "tglogin_api_key_failures", "Requests with a missing or wrong API key."
+    ),
     "redeems_failed": (
         "tglogin_redeems_failed",
         "Redeems of an unknown, expired or used code.",

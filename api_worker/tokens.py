@@ -16,16 +16,16 @@ logger = logging.getLogger(__name__)
 
 
 async def me(request: Request) -> Response:
-    require_client(request)
-    user = await context.store(request).token_user(bearer_token(request))
+    client = await require_client(request)
+    user = await context.store(request).token_user(bearer_token(request), client)
     if user is None:
         raise invalid_token()
     return JSONResponse({"user": user}, headers=NO_STORE)
 
 
 async def revoke(request: Request) -> Response:
-    require_client(request)
-    if not await context.store(request).revoke_token(bearer_token(request)):
+    client = await require_client(request)
+    if not await context.store(request).revoke_token(bearer_token(request), client):
         raise invalid_token()
     logger.info("access token revoked")
     return Response(status_code=204)

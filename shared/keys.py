@@ -11,22 +11,33 @@ from __future__ import annotations
 
 PREFIX = "tgl:"
 
-# code hash -> JSON {"user": {...}}; TTL CODE_TTL_SECONDS; deleted on redeem
+# code hash -> the user id it was issued to; TTL CODE_TTL_SECONDS. A code redeems only
+# while it is its user's current code (`c` in USER), so a replaced or redeemed code's
+# key is inert until it expires
 CODE = PREFIX + "code:"
-# per user: hash of the user's current code; TTL CODE_TTL_SECONDS
-USER_CODE = PREFIX + "user:code:"
+# per user: hash r (the user record, JSON), g (session generation: /logout raises it and
+# so ends every token made before), c and ce (the current code's hash and its expiry,
+# ms); TTL TOKEN_TTL_SECONDS from the last code, redeem or logout
+USER = PREFIX + "user:"
 # per user: sorted set of code-issue times (ms) for the issue limit; TTL the issue window
 USER_ISSUES = PREFIX + "user:issues:"
-# per user: sorted set token hash -> expiry (ms); TTL TOKEN_TTL_SECONDS, renewed on issue
+# per user: sorted set of live token ids -> expiry (ms), so /logout can say how many it
+# ends; TTL TOKEN_TTL_SECONDS, renewed on issue
 USER_TOKENS = PREFIX + "user:tokens:"
+# per user: sorted set of revoked token ids -> their expiry (ms); TTL the last expiry
+USER_REVOKED = PREFIX + "user:revoked:"
 # per user: sorted set of update keys (bot id, update id, fingerprint) that issued a code
 # -> when (ms), entries older than a day dropped (a re-handled update re-sends its code
 # instead of issuing another); TTL 1 day
 USER_UPDATES = PREFIX + "user:updates:"
-# token hash -> JSON {"user": {...}, "exp": ms}; TTL TOKEN_TTL_SECONDS
-TOKEN = PREFIX + "token:"
-# per client address: failed redeems in the current window; TTL REDEEM_FAIL_WINDOW_SECONDS
+# per client address (an IPv6 /64 counts as one): failed redeems in the current window,
+# TTL REDEEM_FAIL_WINDOW_SECONDS from the first failure; and the redeems in flight
+# (sorted set attempt id -> ms), TTL ATTEMPT_IN_FLIGHT_MS. Both tagged by the address
 REDEEM_FAILS = PREFIX + "fails:"
+REDEEM_PENDING = PREFIX + "fails:pending:"
+# per client address: requests with a wrong API key in the current window;
+# TTL API_KEY_FAIL_WINDOW_SECONDS from the first
+KEY_FAILS = PREFIX + "keyfails:"
 # failed redeems of all addresses in one minute (suffix: unix minute); TTL 120 s
 FAIL_RATE = PREFIX + "failrate:"
 # product counters (codes issued, redeemed, failed, rate limited, alarms); no TTL
@@ -71,6 +82,8 @@ FLOOD_WAIT = ":floodwait"
 UPDATES_TTL_SECONDS = 86400
 UPDATE_BUCKET = 1024
 FAIL_RATE_TTL_SECONDS = 120
+# an admitted redeem that never settled (its process died) stops holding room after this
+ATTEMPT_IN_FLIGHT_MS = 10_000
 
 
 def _user_tag(user_id: int) -> str:
@@ -81,8 +94,8 @@ def code(code_hash: str) -> str:
     return CODE + code_hash
 
 
-def user_code(user_id: int) -> str:
-    return USER_CODE + _user_tag(user_id)
+def user(user_id: int) -> str:
+    return USER + _user_tag(user_id)
 
 
 def user_issues(user_id: int) -> str:
@@ -97,12 +110,20 @@ def user_updates(user_id: int) -> str:
     return USER_UPDATES + _user_tag(user_id)
 
 
-def token(token_hash: str) -> str:
-    return TOKEN + token_hash
+def user_revoked(user_id: int) -> str:
+    return USER_REVOKED + _user_tag(user_id)
 
 
 def redeem_fails(address_hash: str) -> str:
-    return REDEEM_FAILS + address_hash
+    return f"{REDEEM_FAILS}{{{address_hash}}}"
+
+
+def redeem_pending(address_hash: str) -> str:
+    return f"{REDEEM_PENDING}{{{address_hash}}}"
+
+
+def key_fails(address_hash: str) -> str:
+    return KEY_FAILS + address_hash
 
 
 def fail_rate(unix_minute: int) -> str:

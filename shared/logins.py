@@ -10,8 +10,9 @@ nothing about the id, and no way leads from a payload to the result.
 The bot decides with one atomic script (the first decision counts) that also
 publishes the id hash on `LOGIN_DECIDED`; `decisions()` is what API processes
 listen to so a waiting poll answers at once. Access tokens for approvals are
-issued by the API when it hands the approval out, with `Store.queue_token`,
-so Redis never holds a token in plain text here either.
+sealed by the API when it hands the approval out (`shared.sessions`), with the
+user's session generation the bot read when the user approved, so a /logout
+since then ends it too; Redis never holds a token.
 """
 
 from __future__ import annotations
@@ -183,12 +184,15 @@ class Logins:
                     status="pending" if status == "pending" else "denied",
                     expires_in=retry_after(int(found[1])),
                 )
-            user: User = json.loads(found[1])
-            async with self.redis.pipeline(transaction=False) as pipe:
-                redemption = self.store.queue_token(pipe, user)
-                await pipe.execute()
         except RedisError as exc:
             raise Unavailable(str(exc)) from exc
+        user: User = json.loads(found[1])
+        # the approval is taken: from here the token is only sealed, nothing can fail
+        token = await self.store.sessions.token_for_approval(user, int(found[4]), client)
+        redemption = Redemption(
+            user=public_user(user), access_token=token,
+            expires_in=self.settings.token_ttl_seconds,
+        )
         state = str(found[3]) if int(found[2]) else None
         return PollResult(status="approved", redemption=redemption, state=state)
 
@@ -222,6 +226,9 @@ class Logins:
             id_hash = await self._link_target(payload)
             if id_hash is None:
                 return None
+            # the token this approval leads to is sealed with the user's session
+            # generation now: a /logout from here on ends it too
+            generation = await self.store.sessions.enter(user) if approve else 0
             outcome, status, name = await self._decide(
                 keys=[keys.login(id_hash)],
                 args=[
@@ -231,6 +238,7 @@ class Logins:
                     self.settings.login_request_ttl_seconds * 1000,
                     keys.LOGIN_DECIDED,
                     id_hash,
+                    generation,
                 ],
             )
             if int(outcome) == 1:

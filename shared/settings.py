@@ -19,6 +19,8 @@ from dotenv import dotenv_values
 from redis.connection import parse_url
 
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
+# an API key must be long enough that guessing it is hopeless
+MIN_API_KEY_LENGTH = 24
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -89,6 +91,11 @@ class Settings:
     redeem_fail_window_seconds: int = 600
     # failed redeems per minute, all addresses together, that raise the alarm
     redeem_fail_alarm_per_minute: int = 100
+    # an IPv6 client's limits count per network of this many bits
+    ipv6_limit_prefix: int = 64
+    # wrong API keys allowed per client address in the window
+    api_key_fail_limit: int = 20
+    api_key_fail_window_seconds: int = 600
     demo_page: bool = False
     log_level: str = "INFO"
     # how updates reach the bot: "polling" (one leased poller) or "webhook"
@@ -246,6 +253,12 @@ def _api_keys(raw: str) -> tuple[ApiClient, ...]:
         name, key = name.strip(), key.strip()
         if not key or (sep and not name):
             raise SettingsError("API_KEYS", "entries must be 'name:key' or 'key'")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise SettingsError(
+                "API_KEYS",
+                f"keys must be at least {MIN_API_KEY_LENGTH} characters "
+                f"(the key of {name!r} has {len(key)})",
+            )
         clients.append(ApiClient(name=name, key=Secret(key)))
     return tuple(clients)
 
@@ -341,6 +354,9 @@ def load_settings(
         redeem_fail_alarm_per_minute=_int(
             values, "REDEEM_FAIL_ALARM_PER_MINUTE", 100, 1, 10_000_000
         ),
+        ipv6_limit_prefix=_int(values, "IPV6_LIMIT_PREFIX", 64, 1, 128),
+        api_key_fail_limit=_int(values, "API_KEY_FAIL_LIMIT", 20, 1, 1_000_000),
+        api_key_fail_window_seconds=_int(values, "API_KEY_FAIL_WINDOW_SECONDS", 600, 1, 86400),
         demo_page=_bool(values, "DEMO_PAGE"),
         log_level=_log_level(values),
         bot_mode=bot_mode,

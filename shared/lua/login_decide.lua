@@ -4,6 +4,7 @@
 -- ARGV[1] "approved" or "denied"  ARGV[2] the deciding user (JSON)  ARGV[3] their id
 -- ARGV[4] how long the result waits to be fetched (ms)
 -- ARGV[5] pub/sub channel  ARGV[6] message: the request's poll-id hash
+-- ARGV[7] the deciding user's session generation (its token is sealed with it)
 -- Returns {outcome, status, client name}:
 --   {1, status, name}  decided now
 --   {2, status, name}  this same user's same decision again (a redelivered tap)
@@ -23,7 +24,7 @@ if status ~= "pending" then
 end
 redis.call("HSET", KEYS[1], "st", ARGV[1], "by", ARGV[3])
 if ARGV[1] == "approved" then
-  redis.call("HSET", KEYS[1], "u", ARGV[2])
+  redis.call("HSET", KEYS[1], "u", ARGV[2], "g", ARGV[7])
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[4])
 redis.call("PUBLISH", ARGV[5], ARGV[6])

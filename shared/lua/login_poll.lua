@@ -5,17 +5,18 @@
 --   {"gone"}                                unknown, expired, another client's
 --   {"pending", ttl ms}
 --   {"denied", ttl ms}
---   {"approved", user JSON, has state (0/1), state}   and the request is deleted
-local found = redis.call("HMGET", KEYS[1], "st", "c", "u", "s")
-local status, client, user, state = found[1], found[2], found[3], found[4]
+--   {"approved", user JSON, has state (0/1), state, generation}   and the request is
+--   deleted (the token is sealed from these: nothing else to write)
+local found = redis.call("HMGET", KEYS[1], "st", "c", "u", "s", "g")
+local status, client, user, state, generation = found[1], found[2], found[3], found[4], found[5]
 if not status or client ~= ARGV[1] then
   return {"gone"}
 end
 if status == "approved" then
   redis.call("DEL", KEYS[1])
   if state then
-    return {"approved", user, 1, state}
+    return {"approved", user, 1, state, generation or "0"}
   end
-  return {"approved", user, 0, ""}
+  return {"approved", user, 0, "", generation or "0"}
 end
 return {status, redis.call("PTTL", KEYS[1])}

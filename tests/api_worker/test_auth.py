@@ -10,7 +10,7 @@ import pytest
 from api_worker.app import create_app
 from tests.fixtures.api import TestClient, api_settings, issue_code
 
-KEYS = "shop.example:shop-key-123,bare-key-456"
+KEYS = "shop.example:shop-key-123-0123456789abcdef,bare-key-456-0123456789abcdef"
 
 
 @pytest.fixture
@@ -27,7 +27,13 @@ V1_CALLS = [
 
 
 @pytest.mark.parametrize(("method", "path", "body"), V1_CALLS)
-@pytest.mark.parametrize("key", [None, "", "wrong-key", "shop.example:shop-key-123", "shop-key-12"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        None, "", "wrong-key", "shop.example:shop-key-123-0123456789abcdef",
+        "shop-key-123-0123456789abcde",  # the right key but its last character
+    ],
+)
 def test_v1_needs_a_valid_api_key(
     client: TestClient, method: str, path: str, body: object, key: str | None
 ) -> None:
@@ -39,7 +45,7 @@ def test_v1_needs_a_valid_api_key(
         assert key not in response.text
 
 
-@pytest.mark.parametrize("key", ["shop-key-123", "bare-key-456"])
+@pytest.mark.parametrize("key", ["shop-key-123-0123456789abcdef", "bare-key-456-0123456789abcdef"])
 def test_named_and_bare_keys_are_accepted(redis_url: str, client: TestClient, key: str) -> None:
     code = issue_code(api_settings(redis_url))
     response = client.post("/v1/codes/redeem", json={"code": code}, headers={"X-API-Key": key})
@@ -72,4 +78,4 @@ def test_no_warning_with_keys(redis_url: str, caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING), TestClient(create_app(settings)):
         pass
     assert not [r for r in caplog.records if "API_KEYS" in r.getMessage()]
-    assert "shop-key-123" not in caplog.text
+    assert "shop-key-123-0123456789abcdef" not in caplog.text

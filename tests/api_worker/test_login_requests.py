@@ -25,9 +25,9 @@ from tests.fixtures.redis import RedisServer
 from tests.fixtures.store import run_on_logins, run_on_store
 
 BOT = "tglogin_test_bot"
-KEYS = "shop.example:shop-key,blog.example:blog-key"
-SHOP = {"X-API-Key": "shop-key"}
-BLOG = {"X-API-Key": "blog-key"}
+KEYS = "shop.example:shop-key-0123456789abcdefgh,blog.example:blog-key-0123456789abcdefgh"
+SHOP = {"X-API-Key": "shop-key-0123456789abcdefgh"}
+BLOG = {"X-API-Key": "blog-key-0123456789abcdefgh"}
 PATH = "/v1/login-requests"
 
 

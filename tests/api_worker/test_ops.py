@@ -173,15 +173,21 @@ def test_redis_down_then_back_without_restart(tmp_path: Path) -> None:
     try:
         settings = api_settings(server.url)
         with TestClient(create_app(settings)) as client:
+            token = client.post(
+                "/v1/codes/redeem", json={"code": issue_code(settings)}
+            ).json()["access_token"]
             code = issue_code(settings)
             server.stop()
             for response in (
                 client.post("/v1/codes/redeem", json={"code": code}),
                 client.get("/readyz"),
-                client.get("/v1/me", headers={"Authorization": "Bearer tgl_x"}),
+                client.get("/v1/me", headers={"Authorization": f"Bearer {token}"}),
             ):
                 assert response.status_code == 503
                 assert response.json()["error"] == "unavailable"
+            # a token that is not one of ours needs no Redis to be refused
+            forged = client.get("/v1/me", headers={"Authorization": "Bearer tgl_x"})
+            assert forged.status_code == 401
             assert client.get("/healthz").status_code == 200
             metrics = client.get("/metrics")
             assert metrics.status_code == 200

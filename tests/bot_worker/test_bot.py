@@ -42,9 +42,12 @@ def token_user(redis_url: str, token: str) -> dict[str, Any] | None:
 
 
 def code_is_live(redis_server: RedisServer, code: str) -> bool:
-    key = keys.code(digest(Secret(AUTH_SECRET), "code", code))
+    """The code's key names a user whose current code it is (a replaced code's key is
+    inert: it no longer redeems)."""
+    code_hash = digest(Secret(AUTH_SECRET), "code", code)
     with redis_server.client() as client:
-        return bool(client.exists(key))
+        owner = client.get(keys.code(code_hash))
+        return owner is not None and client.hget(keys.user(int(owner)), "c") == code_hash
 
 
 # -- codes -------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def test_an_update_cut_short_before_its_reply_resends_the_same_code(
     with redis_server.client() as client:
         assert client.zcard(keys.user_issues(ANN["id"])) == 1
         (code_key,) = client.scan_iter(match=keys.CODE + "*")
-        assert client.get(keys.user_code(ANN["id"])) == code_key.removeprefix(keys.CODE)
+        assert client.hget(keys.user(ANN["id"]), "c") == code_key.removeprefix(keys.CODE)
     assert re.fullmatch(r"\d{8}", code_of(reply))
 
 

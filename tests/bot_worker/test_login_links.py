@@ -21,7 +21,7 @@ from tests.fixtures.sandbox import TelegramSandbox
 from tests.fixtures.store import run_on_logins
 
 GROUP: Message = {"id": -1001234567890, "type": "supergroup", "title": "Friends"}
-API_KEYS = "shop.example:shop-key"
+API_KEYS = "shop.example:shop-key-0123456789abcdefgh"
 
 
 def settings_for(redis_url: str, **env: str) -> Settings:

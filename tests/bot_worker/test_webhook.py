@@ -131,7 +131,7 @@ def test_an_update_whose_process_is_killed_is_retried_by_telegram_and_answered_o
     people = users(6100, 4)
     sent = [sandbox.send("/code", user=user, token=token) for user in people]
     with redis_server.client() as client:
-        wait_until(lambda: all(client.exists(keys.user_code(u["id"])) for u in people),
+        wait_until(lambda: all(client.hexists(keys.user(u["id"]), "c") for u in people),
                    timeout=20, what="the codes to be issued (replies held)")
         for bot in bots:  # whichever process holds them dies without answering
             assert bot.proc is not None

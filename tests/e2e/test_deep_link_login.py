@@ -18,7 +18,7 @@ from tests.fixtures.api import ApiProcess, ApiStarter
 from tests.fixtures.bot import ANN, AUTH_SECRET, BotProcess, BotStarter, buttons
 from tests.fixtures.common import wait_until
 
-KEY = {"X-API-Key": "shop-key"}
+KEY = {"X-API-Key": "shop-key-0123456789abcdefgh"}
 PATH = "/v1/login-requests"
 # A held poll reads the request once more when its own deadline runs out, so at that deadline
 # it would find the approval anyway: only an answer well before it shows the tap woke it.
@@ -30,7 +30,8 @@ WOKEN_WITHIN = 20.0
 def system(start_api: ApiStarter, start_bot: BotStarter) -> tuple[ApiProcess, BotProcess]:
     bot = start_bot()
     api = start_api(
-        AUTH_SECRET=AUTH_SECRET, API_KEYS="shop.example:shop-key", LOG_LEVEL="DEBUG"
+        AUTH_SECRET=AUTH_SECRET, API_KEYS="shop.example:shop-key-0123456789abcdefgh",
+        LOG_LEVEL="DEBUG",
     )
     return api, bot
 

@@ -19,8 +19,8 @@ from tests.fixtures.store import run_on_logins
 SECRET = "l" * 40
 ANN = {"id": 1001, "username": "ann", "first_name": "Ann", "last_name": None, "language_code": "en"}
 BOB = {**ANN, "id": 1002, "username": "bob", "first_name": "Bob"}
-SHOP = ApiClient(name="shop.example", key=Secret("shop-key"))
-BLOG = ApiClient(name="blog.example", key=Secret("blog-key"))
+SHOP = ApiClient(name="shop.example", key=Secret("shop-key-0123456789abcdefgh"))
+BLOG = ApiClient(name="blog.example", key=Secret("blog-key-0123456789abcdefgh"))
 
 
 def make_settings(redis_url: str, **env: str) -> Settings:
@@ -60,7 +60,8 @@ def test_approve_is_delivered_once_with_a_working_token(redis_url: str) -> None:
         assert approved.state == "s-1"
         assert approved.redemption is not None and approved.redemption.user == ANN
         token = approved.redemption.access_token
-        assert await logins.store.token_user(token) == ANN
+        assert await logins.store.token_user(token, SHOP) == ANN
+        assert await logins.store.token_user(token) is None  # another client's (the open API)
         assert await logins.poll(created.id, SHOP) is None  # delivered: gone
         assert await logins.store.revoke_user(ANN["id"]) == 1  # /logout ends it too
         counters = await logins.store.counters()

@@ -9,6 +9,7 @@ import pytest
 from shared.settings import Secret, SettingsError, load_settings
 
 SECRET = "x" * 32
+KEY_ONE, KEY_TWO = "key-one-0123456789abcdefgh", "key-two-0123456789abcdefgh"
 
 
 
@@ -76,21 +77,22 @@ def test_good_redis_urls_pass() -> None:
 
 def test_named_and_bare_api_keys() -> None:
     s = load_settings(
-        env={"AUTH_SECRET": SECRET, "API_KEYS": "shop.example:k1, k2"}, env_file="/nonexistent"
+        env={"AUTH_SECRET": SECRET, "API_KEYS": f"shop.example:{KEY_ONE}, {KEY_TWO}"},
+        env_file="/nonexistent",
     )
     assert [c.name for c in s.api_keys] == ["shop.example", "client 2"]
-    client = s.client_for_key("k2")
+    client = s.client_for_key(KEY_TWO)
     assert client is not None and client.name == "client 2"
     assert s.client_for_key("k3") is None
 
 
 def test_secrets_hidden_in_repr() -> None:
     s = load_settings(
-        env={"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": "123:abc", "API_KEYS": "a:k1"},
+        env={"AUTH_SECRET": SECRET, "TELEGRAM_BOT_TOKEN": "123:abc", "API_KEYS": f"a:{KEY_ONE}"},
         env_file="/nonexistent",
     )
     text = repr(s)
-    assert SECRET not in text and "123:abc" not in text and "k1" not in text
+    assert SECRET not in text and "123:abc" not in text and KEY_ONE not in text
     assert repr(Secret("v")) == "Secret('**********')"
 
 

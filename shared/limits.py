@@ -1,0 +1,145 @@
+"""Per-address budgets: failures spend them, nothing else does.
+
+`AttemptBudget` guards the redeem: an attempt is admitted only while the
+address's failures plus its attempts in flight are under the limit, and is
+settled as a success (no cost) or a failure (one spent). So however many
+guesses one address sends at once, no more than the limit are tried per
+window; a burst of valid redeems is at worst held back for a moment while
+earlier ones settle, never refused; and a refused attempt spends nothing and
+does not extend the window, which starts with the first failure. The address
+is the canonical `shared.addresses.limit_subject` (an IPv6 /64 is one).
+
+`FailureCounter` is the plain form for wrong API keys: each one counts, and
+at the limit the address gets 429 until the window ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.addresses import limit_subject
+from shared.hashing import digest
+from shared.redis import scripts, unavailable_on_error
+from shared.settings import Settings
+
+# how long an attempt waits for room held by attempts in flight before it is refused
+# (s), and how often it looks again meanwhile
+ROOM_WAIT, ROOM_POLL = 2.0, 0.01
+
+
+class RateLimited(Exception):
+    """Too many attempts; `retry_after` is whole seconds until the next may succeed."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+def retry_after(ms: int) -> int:
+    """Whole seconds, at least 1, for a wait of `ms` milliseconds (a PTTL or a wait)."""
+    return max(1, -(-ms // 1000))
+
+
+def address_hash(settings: Settings, address: str) -> str:
+    """The keyed hash Redis knows a client address's budget by (never the address)."""
+    subject = limit_subject(address, settings.ipv6_limit_prefix)
+    return digest(settings.auth_secret, "addr", subject)[:32]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    failures_key: str
+    pending_key: str
+    id: str
+
+
+class AttemptBudget:
+    """The redeem's failure budget of each address."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._admit = scripts(redis).get("attempt_admit.lua")
+        self._settle = scripts(redis).get("attempt_settle.lua")
+
+    def attempt(self, address: str) -> Attempt:
+        hashed = address_hash(self.settings, address)
+        return Attempt(
+            keys.redeem_fails(hashed), keys.redeem_pending(hashed), secrets.token_hex(6)
+        )
+
+    async def admit(self, attempt: Attempt, now: int) -> tuple[int, int]:
+        """One try at admission: (0, 0) admitted, (1, ms) over the limit, (2, 0) no room
+        yet. Queue-able on a pipeline by callers that batch; this awaits it alone."""
+        with unavailable_on_error():
+            status, wait = await self._admit(
+                keys=[attempt.failures_key, attempt.pending_key],
+                args=[now, self.settings.redeem_fail_limit, attempt.id,
+                      keys.ATTEMPT_IN_FLIGHT_MS],
+            )
+        return int(status), int(wait)
+
+    async def wait_for_room(self, attempt: Attempt, first: tuple[int, int], now: int) -> None:
+        """Given the first admission answer, admit `attempt` or raise RateLimited."""
+        status, wait = first
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ROOM_WAIT
+        while status == 2 and loop.time() < deadline:
+            await asyncio.sleep(ROOM_POLL)  # attempts in flight settle within milliseconds
+            now += int(ROOM_POLL * 1000)
+            status, wait = await self.admit(attempt, now)
+        if status == 1:
+            raise RateLimited(retry_after(wait))
+        if status == 2:
+            raise RateLimited(1)
+
+    def settle_args(self, attempt: Attempt, failed: bool) -> tuple[list[str], list[str | int]]:
+        return (
+            [attempt.failures_key, attempt.pending_key],
+            [attempt.id, 1 if failed else 0, self.settings.redeem_fail_window_seconds * 1000],
+        )
+
+    async def settle(self, attempt: Attempt, failed: bool) -> int:
+        """Settle an admitted attempt; the failures in the window now."""
+        key_list, args = self.settle_args(attempt, failed)
+        with unavailable_on_error():
+            return int(await self._settle(keys=key_list, args=args))
+
+
+class FailureCounter:
+    """Failures per address in a fixed window that starts with the first one."""
+
+    def __init__(self, redis: Redis, settings: Settings, limit: int, window: int) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.limit = limit
+        self.window = window
+
+    def _key(self, address: str) -> str:
+        return keys.key_fails(address_hash(self.settings, address))
+
+    async def check(self, address: str) -> None:
+        """RateLimited when `address` is at the limit (checking spends nothing)."""
+        key = self._key(address)
+        with unavailable_on_error():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                count, ttl = await pipe.execute()
+        if count is not None and int(count) >= self.limit:
+            raise RateLimited(retry_after(int(ttl)))
+
+    async def fail(self, address: str) -> int:
+        """Count one failure; how many in the window now."""
+        key = self._key(address)
+        with unavailable_on_error():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, self.window, nx=True)
+                count, _ = await pipe.execute()
+        return int(count)

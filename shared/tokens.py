@@ -1,0 +1,94 @@
+"""Access tokens: signed, so that making one needs no write after the code or the
+approval it comes from is consumed.
+
+A token carries who it is for, which API client obtained it, when it expires,
+the user's session generation when it was made, and a random id; an
+HMAC-SHA256 (keyed with AUTH_SECRET, cut to 128 bits) seals them. Nothing
+about a token is in Redis while it lives, so issuing one is part of the same
+atomic step that consumes its code. What Redis holds per user decides whether
+a well-sealed token still counts (`shared.codes` and the scripts):
+
+- the generation `g` in the user's record: `/logout` raises it, which ends
+  every token made before, including one made at the same moment (the
+  consume that makes a token reads `g` in the same atomic step);
+- a sorted set of revoked token ids (until they would have expired anyway);
+- a sorted set of the ids of live tokens, only so `/logout` can say how many
+  sessions it ended.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import struct
+from dataclasses import dataclass
+
+from shared.hashing import TOKEN_PREFIX
+from shared.settings import ApiClient, Secret
+
+_VERSION = 1
+# version, user id, expiry (unix s), generation, token id, client tag
+_LAYOUT = struct.Struct(">Bq I I 8s 8s")
+_MAC_BYTES = 16
+_ENCODED_LENGTH = len(TOKEN_PREFIX) + len(
+    base64.urlsafe_b64encode(b"\0" * (_LAYOUT.size + _MAC_BYTES)).rstrip(b"=")
+)
+
+
+@dataclass(frozen=True)
+class Claims:
+    user_id: int
+    expires: int  # unix seconds
+    generation: int
+    token_id: str  # 16 hex digits
+    client: str  # 16 hex digits: `client_tag` of the API client that obtained it
+
+
+def client_tag(secret: Secret, client: ApiClient | None) -> str:
+    """Which API client a token belongs to: a keyed hash of its name ("" when open)."""
+    name = "" if client is None else client.name
+    mac = hmac.new(secret.reveal().encode(), f"token-client:{name}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
+def new_token_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _mac(secret: Secret, payload: bytes) -> bytes:
+    key = secret.reveal().encode()
+    return hmac.new(key, b"access-token:" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def seal(secret: Secret, claims: Claims) -> str:
+    """The access token for `claims`."""
+    payload = _LAYOUT.pack(
+        _VERSION, claims.user_id, claims.expires, claims.generation,
+        bytes.fromhex(claims.token_id), bytes.fromhex(claims.client),
+    )
+    raw = payload + _mac(secret, payload)
+    return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unseal(secret: Secret, token: str) -> Claims | None:
+    """The claims of a token this deployment sealed, or None for anything else
+    (expiry and the per-user state in Redis are checked by the caller)."""
+    if len(token) != _ENCODED_LENGTH or not token.startswith(TOKEN_PREFIX):
+        return None
+    body = token[len(TOKEN_PREFIX):]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != body:
+        return None  # one token, one spelling (the last character has spare bits)
+    payload, mac = raw[: _LAYOUT.size], raw[_LAYOUT.size:]
+    if len(raw) != _LAYOUT.size + _MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, payload)):
+        return None
+    version, user_id, expires, generation, token_id, client = _LAYOUT.unpack(payload)
+    if version != _VERSION:
+        return None
+    return Claims(user_id, expires, generation, token_id.hex(), client.hex())

@@ -1,0 +1,153 @@
+"""One atomic step per state change, against a real Redis: a redeem consumes its code
+and makes its token together; a new code replaces the previous at once; /logout ends
+every token, including one made at the same moment; tokens belong to their client."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared import keys
+from shared.codes import make_token, now_ms
+from shared.hashing import digest
+from shared.logins import Logins
+from shared.settings import ApiClient, Secret
+from shared.store import InvalidCode, Store
+from shared.tokens import new_token_id
+from tests.fixtures.store import run_on_store
+from tests.shared.test_store import ANN, SECRET, make_settings
+
+SHOP = ApiClient("shop.example", Secret("shop-key-0123456789abcdefgh"))
+BLOG = ApiClient("blog.example", Secret("blog-key-0123456789abcdefgh"))
+
+
+def test_the_consume_alone_makes_the_token(redis_url: str) -> None:
+    """The one script that consumes a code answers all a token needs: a crash after it
+    leaves no code half-used, because nothing is left to write."""
+
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        code_hash = digest(Secret(SECRET), "code", issued.code)
+        uid, token_id, now = ANN["id"], new_token_id(), now_ms()
+        consume = store.codes._consume
+        answer = await consume(
+            keys=[keys.user(uid), keys.user_tokens(uid)],
+            args=[code_hash, now, token_id, now + 60_000, 3600],
+        )
+        assert int(answer[0]) == 1
+        token = make_token(store.settings, uid, int(answer[2]), None, token_id, now)
+        assert await store.token_user(token) == ANN
+        # and the code is spent
+        again = await consume(
+            keys=[keys.user(uid), keys.user_tokens(uid)],
+            args=[code_hash, now, new_token_id(), now + 60_000, 3600],
+        )
+        assert int(again[0]) == 0
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_a_new_code_voids_the_previous_in_the_same_step(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        codes = await asyncio.gather(*(store.issue_code(ANN) for _ in range(5)))
+        assert all(c is not None for c in codes)
+        results = await asyncio.gather(
+            *(store.redeem_code(c.code, f"10.9.0.{n}") for n, c in enumerate(codes) if c),
+            return_exceptions=True,
+        )
+        # of five codes issued at once, exactly the one that is current redeems
+        assert sum(not isinstance(r, BaseException) for r in results) == 1
+        assert all(isinstance(r, InvalidCode) for r in results if isinstance(r, BaseException))
+
+    run_on_store(make_settings(redis_url, CODE_ISSUE_LIMIT="100"), body)
+
+
+def test_logout_ends_every_token_even_one_made_at_the_same_moment(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        for round_ in range(30):
+            issued = await store.issue_code(ANN)
+            assert issued is not None
+            redeemed, _ = await asyncio.gather(
+                store.redeem_code(issued.code, f"10.8.0.{round_}"),
+                store.revoke_user(ANN["id"]),
+                return_exceptions=True,
+            )
+            if isinstance(redeemed, BaseException):
+                assert isinstance(redeemed, InvalidCode)  # the logout voided the code first
+                continue
+            # redeemed before the logout: the logout ended it
+            assert await store.token_user(redeemed.access_token) is None
+
+    run_on_store(make_settings(redis_url, CODE_ISSUE_LIMIT="100"), body)
+
+
+def test_logout_counts_and_ends_the_live_tokens(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        tokens = []
+        for _ in range(3):
+            issued = await store.issue_code(ANN)
+            assert issued is not None
+            tokens.append((await store.redeem_code(issued.code, "10.7.0.1")).access_token)
+        assert await store.revoke_token(tokens[0])
+        assert await store.revoke_user(ANN["id"]) == 2
+        assert [await store.token_user(t) for t in tokens] == [None, None, None]
+        assert await store.revoke_user(ANN["id"]) == 0
+        # a new login after the logout works
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        fresh = await store.redeem_code(issued.code, "10.7.0.1")
+        assert await store.token_user(fresh.access_token) == ANN
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_a_token_works_only_for_the_client_that_obtained_it(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        token = (await store.redeem_code(issued.code, "10.6.0.1", SHOP)).access_token
+        assert await store.token_user(token, SHOP) == ANN
+        assert await store.token_user(token, BLOG) is None
+        assert await store.token_user(token, None) is None
+        assert not await store.revoke_token(token, BLOG)
+        assert await store.token_user(token, SHOP) == ANN  # the refused revoke did nothing
+        assert await store.revoke_token(token, SHOP)
+        assert await store.token_user(token, SHOP) is None
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_an_approval_made_before_a_logout_gives_a_token_the_logout_ended(
+    redis_url: str,
+) -> None:
+    async def body(store: Store) -> None:
+        logins = Logins(store)
+        created = await logins.create(SHOP, None, "10.5.0.1")
+        decision = await logins.decide(created.payload, ANN, approve=True)
+        assert decision is not None and decision.status == "approved"
+        await store.revoke_user(ANN["id"])
+        approved = await logins.poll(created.id, SHOP)
+        assert approved is not None and approved.redemption is not None
+        assert await store.token_user(approved.redemption.access_token, SHOP) is None
+
+        created = await logins.create(SHOP, None, "10.5.0.1")
+        await logins.decide(created.payload, ANN, approve=True)
+        approved = await logins.poll(created.id, SHOP)
+        assert approved is not None and approved.redemption is not None
+        token = approved.redemption.access_token
+        assert await store.token_user(token, SHOP) == ANN
+        assert await store.token_user(token, BLOG) is None
+        assert await store.revoke_user(ANN["id"]) == 1
+
+    run_on_store(make_settings(redis_url, TELEGRAM_BOT_USERNAME="b"), body)
+
+
+def test_nothing_about_a_live_token_but_its_id_is_in_redis(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        token = (await store.redeem_code(issued.code, "10.4.0.1")).access_token
+        dump = "\n".join(str(k) for k in await store.redis.keys("*"))
+        assert token not in dump and token[4:20] not in dump
+
+    run_on_store(make_settings(redis_url), body)

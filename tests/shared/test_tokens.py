@@ -1,0 +1,72 @@
+"""Sealed access tokens and client addresses: pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.addresses import limit_subject
+from shared.settings import ApiClient, Secret
+from shared.tokens import Claims, client_tag, new_token_id, seal, unseal
+
+SECRET = Secret("t" * 40)
+SHOP = ApiClient("shop.example", Secret("k" * 24))
+
+
+def claims(**changes: object) -> Claims:
+    base = dict(user_id=1001, expires=2_000_000_000, generation=3, token_id=new_token_id(),
+                client=client_tag(SECRET, SHOP))
+    base.update(changes)
+    return Claims(**base)  # type: ignore[arg-type]
+
+
+def test_a_sealed_token_unseals_to_its_claims() -> None:
+    sealed = claims()
+    token = seal(SECRET, sealed)
+    assert token.startswith("tgl_") and len(token) < 80
+    assert unseal(SECRET, token) == sealed
+
+
+def test_a_token_changed_anywhere_or_sealed_with_another_secret_is_refused() -> None:
+    token = seal(SECRET, claims())
+    assert unseal(Secret("u" * 40), token) is None
+    for n in range(len("tgl_"), len(token)):
+        for replacement in "AB_-":
+            if token[n] != replacement:
+                changed = token[:n] + replacement + token[n + 1:]
+                assert unseal(SECRET, changed) is None, (n, replacement)
+    for junk in ("", "tgl_", "tgl_x", token + "A", token[:-1], "\ud800" * 70, "tgl_" + "=" * 66):
+        assert unseal(SECRET, junk) is None
+
+
+def test_the_client_is_sealed_in() -> None:
+    assert client_tag(SECRET, SHOP) != client_tag(SECRET, None)
+    assert client_tag(SECRET, SHOP) != client_tag(SECRET, ApiClient("blog", Secret("k" * 24)))
+    # the name, not the key: rotating a client's key keeps its users' sessions
+    assert client_tag(SECRET, SHOP) == client_tag(SECRET, ApiClient("shop.example",
+                                                                     Secret("n" * 24)))
+
+
+@pytest.mark.parametrize(
+    ("address", "subject"),
+    [
+        ("2001:db8::1", "2001:db8::/64"),
+        ("2001:DB8:0:0:0:0:0:1", "2001:db8::/64"),
+        ("2001:0db8:0000:0000:ffff:ffff:ffff:ffff", "2001:db8::/64"),
+        ("[2001:db8::7]", "2001:db8::/64"),
+        ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
+        ("::ffff:192.0.2.1", "192.0.2.1"),
+        ("::FFFF:c000:0201", "192.0.2.1"),
+        ("192.0.2.1", "192.0.2.1"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_every_spelling_of_an_address_and_every_address_of_a_64_is_one_budget(
+    address: str, subject: str
+) -> None:
+    assert limit_subject(address) == subject
+
+
+def test_the_ipv6_prefix_is_configurable() -> None:
+    assert limit_subject("2001:db8:1:2:3::1", 48) == "2001:db8:1::/48"
+    assert limit_subject("2001:db8::1", 128) == "2001:db8::1/128"
