@@ -21,6 +21,12 @@ from redis.connection import parse_url
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
 # an API key must be long enough that guessing it is hopeless
 MIN_API_KEY_LENGTH = 24
+# variables used as text (hashed, compared, sent): each must be valid UTF-8
+_TEXT_VARIABLES = (
+    "AUTH_SECRET", "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_BASE_URL", "TELEGRAM_BOT_USERNAME",
+    "REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "API_KEYS", "API_HOST",
+    "WEBHOOK_URL", "WEBHOOK_SECRET", "BOT_HOST",
+)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -305,6 +311,11 @@ def load_settings(
     """Build settings from `env` (default: the process environment) over `.env`."""
     values = _environ(env, env_file)
 
+    for name in _TEXT_VARIABLES:
+        try:
+            values.get(name, "").encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as surrogates
+            raise SettingsError(name, "must be valid UTF-8 text") from None
     secret = values.get("AUTH_SECRET", "")
     if not secret:
         raise SettingsError("AUTH_SECRET", "is required (at least 32 characters)")

@@ -64,3 +64,10 @@ def test_a_short_api_key_is_a_configuration_error(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("api_worker: configuration error: API_KEYS")
     assert "24" in line and "short-key" not in line
+
+
+def test_an_auth_secret_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    result = run_module("api_worker", {"AUTH_SECRET": "s" * 40 + "\udcff"}, tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line == "api_worker: configuration error: AUTH_SECRET must be valid UTF-8 text"

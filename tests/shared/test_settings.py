@@ -167,3 +167,19 @@ def test_bad_redis_topology_names_the_variable(
     assert error.value.variable == variable
     assert str(error.value).startswith(variable) and says in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["AUTH_SECRET", "API_KEYS", "TELEGRAM_BOT_TOKEN"])
+def test_a_value_that_is_not_utf8_text_is_a_clear_error(name: str) -> None:
+    env = {"AUTH_SECRET": SECRET, name: "x" * 40 + "\udcff"}  # the byte 0xff, as Python sees it
+    with pytest.raises(SettingsError, match=f"{name} must be valid UTF-8 text"):
+        load_settings(env=env, env_file="/nonexistent")
+
+
+def test_api_keys_shorter_than_24_characters_are_refused() -> None:
+    with pytest.raises(SettingsError, match="API_KEYS keys must be at least 24"):
+        load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": "shop:" + "k" * 23},
+                      env_file="/nonexistent")
+    settings = load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": "shop:" + "k" * 24},
+                             env_file="/nonexistent")
+    assert [c.name for c in settings.api_keys] == ["shop"]
