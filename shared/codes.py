@@ -27,13 +27,15 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.hashing import code_for_update, digest, new_code, normalize_code
 from shared.limits import Attempt, AttemptBudget, RateLimited, retry_after
-from shared.redis import scripts, unavailable_on_error
+from shared.redis import Unavailable, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
 from shared.tokens import Claims, client_tag, new_token_id, seal
 
 logger = logging.getLogger(__name__)
 
 User = dict[str, Any]
+# candidate codes tried when the digits are taken by another user's key
+CODE_CANDIDATES = 8
 USER_FIELDS = ("id", "username", "first_name", "last_name", "language_code")
 
 
@@ -101,18 +103,14 @@ class Codes:
         without counting another issue, so a re-handled update re-sends its
         reply rather than a second code. Raises RateLimited when the user asked
         too often; returns None when that update's code was since replaced.
-        One round trip (the code's key and the user's script in one pipeline).
+        Two round trips to decide (the code's key, then the user's script), one
+        more for the counters.
         """
         settings = self.settings
         uid = int(user["id"])
-        if update_key is None:
-            code = new_code(settings.code_length)
-        else:
-            code = code_for_update(settings.auth_secret, update_key, settings.code_length)
-        code_hash = self._hash(code)
+        code, code_hash, created = await self._claim_code(uid, update_key)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(keys.code(code_hash), uid, ex=settings.code_ttl_seconds)
                 await self._issue(
                     keys=[keys.user(uid), keys.user_issues(uid), keys.user_updates(uid)],
                     args=[
@@ -128,14 +126,15 @@ class Codes:
                     ],
                     client=pipe,
                 )
-                _, (status, value) = await pipe.execute()
+                ((status, value),) = await pipe.execute()
             status = int(status)
             # the counters, off the user's slot (and the refused code's key, inert anyway)
             async with self.redis.pipeline(transaction=False) as pipe:
                 if status == 1:
                     pipe.hincrby(keys.STATS, "codes_issued", 1)
                 elif status == 0:
-                    pipe.delete(keys.code(code_hash))
+                    if created:  # never another's key, nor one a re-handled update made
+                        pipe.delete(keys.code(code_hash))
                     pipe.hincrby(keys.STATS, "codes_issue_limited", 1)
                 await pipe.execute()
         if status == 0:
@@ -143,6 +142,30 @@ class Codes:
         if status == 2 and not value:
             return None
         return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
+
+    async def _claim_code(self, uid: int, update_key: str | None) -> tuple[str, str, bool]:
+        """A code whose key is this user's: (code, its hash, whether this call made the
+        key). A code's key is never overwritten: two live codes with the same digits
+        would let one user's code log in as the other. So a code whose digits another
+        user's key still holds (live, or replaced and inert until it expires) is passed
+        over for the next candidate; an update's candidates are derived from it in
+        order, so handling it again finds the same code (its own key) again."""
+        settings = self.settings
+        for attempt in range(CODE_CANDIDATES):
+            if update_key is None:
+                code = new_code(settings.code_length)
+            else:
+                seed = update_key if attempt == 0 else f"{update_key}#{attempt}"
+                code = code_for_update(settings.auth_secret, seed, settings.code_length)
+            code_hash = self._hash(code)
+            with unavailable_on_error():
+                owner = await self.redis.set(
+                    keys.code(code_hash), uid, ex=settings.code_ttl_seconds, nx=True, get=True
+                )
+            if owner is None or int(owner) == uid:
+                return code, code_hash, owner is None
+        # 10^L codes and only a few thousand live: never in practice
+        raise Unavailable(f"no free code after {CODE_CANDIDATES} candidates")
 
     # -- API side -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import asyncio
 
 from shared import keys
 from shared.codes import make_token, now_ms
-from shared.hashing import digest
+from shared.hashing import code_for_update, digest
 from shared.logins import Logins
 from shared.settings import ApiClient, Secret
 from shared.store import InvalidCode, Store
@@ -149,5 +149,50 @@ def test_nothing_about_a_live_token_but_its_id_is_in_redis(redis_url: str) -> No
         token = (await store.redeem_code(issued.code, "10.4.0.1")).access_token
         dump = "\n".join(str(k) for k in await store.redis.keys("*"))
         assert token not in dump and token[4:20] not in dump
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_two_users_never_share_a_live_code_even_when_their_digits_collide(
+    redis_url: str,
+) -> None:
+    """Codes from updates are derived; when one user's update derives another user's
+    live code, that user gets the next candidate, never the other's key."""
+    settings = make_settings(redis_url, CODE_LENGTH="6")
+    bob = {**ANN, "id": 2002, "username": "bob", "first_name": "Bob"}
+    alice_key = "42:1:aaaa"
+    alice_code = code_for_update(settings.auth_secret, alice_key, 6)
+    bob_key = next(
+        f"42:{n}:bbbb" for n in range(2, 50_000_000)
+        if code_for_update(settings.auth_secret, f"42:{n}:bbbb", 6) == alice_code
+    )
+
+    async def body(store: Store) -> None:
+        alice = await store.issue_code(ANN, update_key=alice_key)
+        bobs = await store.issue_code(bob, update_key=bob_key)
+        assert alice is not None and bobs is not None
+        assert alice.code == alice_code != bobs.code
+        # handled again, Bob's update finds the same code it chose the first time
+        again = await store.issue_code(bob, update_key=bob_key)
+        assert again is not None and again.code == bobs.code
+        assert (await store.redeem_code(alice.code, "10.3.0.1")).user["id"] == ANN["id"]
+        assert (await store.redeem_code(bobs.code, "10.3.0.1")).user["id"] == bob["id"]
+
+    run_on_store(settings, body)
+
+
+def test_a_redeemed_code_stays_redeemed_when_its_update_is_handled_again(
+    redis_url: str,
+) -> None:
+    async def body(store: Store) -> None:
+        issued = await store.issue_code(ANN, update_key="42:7:cccc")
+        assert issued is not None
+        await store.redeem_code(issued.code, "10.2.0.1")
+        assert await store.issue_code(ANN, update_key="42:7:cccc") is None  # nothing to send
+        try:
+            await store.redeem_code(issued.code, "10.2.0.1")
+        except InvalidCode:
+            return
+        raise AssertionError("a redeemed code redeemed again")
 
     run_on_store(make_settings(redis_url), body)
