@@ -15,6 +15,7 @@ from telegram.error import InvalidToken, NetworkError
 
 from bot_worker import logs
 from bot_worker.app import build_application, run
+from bot_worker.webhook import ListenError
 from shared.settings import SettingsError, load_settings
 
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.configure(settings.log_level, settings.telegram_bot_token.reveal())
     try:
         run(build_application(settings), fd=args.fd)
+    except ListenError as exc:
+        _fail(str(exc), 1)
     except InvalidToken:
         _fail("configuration error: TELEGRAM_BOT_TOKEN was rejected by the Bot API", 2)
     except NetworkError as exc:

@@ -37,7 +37,7 @@ from bot_worker import handlers, messages
 from bot_worker.dispatch import Dispatcher
 from bot_worker.limiter import SharedRateLimiter
 from bot_worker.polling import Poller
-from bot_worker.webhook import create_webhook_app, ensure_webhook
+from bot_worker.webhook import create_webhook_app, ensure_webhook, listening_socket
 from shared.flood import FloodControl
 from shared.lease import Leases, instance_name
 from shared.ledger import HEARTBEAT_SECONDS, UpdateLedger
@@ -119,14 +119,16 @@ def run(application: BotApplication, fd: int | None = None) -> None:
 class Runtime:
     """What one bot process holds open while it runs."""
 
-    def __init__(self, application: BotApplication, settings: Settings) -> None:
+    def __init__(
+        self, application: BotApplication, settings: Settings, stop: asyncio.Event
+    ) -> None:
         self.bot = application.bot
         bot_id = application.bot.id
         instance = instance_name()
         self.store = Store.from_settings(settings)
         self.leases = Leases(self.store.redis, bot_id, instance)
         self.ledger = UpdateLedger(self.store.redis, bot_id, instance)
-        self.dispatcher = Dispatcher(application.process_update, self.ledger)
+        self.dispatcher = Dispatcher(application.process_update, self.ledger, stop)
         limiter = application.bot.rate_limiter
         assert isinstance(limiter, SharedRateLimiter)
         limiter.flood = FloodControl(self.store.redis, bot_id, settings.bot_send_rate)
@@ -153,24 +155,23 @@ async def _serve(application: BotApplication, fd: int | None) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await _initialize(application)
-    runtime = Runtime(application, settings)
+    # a stop signal during start-up (a Bot API or Redis that does not answer) ends it
+    if not await _unless_stopped(_initialize(application), stop):
+        logger.info("stopped while starting")
+        return
+    runtime = Runtime(application, settings, stop)
     try:
-        await application.start()
-        await _beat_once(runtime.ledger)
-        runtime.background(_heartbeat(runtime.ledger), "heartbeat")
-        await _set_commands(application)
-        username = settings.telegram_bot_username or application.bot.username
-        runtime.background(_publish_username(runtime.store, username), "publish username")
-        logger.info("bot @%s started (%s)", application.bot.username, settings.bot_mode)
-        if settings.bot_mode == "webhook":
-            runtime.background(
-                ensure_webhook(settings, application.bot, runtime.leases, stop), "set webhook"
-            )
-            await _serve_webhook(settings, application, runtime.dispatcher, fd, stop)
-        else:
-            poller = Poller(application.bot, runtime.dispatcher, runtime.leases)
-            await _until_stopped(poller.run(stop), stop)
+        if await _unless_stopped(_start(application, settings, runtime), stop):
+            logger.info("bot @%s started (%s)", application.bot.username, settings.bot_mode)
+            if settings.bot_mode == "webhook":
+                runtime.background(
+                    ensure_webhook(settings, application.bot, runtime.leases, stop),
+                    "set webhook",
+                )
+                await _serve_webhook(settings, application, runtime.dispatcher, fd, stop)
+            else:
+                poller = Poller(application.bot, runtime.dispatcher, runtime.leases)
+                await _until_stopped(poller.run(stop), stop)
     finally:
         logger.info("Application is stopping")
         await runtime.close()
@@ -178,6 +179,31 @@ async def _serve(application: BotApplication, fd: int | None) -> None:
             await application.stop()
         await application.shutdown()
         logger.info("bot stopped")
+
+
+async def _start(application: BotApplication, settings: Settings, runtime: Runtime) -> None:
+    await application.start()
+    await _beat_once(runtime.ledger)
+    runtime.background(_heartbeat(runtime.ledger), "heartbeat")
+    await _set_commands(application)
+    username = settings.telegram_bot_username or application.bot.username
+    runtime.background(_publish_username(runtime.store, username), "publish username")
+
+
+async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Run `work` to its end unless `stop` is set first (then it is cancelled): whether
+    it ran to its end."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        task.result()  # its errors are the caller's
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
@@ -189,7 +215,6 @@ async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
     if not task.done():
         done, _ = await asyncio.wait({task}, timeout=STOP_GRACE)
         if not done:
-            logger.warning("updates still in hand after %.0f s: left to Telegram", STOP_GRACE)
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -227,12 +252,13 @@ async def _serve_webhook(
     stop: asyncio.Event,
 ) -> None:
     app = create_webhook_app(settings, application.bot, dispatcher)
+    sock = listening_socket(settings, fd)
     config = uvicorn.Config(
-        app, host=settings.bot_host, port=settings.bot_port, fd=fd, log_config=None,
-        access_log=False, lifespan="off", timeout_graceful_shutdown=int(STOP_GRACE),
+        app, log_config=None, access_log=False, lifespan="off",
+        timeout_graceful_shutdown=int(STOP_GRACE),
     )
     server = _Uvicorn(config)
-    serving = asyncio.create_task(server.serve(), name="webhook server")
+    serving = asyncio.create_task(server.serve(sockets=[sock]), name="webhook server")
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()

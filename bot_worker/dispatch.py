@@ -7,16 +7,20 @@ handled, and marked handled. It answers whether the update may now be
 confirmed to Telegram (the polling offset moves past it, the webhook answers
 200). An update whose handling failed for a reason that may pass (Telegram
 unreachable, a 429 that outlasted the retries) is given back and not
-confirmed, so Telegram delivers it again. While Redis is unreachable updates
-are handled without the ledger (the handlers answer "temporarily
-unavailable").
+confirmed, so Telegram delivers it again; after `MAX_TRIES` such failures it
+is given up (logged as an error), so one update can never hold up the rest
+for good. The same update arriving twice at one process (a webhook retry
+while the first delivery is still being handled) waits for the first.
+While Redis is unreachable updates are handled without the ledger (the
+handlers answer "temporarily unavailable").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 from telegram import Update
@@ -27,14 +31,16 @@ from shared.store import Unavailable
 
 logger = logging.getLogger(__name__)
 
+ProcessUpdate = Callable[[Update], Awaitable[None]]
 # how long an update another live process is handling is waited for before it is left
 # for Telegram to deliver again (s), and how often its state is looked at meanwhile
 BUSY_WAIT = 20.0
 BUSY_POLL = 0.5
 # updates handled at once in one process (each chat's in order)
 CONCURRENCY = 64
+# failures that may pass, after which an update is given up rather than tried again
+MAX_TRIES = 5
 
-ProcessUpdate = Callable[[Update], Awaitable[None]]
 # errors the error handler saw while one update was handled (set per update)
 handling_errors: ContextVar[list[BaseException] | None] = ContextVar(
     "handling_errors", default=None
@@ -42,7 +48,11 @@ handling_errors: ContextVar[list[BaseException] | None] = ContextVar(
 
 
 def may_pass(error: BaseException) -> bool:
-    """Whether handling the update again later may succeed (Telegram unreachable or busy)."""
+    """Whether handling the update again later may succeed (Telegram unreachable or busy).
+
+    A reply that timed out may have reached Telegram all the same; handling the
+    update again may then send it twice, which beats never sending it.
+    """
     if isinstance(error, RetryAfter):
         return True
     return isinstance(error, NetworkError) and not isinstance(error, BadRequest)
@@ -52,7 +62,7 @@ def key_of(update: Update, bot_id: int) -> UpdateKey:
     return UpdateKey.of(bot_id, update.update_id, update.to_dict())
 
 
-def _chat_of(update: Update) -> object:
+def chat_of(update: Update) -> object:
     """What orders updates: the chat, else the user, else nothing (the update alone)."""
     if update.effective_chat is not None:
         return ("chat", update.effective_chat.id)
@@ -61,17 +71,44 @@ def _chat_of(update: Update) -> object:
     return ("update", update.update_id)
 
 
+class _Busy(Exception):
+    """Another live process kept handling the update past BUSY_WAIT."""
+
+
 class Dispatcher:
     """Feeds updates to the Application through the ledger."""
 
-    def __init__(self, process: ProcessUpdate, ledger: UpdateLedger) -> None:
+    def __init__(
+        self, process: ProcessUpdate, ledger: UpdateLedger, stopping: asyncio.Event
+    ) -> None:
         self._process = process
         self.ledger = ledger
+        self.stopping = stopping  # set when the process is stopping: busy waits end
         self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._in_hand: dict[str, asyncio.Future[bool]] = {}
+        self._tries: dict[str, int] = {}
 
     async def handle(self, update: Update) -> bool:
         """Handle `update` unless it was; True once it may be confirmed to Telegram."""
         key = key_of(update, self.ledger.bot_id)
+        name = str(key)
+        earlier = self._in_hand.get(name)
+        if earlier is not None:  # the same update again while the first is in hand
+            return await asyncio.shield(earlier)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._in_hand[name] = future
+        try:
+            result = await self._handle(update, key)
+        except BaseException:
+            future.set_result(False)
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._in_hand[name]
+
+    async def _handle(self, update: Update, key: UpdateKey) -> bool:
         try:
             tracked = await self._claim(key)
         except _Busy:
@@ -85,18 +122,26 @@ class Dispatcher:
                 await self._process(update)
         finally:
             handling_errors.reset(reset)
+        name = str(key)
         if any(may_pass(error) for error in errors):
-            logger.warning("update %d will be handled again: %s", update.update_id, errors[-1])
-            if tracked:
-                await self._quietly(self.ledger.release(key))
-            return False
+            tries = self._tries[name] = self._tries.get(name, 0) + 1
+            if tries < MAX_TRIES:
+                logger.warning("update %d will be handled again (try %d of %d): %s",
+                               update.update_id, tries, MAX_TRIES, errors[-1])
+                if tracked:
+                    await self._quietly(self.ledger.release(key))
+                return False
+            logger.error("update %d failed %d times; giving it up: %s",
+                         update.update_id, tries, errors[-1])
+        self._tries.pop(name, None)
         if tracked:
             await self._quietly(self.ledger.finish(key))
         return True
 
     async def _claim(self, key: UpdateKey) -> bool | None:
         """True: claimed; False: Redis is unavailable, handle it untracked; None: handled
-        already. Raises _Busy when another live process kept it past BUSY_WAIT."""
+        already. Raises _Busy when another live process kept it past BUSY_WAIT (or this
+        process is stopping)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BUSY_WAIT
         while True:
@@ -109,11 +154,12 @@ class Dispatcher:
                 return None
             if claim is Claim.MINE:
                 return True
-            if loop.time() >= deadline:
+            if loop.time() >= deadline or self.stopping.is_set():
                 logger.info("update %d is still being handled elsewhere", key.update_id)
                 raise _Busy
             # another live process has it: look again when it may have finished
-            await asyncio.sleep(min(BUSY_POLL, alive_ms / 1000))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), min(BUSY_POLL, alive_ms / 1000))
 
     @staticmethod
     async def _quietly(operation: Awaitable[None]) -> None:
@@ -121,30 +167,3 @@ class Dispatcher:
             await operation
         except Unavailable as exc:
             logger.warning("could not record an update in the ledger: %s", exc)
-
-    async def handle_batch(self, updates: Sequence[Update], stopping: asyncio.Event) -> int:
-        """Handle a fetched batch, each chat's updates in order and chats side by side.
-
-        Returns the offset that confirms what may be confirmed: past the whole
-        batch, or up to the first update not handled (failed, or left because
-        the process is stopping), which Telegram then sends again.
-        """
-        groups: dict[object, list[Update]] = {}
-        for update in updates:
-            groups.setdefault(_chat_of(update), []).append(update)
-        left: list[int] = []
-
-        async def run(group: list[Update]) -> None:
-            for n, update in enumerate(group):
-                if stopping.is_set() or not await self.handle(update):
-                    left.extend(u.update_id for u in group[n:])
-                    return
-
-        await asyncio.gather(*(run(group) for group in groups.values()))
-        if left:
-            return min(left)
-        return max(update.update_id for update in updates) + 1
-
-
-class _Busy(Exception):
-    """Another live process kept handling the update past BUSY_WAIT."""

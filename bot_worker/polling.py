@@ -1,30 +1,40 @@
 """Leased polling: however many bot processes run, one calls getUpdates at a time.
 
 Each process tries for the lease (`shared.lease`) every `FOLLOW_SECONDS`; the
-holder renews it every third of its length and polls. A batch is confirmed
-(the next getUpdates' offset moves past it) only once every update in it was
-handled, so a holder killed with -9 leaves its batch to the next holder, who
-takes over within a lease length plus one try (about 12 s).
+holder renews it every third of its length and polls. The offset it sends
+(which confirms everything below it to Telegram) never passes an update that
+was not handled, so a holder killed with -9 leaves what it held to the next
+holder, who takes over within a lease length plus one try (about 12 s).
+
+Fetching goes on while updates are handled: each chat's updates are handled
+in order, chats side by side, and a chat with a backlog (one user sending
+fifty messages, each reply waiting for the per-chat flood limit) never holds
+up the others. Updates still in hand come back in every getUpdates until
+they are confirmed; they are skipped, and when a poll brings nothing new the
+poller waits for something in hand to finish instead of asking again at once.
 
 Telegram is the final judge: a getUpdates answered 409 means someone else
-polls, and this process stops polling at once. That is also why a holder
-that loses Redis keeps polling, and why a process that has not reached Redis
-for a whole lease length polls without one: nobody can hold a lease in a
-Redis nobody reaches, users should hear "temporarily unavailable" rather than
-nothing, and should another process reach Redis and take over, the 409
-settles it. Once Redis answers, the lease decides again.
+polls; this process gives its lease back and waits at least a lease length
+(longer, with jitter, each time it happens again) before trying. A holder
+that loses Redis keeps polling, and a process that has not reached Redis for
+a whole lease length polls without one: nobody can hold a lease in a Redis
+nobody reaches, and users should hear "temporarily unavailable" rather than
+nothing. Once Redis answers, the lease decides again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import random
+from collections.abc import Sequence
 
-from telegram import Bot
-from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram import Bot, Update
+from telegram.error import Conflict, InvalidToken, TelegramError
 
-from bot_worker.dispatch import Dispatcher
+from bot_worker.dispatch import Dispatcher, chat_of
 from shared.lease import LEASE_MS, Leases
 from shared.store import Unavailable
 
@@ -36,8 +46,12 @@ POLL_TIMEOUT = 5
 FOLLOW_SECONDS = 2.0
 # seconds between the holder's renewals
 RENEW_SECONDS = LEASE_MS / 3000
-# seconds to wait after a failed getUpdates or batch, doubling up to the cap
+# seconds to wait after a failed getUpdates or a failed update, doubling up to the cap
 RETRY_FIRST, RETRY_CAP = 0.5, 10.0
+# the longest wait (s) after repeated 409s
+CONFLICT_CAP = 60.0
+# with nothing new fetched, wait this long (s) at most for something in hand to finish
+IDLE_WAIT = 1.0
 ALLOWED_UPDATES = ["message", "channel_post", "callback_query"]
 
 
@@ -45,6 +59,10 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
     """Until `event` is set or `seconds` pass, whichever is first."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
+
+
+class _Conflict(Exception):
+    """Telegram answered 409: someone else polls."""
 
 
 class Poller:
@@ -57,6 +75,7 @@ class Poller:
         """Follow, lead when the lease is free, until `stop` is set."""
         loop = asyncio.get_running_loop()
         unreachable_since: float | None = None
+        conflicts = 0
         while not stop.is_set():
             try:
                 held = await self.leases.take_poller()
@@ -71,38 +90,52 @@ class Poller:
                     # Redis: poll, so users hear "temporarily unavailable"
                     logger.warning("Redis unreachable for a lease length: polling without it")
                     held = True
-            if held:
-                await self._lead(stop)
-            else:
+            if not held:
                 await _wait(stop, FOLLOW_SECONDS)
+                continue
+            if await self._lead(stop):
+                conflicts = 0
+                continue
+            # 409: someone else polls. Make room, longer each time it happens again
+            conflicts += 1
+            backoff = min(LEASE_MS / 1000 * 2 ** (conflicts - 1), CONFLICT_CAP)
+            await _wait(stop, backoff + random.uniform(0, 2))
 
-    async def _lead(self, stop: asyncio.Event) -> None:
+    async def _lead(self, stop: asyncio.Event) -> bool:
+        """Poll while holding the lease; False when Telegram said someone else polls."""
         logger.info("polling: this process holds the lease and calls getUpdates")
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lost), name="renew the polling lease")
-        offset: int | None = None
+        batch = _Batch(self.dispatcher, stop)
+        conflict = False
         try:
             await self._delete_webhook()
-            offset = await self._poll(stop, lost)
+            await self._poll(batch, stop, lost)
+        except _Conflict as exc:
+            logger.warning("polling: another process polls (%s); making room", exc.__cause__)
+            conflict = True
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-        if stop.is_set():
-            await self._confirm(offset)
-        if not lost.is_set():
-            with contextlib.suppress(Unavailable):
-                await self.leases.release_poller()
-            logger.info("polling: lease given back")
+            try:
+                await batch.finish()  # a stop past its grace cancels this wait
+            finally:
+                # whatever happened, hand over at once: confirm what was handled, give
+                # the lease back (not after a 409 or a lost lease: it is not ours)
+                if stop.is_set() and not (lost.is_set() or conflict):
+                    await self._confirm(batch.offset())
+                if not lost.is_set():
+                    with contextlib.suppress(Unavailable):
+                        await self.leases.release_poller()
+                    logger.info("polling: lease given back")
+        return not conflict
 
-    async def _poll(self, stop: asyncio.Event, lost: asyncio.Event) -> int | None:
-        """getUpdates and handle until stopped or the lease is lost; the offset reached."""
-        offset: int | None = None
+    async def _poll(self, batch: _Batch, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        """getUpdates and start handling until stopped or the lease is lost."""
         delay = RETRY_FIRST
         while not stop.is_set() and not lost.is_set():
             fetch = asyncio.create_task(
                 self.bot.get_updates(
-                    offset=offset, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                    offset=batch.offset(), timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
                 ),
                 name="getUpdates",
             )
@@ -113,36 +146,27 @@ class Poller:
                 fetch.cancel()  # the connection closes; Telegram forgets the long poll
                 with contextlib.suppress(asyncio.CancelledError, TelegramError):
                     await fetch
-                break
+                return
             try:
                 updates = fetch.result()
             except Conflict as exc:
-                logger.warning("polling: another process polls (%s); following instead", exc)
-                lost.set()
-                break
+                raise _Conflict from exc
             except InvalidToken:
                 raise
-            except (NetworkError, RetryAfter) as exc:
+            except TelegramError as exc:
                 # start again from Telegram's earliest unconfirmed update: a Bot API
                 # that restarted may number its updates from 1 again, and the ledger
                 # skips whatever was handled already
-                offset = None
+                batch.forget_offset()
                 logger.warning("getUpdates failed (%s); again in %.1f s", exc, delay)
                 await _wait(stop, delay)
                 delay = min(delay * 2, RETRY_CAP)
                 continue
-            if not updates:
-                delay = RETRY_FIRST
-                continue
-            reached = await self.dispatcher.handle_batch(updates, stop)
-            if reached <= updates[-1].update_id and not stop.is_set():
-                # something must be handled again: not at once, not forever slower
-                await _wait(stop, delay)
-                delay = min(delay * 2, RETRY_CAP)
-            else:
-                delay = RETRY_FIRST
-            offset = reached
-        return offset
+            delay = RETRY_FIRST
+            if not batch.take(updates) and updates:
+                # all of it is in hand, handled, or waiting to be tried again: wait for
+                # some of it to finish rather than ask again at once
+                await batch.settled(min(IDLE_WAIT, batch.next_retry_in()))
 
     async def _renew(self, lost: asyncio.Event) -> None:
         while True:
@@ -173,6 +197,104 @@ class Poller:
             await self.bot.get_updates(offset=offset, timeout=0, limit=1)
         except TelegramError as exc:
             logger.info("could not confirm handled updates before stopping: %s", exc)
+
+
+class _Batch:
+    """The updates one holder fetched and has not confirmed: in hand, handled, or to be
+    handled again after a failure (each chat's in order)."""
+
+    def __init__(self, dispatcher: Dispatcher, stop: asyncio.Event) -> None:
+        self.dispatcher = dispatcher
+        self.stop = stop
+        self.tasks: dict[int, asyncio.Task[bool]] = {}
+        self.handled: set[int] = set()
+        self.highest: int | None = None
+        self._tails: dict[object, asyncio.Task[bool]] = {}
+        self._retry_at: dict[int, float] = {}
+        self._delay: dict[int, float] = {}
+        self._settled = asyncio.Event()
+
+    def offset(self) -> int | None:
+        """What getUpdates may confirm: everything below the first update not handled."""
+        waiting = set(self.tasks) | set(self._retry_at)
+        if waiting:
+            return min(waiting)
+        return None if self.highest is None else self.highest + 1
+
+    def forget_offset(self) -> None:
+        """After a failed getUpdates: ask for everything unconfirmed again."""
+        if not self.tasks and not self._retry_at:
+            self.highest = None
+            self.handled.clear()
+
+    def next_retry_in(self) -> float:
+        """Seconds until the earliest update waiting to be tried again is due."""
+        if not self._retry_at:
+            return IDLE_WAIT
+        now = asyncio.get_running_loop().time()
+        return max(0.01, min(self._retry_at.values()) - now)
+
+    def take(self, updates: Sequence[Update]) -> bool:
+        """Start handling what is new in `updates`; whether anything was."""
+        loop = asyncio.get_running_loop()
+        started = False
+        for update in updates:
+            uid = update.update_id
+            if uid in self.tasks or uid in self.handled or self.stop.is_set():
+                continue
+            if self._retry_at.get(uid, 0.0) > loop.time():
+                continue
+            self._retry_at.pop(uid, None)
+            chat = chat_of(update)
+            task = asyncio.create_task(self._run(update, self._tails.get(chat)))
+            self.tasks[uid] = self._tails[chat] = task
+            task.add_done_callback(functools.partial(self._done, uid, chat))
+            self.highest = max(uid, self.highest or uid)
+            started = True
+        return started
+
+    async def _run(self, update: Update, before: asyncio.Task[bool] | None) -> bool:
+        if before is not None and not await asyncio.shield(before):
+            return False  # an earlier update of this chat must go first
+        if self.stop.is_set():
+            return False  # left to the next poller
+        return await self.dispatcher.handle(update)
+
+    def _done(self, uid: int, chat: object, task: asyncio.Task[bool]) -> None:
+        del self.tasks[uid]
+        if self._tails.get(chat) is task:
+            del self._tails[chat]
+        ok = not task.cancelled() and task.exception() is None and task.result()
+        if ok:
+            self.handled.add(uid)
+            self._delay.pop(uid, None)
+        else:  # not handled (failed, or left at a stop): the offset must not pass it
+            delay = self._delay[uid] = min(self._delay.get(uid, RETRY_FIRST / 2) * 2, RETRY_CAP)
+            self._retry_at[uid] = asyncio.get_running_loop().time() + delay
+        offset = self.offset()
+        if offset is not None:
+            self.handled = {h for h in self.handled if h >= offset}
+        self._settled.set()
+
+    async def settled(self, seconds: float) -> None:
+        """Until some update in hand finishes, or `seconds` pass."""
+        self._settled.clear()
+        await _wait(self._settled, seconds)
+
+    async def finish(self) -> None:
+        """Let what is in hand finish; if this wait is cancelled (the stop's grace ran
+        out), cancel what is left: it stays unconfirmed, for the next poller."""
+        tasks = list(self.tasks.values())
+        try:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            logger.warning("updates still in hand when the stop's grace ran out: left to "
+                           "Telegram")
+            raise
 
 
 async def _either(first: asyncio.Event, second: asyncio.Event) -> None:

@@ -4,9 +4,15 @@ Every bot process serves the path of WEBHOOK_URL (under supervisord they share
 one listening socket, as the API processes do). An update is answered 200
 only once it was handled, so Telegram's retry covers a crash; 503 asks for
 that retry when handling failed for a reason that may pass. A request
-without the right `X-Telegram-Bot-Api-Secret-Token` gets 403. One process
-sets the webhook (`ensure_webhook`), guarded by a lock and a record of what
-was set, so restarts and N processes make one setWebhook call, not N.
+without the right `X-Telegram-Bot-Api-Secret-Token` gets 403; a body that
+is not an Update, 400.
+
+`ensure_webhook` keeps Telegram posting here: every `CHECK_SECONDS` one
+process of the fleet (whoever takes the check's lock in Redis) compares
+getWebhookInfo and the record of what was set with this configuration, and
+calls setWebhook only when they differ: once at the first start, and again
+only if the webhook was lost (a poller with the same token deleted it, the
+Bot API forgot it) or the configuration changed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import hmac
 import json
 import logging
+import socket
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -39,8 +46,33 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY = 1 << 20
 # parallel deliveries Telegram may make (setWebhook's max_connections)
 MAX_CONNECTIONS = 40
-# seconds between tries to set the webhook while another process or Redis holds it up
+# seconds between checks of the webhook by one process of the fleet
+CHECK_SECONDS = 20.0
+# seconds between tries while Redis or the Bot API fails the check
 SET_RETRY_SECONDS = 2.0
+
+
+class ListenError(Exception):
+    """BOT_HOST:BOT_PORT cannot be listened on (taken, not an address of this host)."""
+
+
+def listening_socket(settings: Settings, fd: int | None) -> socket.socket:
+    """The socket to serve on: the inherited one (`--fd`), else BOT_HOST:BOT_PORT bound
+    here, so a taken port is one clear error rather than uvicorn exiting mid-loop."""
+    if fd is not None:
+        return socket.socket(fileno=fd)
+    host = settings.bot_host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, settings.bot_port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {settings.bot_host}:{settings.bot_port}: "
+                          f"{exc.strerror or exc}") from None
+    return sock
 
 
 def _error(status: int, error: str, message: str) -> Response:
@@ -61,12 +93,7 @@ def create_webhook_app(settings: Settings, bot: Bot, dispatcher: Dispatcher) -> 
             body += chunk
             if len(body) > MAX_BODY:
                 return _error(413, "too_large", "an update is at most 1 MiB")
-        try:
-            data = json.loads(body)
-            update = Update.de_json(data, bot) if isinstance(data, dict) else None
-        except (ValueError, TypeError, KeyError) as exc:
-            logger.warning("webhook: not an update: %s", exc.__class__.__name__)
-            update = None
+        update = _update_of(body, bot)
         if update is None:
             return _error(400, "invalid_update", "the body must be a Telegram Update")
         if await dispatcher.handle(update):
@@ -74,6 +101,21 @@ def create_webhook_app(settings: Settings, bot: Bot, dispatcher: Dispatcher) -> 
         return _error(503, "retry", "not handled yet; send it again")
 
     return Starlette(routes=[Route(path, receive, methods=["POST"])])
+
+
+def _update_of(body: bytes, bot: Bot) -> Update | None:
+    """The Update in a request body, or None for anything else (the secret was right,
+    so this is Telegram or someone holding the secret: never a 500 either way)."""
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict) or type(data.get("update_id")) is not int:
+            return None
+        update = Update.de_json(data, bot)
+        update.to_dict()  # the ledger fingerprints it: it must serialise back
+    except Exception as exc:  # any malformed field, however it fails
+        logger.warning("webhook: not an update (%s)", exc.__class__.__name__)
+        return None
+    return update
 
 
 def webhook_digest(settings: Settings) -> str:
@@ -90,23 +132,36 @@ def webhook_digest(settings: Settings) -> str:
 async def ensure_webhook(
     settings: Settings, bot: Bot, leases: Leases, stop: asyncio.Event
 ) -> None:
-    """Make sure Telegram posts to WEBHOOK_URL: one process calls setWebhook, once."""
+    """Keep Telegram posting updates to WEBHOOK_URL (see the module's rules)."""
     digest = webhook_digest(settings)
     while not stop.is_set():
+        wait = CHECK_SECONDS
         try:
-            if await leases.webhook_set() == digest:
-                return
-            if await leases.lock_webhook():
-                await bot.set_webhook(
-                    settings.webhook_url,
-                    secret_token=settings.webhook_secret.reveal(),
-                    allowed_updates=ALLOWED_UPDATES,
-                    max_connections=MAX_CONNECTIONS,
-                )
-                await leases.mark_webhook(digest)
-                logger.info("webhook set to %s", settings.webhook_url)
-                return
+            if await leases.lock_webhook(int(CHECK_SECONDS * 1000)):
+                await _check_webhook(settings, bot, leases, digest)
         except (Unavailable, TelegramError) as exc:
-            logger.warning("could not set the webhook yet: %s", exc)
+            logger.warning("could not check the webhook yet: %s", exc)
+            wait = SET_RETRY_SECONDS
+            with contextlib.suppress(Unavailable):
+                await leases.unlock_webhook()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SET_RETRY_SECONDS)
+            await asyncio.wait_for(stop.wait(), wait)
+
+
+async def _check_webhook(settings: Settings, bot: Bot, leases: Leases, digest: str) -> None:
+    info = await bot.get_webhook_info()
+    if (
+        await leases.webhook_set() == digest
+        and info.url == settings.webhook_url
+        and sorted(info.allowed_updates or ()) == sorted(ALLOWED_UPDATES)
+        and info.max_connections == MAX_CONNECTIONS
+    ):
+        return
+    await bot.set_webhook(
+        settings.webhook_url,
+        secret_token=settings.webhook_secret.reveal(),
+        allowed_updates=ALLOWED_UPDATES,
+        max_connections=MAX_CONNECTIONS,
+    )
+    await leases.mark_webhook(digest)
+    logger.info("webhook set (it was %s)", "elsewhere" if info.url else "not set")

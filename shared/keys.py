@@ -68,7 +68,7 @@ LIVE = ":live"
 # "c:<instance>" (being handled); TTL UPDATES_TTL_SECONDS from the last write
 UPDATES = ":updates:"
 # the digest of the webhook configuration last set with setWebhook; no TTL (deleted by
-# a poller); and the lock one process holds while setting it, TTL WEBHOOK_LOCK_MS
+# a poller); and the lock of the one process that checks it, TTL one check period
 WEBHOOK = ":webhook"
 WEBHOOK_LOCK = ":webhook:lock"
 # sorted set of recent sends (all chats) -> ms; TTL one rate window

@@ -20,8 +20,6 @@ from shared.store import load_script, unavailable_on_error
 
 # how long a polling lease lasts unless renewed (ms); the poller renews every third of it
 LEASE_MS = 10_000
-# how long one process may hold the lock for setting the webhook (ms)
-WEBHOOK_LOCK_MS = 30_000
 
 
 def instance_name() -> str:
@@ -65,21 +63,25 @@ class Leases:
             value = await self.redis.get(keys.webhook(self.bot_id))
         return None if value is None else str(value)
 
-    async def lock_webhook(self) -> bool:
-        """Take the lock for setting the webhook; False if another process has it."""
+    async def lock_webhook(self, ms: int) -> bool:
+        """Take the lock for checking (and setting) the webhook for `ms` milliseconds;
+        False if another process has it. Left to expire, it spaces the checks."""
         with unavailable_on_error():
             taken = await self.redis.set(
-                keys.webhook_lock(self.bot_id), self.instance, nx=True, px=WEBHOOK_LOCK_MS
+                keys.webhook_lock(self.bot_id), self.instance, nx=True, px=ms
             )
         return bool(taken)
 
-    async def mark_webhook(self, digest: str | None) -> None:
-        """Record the configuration just set (None: the webhook was deleted), unlock."""
+    async def unlock_webhook(self) -> None:
+        """Give the lock back early (a failed check: let the next try come sooner)."""
         with unavailable_on_error():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if digest is None:
-                    pipe.delete(keys.webhook(self.bot_id))
-                else:
-                    pipe.set(keys.webhook(self.bot_id), digest)
-                await pipe.execute()
             await self._release(keys=[keys.webhook_lock(self.bot_id)], args=[self.instance])
+
+    async def mark_webhook(self, digest: str | None) -> None:
+        """Record the configuration just set (None: the webhook was deleted, so the next
+        webhook process checks at once)."""
+        with unavailable_on_error():
+            if digest is None:
+                await self.redis.delete(keys.webhook(self.bot_id), keys.webhook_lock(self.bot_id))
+            else:
+                await self.redis.set(keys.webhook(self.bot_id), digest)

@@ -283,7 +283,8 @@ def _webhook(values: Mapping[str, str], secret: str) -> tuple[str, str, Secret]:
             raise SettingsError("WEBHOOK_URL", "is required when BOT_MODE=webhook")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SettingsError("WEBHOOK_URL", f"must be an https:// URL, got {url!r}")
+            # never echo the URL: it may carry a secret path (even the bot token)
+            raise SettingsError("WEBHOOK_URL", "must be an https:// (or http://) URL")
     hook_secret = values.get("WEBHOOK_SECRET", "").strip()
     if hook_secret and not _WEBHOOK_SECRET.fullmatch(hook_secret):
         raise SettingsError("WEBHOOK_SECRET", "must be 1-256 characters of A-Z a-z 0-9 _ -")

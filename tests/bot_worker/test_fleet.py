@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from typing import Any
 
@@ -230,3 +231,64 @@ def test_two_bots_on_one_redis_answer_the_same_update_ids(
     for bot, sent in ((one, sent_one), (two, sent_two)):
         bot.sandbox.wait_for_bot_message(sent["chat_id"], after=sent["message_id"],
                                          timeout=20, token=bot.token)
+
+
+def test_a_409_makes_the_poller_give_way_instead_of_fighting(
+    bot: BotProcess, sandbox: TelegramSandbox, redis_server: RedisServer
+) -> None:
+    """Someone else polls with the same token (a stray bot outside the lease): Telegram
+    answers our poller 409, and it gives its lease back and waits, rather than taking
+    the poll back at once, again and again."""
+    with redis_server.client() as client:
+        wait_until(lambda: holder_pid(client, bot.token) == bot.pid, timeout=TAKEOVER,
+                   what="the bot to poll")
+        for _ in range(6):  # about 12 s of a stranger's 2 s long polls
+            sandbox.api(bot.token, "getUpdates", timeout=2)
+        # the first 409 went to our poller; after it, it stayed away (a lease length)
+        assert sandbox.bot_summary(bot.token)["conflicts"] <= 2
+        assert "making room" in bot.output()
+    assert code_of(bot.ask("/code", ANN))  # and it polls again once the stranger is gone
+
+
+def test_one_chat_with_a_backlog_does_not_hold_up_the_others(
+    bot: BotProcess, sandbox: TelegramSandbox
+) -> None:
+    """Thirty messages from one user take ten seconds to answer (three per three
+    seconds to one chat); another user's message is answered meanwhile."""
+    flood_user, other = users(9500, 2)
+    noisy = [bot.send("/help", flood_user) for _ in range(30)]
+    quiet = bot.send("/help", other)
+    sandbox.wait_for_bot_message(quiet["chat_id"], after=quiet["message_id"], timeout=20,
+                                 token=bot.token)
+    answered = [m for m in sandbox.messages(flood_user["id"], token=bot.token) if m["from_bot"]]
+    assert len(answered) < len(noisy), "the other user waited for the whole backlog"
+    wait_until(lambda: all_confirmed(sandbox, bot.token), timeout=60,
+               what="the backlog to be answered")
+    answered = [m for m in sandbox.messages(flood_user["id"], token=bot.token) if m["from_bot"]]
+    assert len(answered) == len(noisy)
+
+
+@pytest.mark.parametrize("what", ["bot api", "redis"])
+def test_sigterm_while_starting_stops_at_once(
+    start_bot: BotStarter, what: str, tmp_path: Any
+) -> None:
+    """A Bot API or a Redis that does not answer holds the start; a stop still stops."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers
+    port = silent.getsockname()[1]
+    env = ({"TELEGRAM_API_BASE_URL": f"http://127.0.0.1:{port}/bot"} if what == "bot api"
+           else {"redis_url": f"redis://127.0.0.1:{port}/0"})
+    try:
+        bot = start_bot(wait=False, **env)
+        assert bot.proc is not None
+        wait_until(lambda: "Bot API not reachable yet" in bot.output() or what == "redis",
+                   timeout=30, what="the start to be held up")
+        if what == "redis":
+            wait_until(lambda: "Redis" in bot.output() or "started" in bot.output(),
+                       timeout=30, what="the start to reach Redis")
+        bot.proc.send_signal(signal.SIGTERM)
+        assert bot.proc.wait(10) == 0, bot.output()
+        assert "Traceback" not in bot.output()
+    finally:
+        silent.close()

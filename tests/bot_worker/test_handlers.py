@@ -42,7 +42,7 @@ def _with_runtime(settings: Settings, body: Callable[[Runtime], Awaitable[None]]
     async def main() -> None:
         application = build_application(settings)
         async with application:
-            runtime = Runtime(application, settings)
+            runtime = Runtime(application, settings, asyncio.Event())
             try:
                 await runtime.ledger.heartbeat()
                 await body(runtime)
