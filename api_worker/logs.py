@@ -3,9 +3,11 @@
 - `route_label(scope)`: the matched route's template (`/v1/login-requests/{id}`), the
   label of metrics and of error lines, so labels stay few and no identifier shows.
 - `RedactingFormatter`: the one formatter of every API process's log. In uvicorn's
-  access log the query string becomes `?<redacted>` (a client may put a token there:
-  `GET /v1/me?access_token=...`), and in every line, tracebacks included, a login
-  request id becomes `<id>` (`/v1/login-requests/<id>`): the id is what its client
+  access log a query string keeps only the parameters the API defines whose values
+  are no secret (`wait=30`); anything else becomes `<redacted>` (a client may put a
+  token there: `GET /v1/me?access_token=...` is logged `GET /v1/me?<redacted>`). In
+  every line, tracebacks included, a login request id becomes `{id}`
+  (`/v1/login-requests/{id}`, as the route's template): the id is what its client
   polls with for an access token, so it must not sit in log files.
 """
 
@@ -18,8 +20,10 @@ from starlette.types import Scope
 
 UNMATCHED = "unmatched"
 ACCESS_LOGGER = "uvicorn.access"
-REDACTED_QUERY = "?<redacted>"
+REDACTED = "<redacted>"
 _LOGIN_ID = re.compile(r"(/v1/login-requests/)[^\s?#\"'<>]+", re.IGNORECASE)
+# query parameters shown as sent: the API's own, whose values say nothing secret
+_SHOWN_PARAMETER = re.compile(r"wait=[0-9]{1,6}")
 
 
 def route_label(scope: Scope) -> str:
@@ -31,14 +35,21 @@ def route_label(scope: Scope) -> str:
 
 
 def redact_ids(text: str) -> str:
-    """`text` with every login request id after `/v1/login-requests/` replaced by `<id>`."""
-    return _LOGIN_ID.sub(r"\1<id>", text)
+    """`text` with every login request id after `/v1/login-requests/` replaced by `{id}`."""
+    return _LOGIN_ID.sub(r"\1{id}", text)
 
 
 def redact_query(path: str) -> str:
-    """`/v1/me?access_token=x` -> `/v1/me?<redacted>`; a path without a query stays."""
-    bare, question, _ = path.partition("?")
-    return bare + REDACTED_QUERY if question else bare
+    """`/v1/me?access_token=x` -> `/v1/me?<redacted>`, `...?wait=5&t=x` -> `...?wait=5&<redacted>`;
+    a path without a query stays."""
+    bare, question, query = path.partition("?")
+    if not question:
+        return bare
+    pairs = query.split("&")
+    shown = [pair for pair in pairs if _SHOWN_PARAMETER.fullmatch(pair)]
+    if len(shown) < len(pairs):
+        shown.append(REDACTED)
+    return f"{bare}?{'&'.join(shown)}"
 
 
 class RedactingFormatter(logging.Formatter):
