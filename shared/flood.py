@@ -14,7 +14,7 @@ import secrets
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.store import load_script, now_ms, unavailable_on_error
+from shared.store import load_script, unavailable_on_error
 
 # the window `send_rate` counts in: a second, plus a margin for the time a request
 # takes to reach Telegram after its slot was reserved (ms)
@@ -32,6 +32,7 @@ class FloodControl:
         self.bot_id = bot_id
         self.send_rate = send_rate
         self._reserve = redis.register_script(load_script("flood.lua"))
+        self._hold = redis.register_script(load_script("flood_hold.lua"))
 
     async def reserve(self, chat_id: int | str | None) -> int:
         """Reserve one send to `chat_id`: 0 when reserved, else the ms to wait first."""
@@ -40,7 +41,7 @@ class FloodControl:
             wait = await self._reserve(
                 keys=[keys.sends(self.bot_id), chat_key, keys.flood_wait(self.bot_id)],
                 args=[
-                    now_ms(), self.send_rate, SEND_WINDOW_MS,
+                    0, self.send_rate, SEND_WINDOW_MS,  # 0: the script reads Redis's clock
                     CHAT_BURST if chat_id is not None else self.send_rate, CHAT_WINDOW_MS,
                     secrets.token_hex(6),
                 ],
@@ -48,9 +49,9 @@ class FloodControl:
         return int(wait)
 
     async def hold(self, seconds: float) -> None:
-        """Telegram said wait `seconds` (a 429): every process holds its sends that long."""
-        until = now_ms() + int(seconds * 1000)
+        """Telegram said wait `seconds` (a 429): every process holds its sends that long
+        (a longer hold already set stays)."""
         with unavailable_on_error():
-            current = await self.redis.get(keys.flood_wait(self.bot_id))
-            if current is None or int(current) < until:
-                await self.redis.set(keys.flood_wait(self.bot_id), until, px=int(seconds * 1000))
+            await self._hold(
+                keys=[keys.flood_wait(self.bot_id)], args=[max(1, int(seconds * 1000))]
+            )

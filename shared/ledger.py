@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.store import load_script, now_ms, unavailable_on_error
+from shared.store import load_script, unavailable_on_error
 
 # an instance counts as alive this long after its last heartbeat (ms)
 ALIVE_MS = 10_000
@@ -72,18 +72,16 @@ class UpdateLedger:
 
     async def heartbeat(self) -> None:
         """Keep this instance's claims valid for ALIVE_MS from now."""
-        now = now_ms()
         with unavailable_on_error():
-            await self._heartbeat(
-                keys=[keys.live(self.bot_id)], args=[self.instance, now + ALIVE_MS, now]
-            )
+            await self._heartbeat(keys=[keys.live(self.bot_id)], args=[self.instance, ALIVE_MS])
 
     async def begin(self, key: UpdateKey) -> tuple[Claim, int]:
         """Claim `key` for handling: (MINE, 0), (HANDLED, 0) or (BUSY, ms the owner lives)."""
         with unavailable_on_error():
             state, wait_ms = await self._begin(
                 keys=[keys.updates(self.bot_id, key.update_id), keys.live(self.bot_id)],
-                args=[key.field, self.instance, now_ms(), keys.UPDATES_TTL_SECONDS],
+                # 0: liveness is judged by Redis's clock in the script
+                args=[key.field, self.instance, 0, keys.UPDATES_TTL_SECONDS],
             )
         return Claim(int(state)), int(wait_ms)
 

@@ -1,10 +1,12 @@
 -- Reserve one message send under Telegram's flood limits, for every bot process at once.
 -- KEYS[1] the bot's recent sends (zset)   KEYS[2] the chat's recent sends (zset)
 -- KEYS[3] the bot's flood wait (ms until which Telegram asked to hold all sends)
--- ARGV[1] now (ms)   ARGV[2] sends allowed per window, all chats   ARGV[3] that window (ms)
+-- ARGV[1] (unused: Redis's own clock is the one every process shares)
+-- ARGV[2] sends allowed per window, all chats   ARGV[3] that window (ms)
 -- ARGV[4] sends allowed per chat window   ARGV[5] the chat window (ms)   ARGV[6] a unique member
 -- Returns 0 when the send is reserved, else the ms to wait before asking again.
-local now = tonumber(ARGV[1])
+local time = redis.call("TIME")
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local hold = tonumber(redis.call("GET", KEYS[3]) or "0")
 if hold > now then
   return hold - now

@@ -1,7 +1,7 @@
 -- Claim one update for handling, unless it was handled or a live instance has it.
 -- KEYS[1] the update's ledger bucket (hash)   KEYS[2] the bot's instances (hash -> alive until)
--- ARGV[1] field "<update id>:<fingerprint>"   ARGV[2] this instance   ARGV[3] now (ms)
--- ARGV[4] bucket TTL (s)
+-- ARGV[1] field "<update id>:<fingerprint>"   ARGV[2] this instance
+-- ARGV[4] bucket TTL (s)   (ARGV[3] unused: liveness is judged by Redis's own clock)
 -- Returns {state, ms}:
 --   {0, 0}   claimed by ARGV[2]: handle it
 --   {1, 0}   already handled: confirm it, do nothing else
@@ -14,7 +14,8 @@ if value then
   local owner = string.sub(value, 3)
   if owner ~= ARGV[2] then
     local alive = tonumber(redis.call("HGET", KEYS[2], owner) or "0")
-    local left = alive - tonumber(ARGV[3])
+    local time = redis.call("TIME")
+    local left = alive - (tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000))
     if left > 0 then
       return {2, left}
     end
