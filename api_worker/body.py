@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api_worker.errors import InvalidRequest, TooLarge, error_response
+from api_worker.errors import InvalidRequest, NotJson, TooLarge, error_response
 
 MAX_BODY_BYTES = 4096
 
@@ -63,6 +63,10 @@ async def json_object(request: Request, *, empty_is_object: bool = False) -> dic
         if empty_is_object:
             return {}
         raise InvalidRequest("The request body must be a JSON object.")
+    if not _declared_json(request.headers.get("content-type", "")):
+        # a form another website makes a visitor's browser post never declares JSON
+        # (that would need a CORS preflight), so it cannot spend the visitor's budgets
+        raise NotJson("Send the body as JSON with 'Content-Type: application/json'.")
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -75,6 +79,14 @@ async def json_object(request: Request, *, empty_is_object: bool = False) -> dic
             "(a lone surrogate such as \\ud800)."
         )
     return value
+
+
+def _declared_json(content_type: str) -> bool:
+    """application/json, or any application/<x>+json, with any parameters."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def _utf8(encoded: bytes) -> bool:

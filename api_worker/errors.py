@@ -55,6 +55,10 @@ class TooLarge(ApiError):
     status, error = 413, "too_large"
 
 
+class NotJson(ApiError):
+    status, error = 415, "unsupported_media_type"
+
+
 class TooManyRequests(ApiError):
     status, error = 429, "rate_limited"
 

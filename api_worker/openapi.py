@@ -75,6 +75,11 @@ RESPONSES: Json = {
         },
     ),
     "TooLarge": _error(f"The request body is larger than {MAX_BODY_BYTES} bytes.", "too_large"),
+    "NotJson": _error(
+        "A request body must be sent as `Content-Type: application/json` (so a cross-site "
+        "form cannot post one).",
+        "unsupported_media_type",
+    ),
     "RateLimited": _error(
         "Too many failed attempts (codes, tokens or API keys) from this client address; "
         "wait `Retry-After` seconds.",
@@ -240,6 +245,7 @@ PATHS: Json = {
                 },
                 "401": _ref("responses", "Unauthorized"),
                 "413": _ref("responses", "TooLarge"),
+                "415": _ref("responses", "NotJson"),
                 "429": _ref("responses", "RateLimited"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),
@@ -291,6 +297,7 @@ PATHS: Json = {
                 "400": _ref("responses", "InvalidLoginRequest"),
                 "401": _ref("responses", "Unauthorized"),
                 "413": _ref("responses", "TooLarge"),
+                "415": _ref("responses", "NotJson"),
                 "429": _ref("responses", "LoginRateLimited"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "LoginUnavailable"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from api_worker.app import create_app
 from tests.fixtures.api import TestClient, api_settings, issue_code
 from tests.fixtures.common import run_module
@@ -71,3 +73,28 @@ def test_an_auth_secret_that_is_not_text_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line == "api_worker: configuration error: AUTH_SECRET must be valid UTF-8 text"
+
+
+@pytest.mark.parametrize("path", ["/v1/codes/redeem", "/v1/login-requests"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "text/plain", "multipart/form-data; b=x"],
+)
+def test_a_body_that_is_not_declared_json_is_refused_and_spends_nothing(
+    redis_url: str, path: str, content_type: str | None
+) -> None:
+    """A cross-site form can post text/plain or a form, never JSON: it cannot burn a
+    visitor's failure budget or create login requests in their name."""
+    settings = api_settings(redis_url, REDEEM_FAIL_LIMIT="1", TELEGRAM_BOT_USERNAME="b")
+    headers = {"Content-Type": content_type} if content_type else {}
+    with TestClient(create_app(settings)) as client:
+        for _ in range(3):
+            response = client.post(path, content=b'{"code": "00000000"}', headers=headers)
+            assert response.status_code == 415, response.text
+            assert response.json()["error"] == "unsupported_media_type"
+        code = issue_code(settings)
+        # the budget is untouched: the address may still fail once, then redeem
+        assert client.post("/v1/codes/redeem", json={"code": code}).status_code == 200
+        assert client.post(path, json={}).status_code in (400, 201)
+        vendor = {"Content-Type": "application/vnd.api+json; charset=utf-8"}
+        assert client.post(path, content=b"{}", headers=vendor).status_code in (400, 201)

@@ -115,7 +115,7 @@ def test_invalid_requests(client: TestClient, body: bytes, fragment: str) -> Non
 
 
 def test_invalid_request_does_not_count_as_a_failure(redis_url: str, client: TestClient) -> None:
-    client.post("/v1/codes/redeem", content=b"{}")
+    client.post("/v1/codes/redeem", content=b"{}", headers={"Content-Type": "application/json"})
     with redis.Redis.from_url(redis_url) as r:
         assert r.hget(keys.STATS, "redeems_failed") is None
 
@@ -135,7 +135,8 @@ def test_body_of_exactly_4_kib_is_read(redis_url: str, client: TestClient) -> No
     head = b'{"code": "' + code.encode() + b'", "pad": "'
     body = head + b"x" * (4096 - len(head) - 2) + b'"}'
     assert len(body) == 4096
-    assert client.post("/v1/codes/redeem", content=body).status_code == 200
+    json_type = {"Content-Type": "application/json"}
+    assert client.post("/v1/codes/redeem", content=body, headers=json_type).status_code == 200
 
 
 def test_chunked_body_over_4_kib(client: TestClient) -> None:
