@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
-import logging
 from collections.abc import AsyncGenerator, Awaitable, Generator, Iterator
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -31,7 +31,7 @@ from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -40,7 +40,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import Settings
 
-logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # connections one process keeps to one server; a burst beyond waits its turn (within
@@ -72,8 +71,9 @@ async def _bounded(seconds: float, work: Awaitable[T]) -> T:
     """What `work` gives, or a Redis TimeoutError after `seconds`.
 
     `work` runs as a task of its own, cancelled at the deadline and left to wind down:
-    however redis-py handles the cancellation (a socket timeout firing at the same
-    moment may swallow it), the caller waits no longer.
+    however redis-py handles the cancellation, the caller waits no longer. (Cancelled
+    in place, a call whose socket timeout fired at the same moment went on for a second
+    deadline.)
     """
     task = asyncio.ensure_future(work)
     try:
@@ -171,12 +171,33 @@ class _BoundedPipeline(Pipeline):
 
 class _BoundedCluster(RedisCluster):
     """A Cluster client with a deadline on every call; a cluster that cannot serve a
-    slot (no node reachable, a slot uncovered) fails as a ConnectionError."""
+    slot (no node reachable, a slot uncovered) fails as a ConnectionError.
+
+    At most MAX_CONNECTIONS calls are in flight, the rest wait their turn (within the
+    deadline), as on a single server's blocking pool: redis-py's Cluster client has no
+    such pool, and past `max_connections` fails a call at once.
+    """
 
     deadline: float = 5.0
+    _turns: asyncio.Semaphore | None = None
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        return await _bounded(self.deadline, _uncovered(super().execute_command(*args, **kwargs)))
+        call = super().execute_command(*args, **kwargs)
+        return await _bounded(self.deadline, self.in_turn(call))
+
+    async def in_turn(self, work: Awaitable[T]) -> T:
+        """`work` once a turn is free (nested calls take none); a slot no reachable node
+        serves, or a connection redis-py closed under the call, fail as ConnectionError."""
+        if _IN_TURN.get():
+            return await _uncovered(work)
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
+        # learn the cluster's map before any call goes out: redis-py, mapping it on the
+        # first call while others are in flight, closes their connections under them
+        await _uncovered(self.initialize())
+        async with self._turns:
+            _IN_TURN.set(True)
+            return await _uncovered(work)
 
     async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
         try:
@@ -221,17 +242,26 @@ class _BoundedClusterPipeline(ClusterPipeline):
     async def execute(
         self, raise_on_error: bool = True, allow_redirections: bool = True
     ) -> list[Any]:
-        deadline = cast(_BoundedCluster, self.cluster_client).deadline
+        client = cast(_BoundedCluster, self.cluster_client)
         call = super().execute(raise_on_error, allow_redirections)
-        return await _bounded(deadline, _uncovered(call))
+        return await _bounded(client.deadline, client.in_turn(call))
+
+
+# set in the task of a Cluster call holding a turn (calls it makes take none)
+_IN_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar("in_turn", default=False)
 
 
 async def _uncovered(work: Awaitable[T]) -> T:
-    """`work`, a slot no reachable node serves failing as a ConnectionError."""
     try:
         return await work
     except SlotNotCoveredError as exc:
         raise RedisConnectionError(str(exc)) from exc
+    except AttributeError as exc:  # redis-py closed the connection under this call
+        raise RedisConnectionError(f"connection closed during the call: {exc}") from exc
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's master pool, where a burst waits for a connection as on one server."""
 
 
 # -- connecting ----------------------------------------------------------------------------
@@ -298,7 +328,8 @@ def connect(settings: Settings) -> Redis:
             port=port,
             **options,
             health_check_interval=HEALTH_CHECK_SECONDS,
-            max_connections=MAX_CONNECTIONS,
+            # calls wait for one of MAX_CONNECTIONS turns; room for the calls they make
+            max_connections=2 * MAX_CONNECTIONS,
         )
         cluster.deadline = settings.redis_timeout
         return cast(Redis, cluster)
@@ -307,8 +338,10 @@ def connect(settings: Settings) -> Redis:
         client = sentinel.master_for(
             settings.redis_sentinel_master,
             redis_class=_Bounded,
+            connection_pool_class=_BlockingSentinelPool,
             health_check_interval=HEALTH_CHECK_SECONDS,
             max_connections=MAX_CONNECTIONS,
+            timeout=settings.redis_timeout,
             **timeouts,
         )
         assert isinstance(client, _Bounded)
@@ -398,8 +431,9 @@ class Subscriber:
             with unavailable_on_error():
                 await _bounded(deadline, self._subscribe(client, pubsub, channel))
                 yield None
-                async for data in _messages(pubsub, deadline):
-                    yield data
+                async with contextlib.aclosing(_messages(pubsub, deadline)) as messages:
+                    async for data in messages:
+                        yield data
         except Unavailable:
             self._turn += 1  # a Cluster: another node next time
             raise

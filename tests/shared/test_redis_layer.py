@@ -18,7 +18,7 @@ import redis
 from shared.redis import Subscriber, Unavailable, connect, ping, scripts, unavailable_on_error
 from shared.settings import Settings, load_settings
 from tests.fixtures.common import free_port
-from tests.fixtures.redis import ClusterSet, RedisServer, kill, start_cluster
+from tests.fixtures.redis import ClusterSet, RedisServer, SentinelSet, kill, start_cluster
 
 SECRET = "r" * 40
 TIMEOUT = 1  # REDIS_TIMEOUT here, so a stalled call costs a second
@@ -169,6 +169,35 @@ def test_a_subscription_notices_a_stalled_server_and_comes_back(
     asyncio.run(body())
 
 
+# -- Sentinel ---------------------------------------------------------------------------------
+
+
+def test_sentinel_bursts_wait_their_turn_and_pub_sub_is_the_masters(
+    sentinel_set: SentinelSet,
+) -> None:
+    """Through the sentinels: 300 calls at once share the 64 connections (none refused),
+    and a subscription hears what is published on the master."""
+    env = dict(sentinel_set.env)
+    settings = settings_for(env.pop("REDIS_URL"), **env)
+
+    async def body() -> None:
+        client = connect(settings)
+        try:
+            ended = await asyncio.gather(*(timed(lambda: client.incr("n")) for _ in range(300)))
+            assert {outcome for outcome, _ in ended} == {"ok"}
+            assert await client.get("n") == "300"
+            async with aclosing(Subscriber(settings).listen("chan")) as feed:
+                assert await anext(feed) is None
+                await client.publish("chan", "hello")
+                assert await asyncio.wait_for(anext(feed), 10) == "hello"
+        finally:
+            await client.aclose()
+
+    asyncio.run(body())
+    with sentinel_set.master.client() as master:
+        assert master.get("n") == "300"  # the master it was
+
+
 # -- a real Cluster --------------------------------------------------------------------------
 
 
@@ -191,6 +220,25 @@ def test_cluster_pipelines_keep_their_queue_and_run_scripts(cluster_env: dict[st
                 assert await pipe.execute() == [True, 1] * 12
             assert await lease(keys=["{b3}:lease"], args=["other", 10_000]) == 0
             assert await client.get("plain11") == "11"
+        finally:
+            await client.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_cluster_burst_waits_its_turn(cluster_env: dict[str, str]) -> None:
+    """300 calls at once on a new client, each holding its connection a while: redis-py's
+    Cluster client alone fails some (no connection to spare, or one closed under a call
+    while it maps the cluster); through the layer they wait their turn and all succeed."""
+    settings = settings_for(cluster_env["REDIS_URL"], REDIS_CLUSTER="1")
+
+    async def body() -> None:
+        client = connect(settings)
+        try:
+            ended = await asyncio.gather(
+                *(timed(lambda: client.blpop(["{q}empty"], 0.05)) for _ in range(300))
+            )
+            assert {outcome for outcome, _ in ended} == {"ok"}
         finally:
             await client.aclose()
 
