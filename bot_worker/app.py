@@ -132,6 +132,8 @@ class Runtime:
         limiter = application.bot.rate_limiter
         assert isinstance(limiter, SharedRateLimiter)
         limiter.flood = FloodControl(self.store.redis, bot_id, settings.bot_send_rate)
+        limiter.health = self.dispatcher.health
+        self.dispatcher.health.seconds = 2 * settings.redis_timeout
         application.bot_data[handlers.STORE] = self.store
         application.bot_data[handlers.LOGINS] = Logins(self.store)
         self.tasks: list[asyncio.Task[None]] = []

@@ -71,6 +71,24 @@ def chat_of(update: Update) -> object:
     return ("update", update.update_id)
 
 
+class RedisHealth:
+    """Whether Redis failed moments ago. While it did, the steps of an update that can
+    be done without it (the ledger's claim, the flood-limit slot) are skipped, so a
+    user waits for one Redis timeout (the handler's own step) before hearing
+    "temporarily unavailable", not for one per step."""
+
+    def __init__(self, seconds: float = 10.0) -> None:
+        self.seconds = seconds
+        self._down_until = 0.0
+
+    def failed(self) -> None:
+        self._down_until = asyncio.get_running_loop().time() + self.seconds
+
+    @property
+    def down(self) -> bool:
+        return asyncio.get_running_loop().time() < self._down_until
+
+
 class _Busy(Exception):
     """Another live process kept handling the update past BUSY_WAIT."""
 
@@ -86,6 +104,7 @@ class Dispatcher:
         self.stopping = stopping  # set when the process is stopping: busy waits end
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._in_hand: dict[str, asyncio.Future[bool]] = {}
+        self.health = RedisHealth()
         self._tries: dict[str, int] = {}
 
     async def handle(self, update: Update) -> bool:
@@ -144,10 +163,13 @@ class Dispatcher:
         process is stopping)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BUSY_WAIT
+        if self.health.down:
+            return False  # Redis failed moments ago: do not wait for it twice
         while True:
             try:
                 claim, alive_ms = await self.ledger.begin(key)
             except Unavailable as exc:
+                self.health.failed()
                 logger.warning("update %d handled without the ledger: %s", key.update_id, exc)
                 return False
             if claim is Claim.HANDLED:

@@ -20,6 +20,7 @@ from typing import Any
 from telegram.error import RetryAfter
 from telegram.ext import BaseRateLimiter
 
+from bot_worker.dispatch import RedisHealth
 from shared.flood import FloodControl
 from shared.store import Unavailable
 
@@ -45,6 +46,7 @@ class SharedRateLimiter(BaseRateLimiter[None]):
 
     def __init__(self) -> None:
         self.flood: FloodControl | None = None  # attached once Redis and the bot id are known
+        self.health: RedisHealth | None = None  # skip the slot while Redis just failed
         self._warned = False
 
     async def initialize(self) -> None:
@@ -53,13 +55,19 @@ class SharedRateLimiter(BaseRateLimiter[None]):
     async def shutdown(self) -> None:
         return None
 
+    def _shared(self) -> bool:
+        """Whether slots go through Redis now (not before start-up, not while it fails)."""
+        return self.flood is not None and not (self.health is not None and self.health.down)
+
     async def _reserve(self, chat_id: int | str | None) -> None:
-        if self.flood is None:
+        if not self._shared() or self.flood is None:
             return
         while True:
             try:
                 wait_ms = await self.flood.reserve(chat_id)
             except Unavailable as exc:
+                if self.health is not None:
+                    self.health.failed()
                 if not self._warned:
                     logger.warning("flood limits not shared while Redis is unavailable: %s", exc)
                     self._warned = True
@@ -90,11 +98,13 @@ class SharedRateLimiter(BaseRateLimiter[None]):
                 if attempt == MAX_RETRIES:
                     raise
                 logger.warning("Telegram asked to wait %.0f s before %s (429)", seconds, endpoint)
-                if limited and self.flood is not None:
+                flood = self.flood
+                if limited and flood is not None and self._shared():
                     try:
-                        await self.flood.hold(seconds)
+                        # every process holds its sends; the next reservation waits
+                        await flood.hold(seconds)
+                        continue
                     except Unavailable:
-                        await asyncio.sleep(seconds)
-                else:
-                    await asyncio.sleep(seconds)
+                        pass
+                await asyncio.sleep(seconds)  # held here at least, whatever Redis does
         raise AssertionError("unreachable")  # pragma: no cover
