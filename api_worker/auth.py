@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from api_worker import context
 from api_worker.errors import InvalidToken, Unauthorized
+from shared.counters import Counter
 from shared.limits import FailureCounter
 from shared.settings import ApiClient, Settings
 
@@ -46,7 +47,7 @@ async def require_client(request: Request) -> ApiClient | None:
     )
     address = context.client_address(request)
     # every one counts for the alarm, refused or not: a flood of guesses should ring it
-    await store.codes.count_failure("api_key_failures")
+    await store.codes.count_failure(Counter.API_KEY_FAILURES)
     if await failures.fail(address) > settings.api_key_fail_limit:
         await failures.check(address)  # raises RateLimited with the window's rest
     if not key:

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_worker import context
 from api_worker.logs import route_label
+from shared.counters import METRICS
 from shared.store import Unavailable
 
 REQUEST_DURATION = Histogram(
@@ -38,44 +39,6 @@ REQUEST_DURATION = Histogram(
     # a redeem takes about a millisecond; the upper buckets catch Redis trouble
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-
-# field of the shared Redis counters hash -> (metric name without _total, help)
-COUNTERS = {
-    "codes_issued": ("tglogin_codes_issued", "Codes the bot issued."),
-    "codes_redeemed": ("tglogin_codes_redeemed", "Codes redeemed for an access token."),
-    "api_key_failures": (
-        "tglogin_api_key_failures", "Requests with a missing or wrong API key."
-    ),
-    "redeems_failed": (
-        "tglogin_redeems_failed",
-        "Redeems of an unknown, expired or used code.",
-    ),
-    "redeems_rate_limited": (
-        "tglogin_redeems_rate_limited",
-        "Redeems refused because their address failed too often.",
-    ),
-    "codes_issue_limited": (
-        "tglogin_code_issues_limited",
-        "Code requests refused because the user asked too often.",
-    ),
-    "redeem_fail_alarms": (
-        "tglogin_redeem_fail_alarms",
-        "Minutes in which failed redeems of all addresses passed the alarm threshold.",
-    ),
-    "login_requests_created": (
-        "tglogin_login_requests_created",
-        "Deep-link login requests created.",
-    ),
-    "login_requests_approved": (
-        "tglogin_login_requests_approved",
-        "Deep-link login requests a user approved in the bot.",
-    ),
-    "login_requests_denied": (
-        "tglogin_login_requests_denied",
-        "Deep-link login requests a user denied in the bot.",
-    ),
-}
-
 
 class _Scrape:
     """One scrape: this process's (or all processes') metrics and a Redis snapshot."""
@@ -93,7 +56,7 @@ class _Scrape:
         )
         if self._counters is None:
             return
-        for field, (name, documentation) in COUNTERS.items():
+        for field, (name, documentation) in METRICS.items():
             yield CounterMetricFamily(name, documentation, value=self._counters.get(field, 0))
 
 

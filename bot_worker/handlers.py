@@ -26,7 +26,7 @@ from bot_worker import messages
 from bot_worker.dispatch import handling_errors, key_of, may_pass
 from bot_worker.messages import Lang
 from shared.logins import Decision, Logins
-from shared.store import RateLimited, Store, Unavailable
+from shared.store import USER_FIELDS, RateLimited, Store, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,7 @@ def _lang(update: Update) -> Lang:
 
 def _user_record(user: User) -> dict[str, Any]:
     """The Telegram user as the store keeps it (the API's `user` object)."""
-    return {
-        "id": user.id,
-        "username": user.username,
-        "first_name": user.first_name,
-        "last_name": user.last_name,
-        "language_code": user.language_code,
-    }
+    return {name: getattr(user, name) for name in USER_FIELDS}
 
 
 def _private(update: Update) -> tuple[Message, User, Lang] | None:

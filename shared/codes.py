@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.counters import Counter
 from shared.hashing import code_for_update, digest, new_code, normalize_code
 from shared.limits import Attempt, AttemptBudget, RateLimited, retry_after
 from shared.redis import Unavailable, scripts, unavailable_on_error
@@ -131,11 +132,11 @@ class Codes:
             # the counters, off the user's slot (and the refused code's key, inert anyway)
             async with self.redis.pipeline(transaction=False) as pipe:
                 if status == 1:
-                    pipe.hincrby(keys.STATS, "codes_issued", 1)
+                    pipe.hincrby(keys.STATS, Counter.CODES_ISSUED, 1)
                 elif status == 0:
                     if created:  # never another's key, nor one a re-handled update made
                         pipe.delete(keys.code(code_hash))
-                    pipe.hincrby(keys.STATS, "codes_issue_limited", 1)
+                    pipe.hincrby(keys.STATS, Counter.CODES_ISSUE_LIMITED, 1)
                 await pipe.execute()
         if status == 0:
             raise RateLimited(retry_after(int(value)))
@@ -199,7 +200,7 @@ class Codes:
         owner = found[1] if well_formed else None
         if admission[0] != 0:
             if admission[0] == 1:
-                await self._count("redeems_rate_limited")
+                await self._count(Counter.REDEEMS_RATE_LIMITED)
             await self.budget.wait_for_room(attempt, admission, now)
             if well_formed:  # admitted after a wait: look again, the code may be gone
                 with unavailable_on_error():
@@ -219,11 +220,11 @@ class Codes:
                     client=pipe,
                 )
                 await self._settle(keys=settle_keys, args=settle_args, client=pipe)
-                pipe.hincrby(keys.STATS, "codes_redeemed", 1)
+                pipe.hincrby(keys.STATS, Counter.CODES_REDEEMED, 1)
                 consumed, _, _ = await pipe.execute()
         if int(consumed[0]) != 1:
             with unavailable_on_error():
-                await self.redis.hincrby(keys.STATS, "codes_redeemed", -1)
+                await self.redis.hincrby(keys.STATS, Counter.CODES_REDEEMED, -1)
             await self._fail(attempt)
         user: User = json.loads(consumed[1])
         token = make_token(settings, uid, int(consumed[2]), client, token_id, now)
@@ -233,14 +234,14 @@ class Codes:
     async def _fail(self, attempt: Attempt) -> NoReturn:
         """Spend one of the address's failures, count it for the alarm; InvalidCode."""
         await self.budget.settle(attempt, failed=True)
-        await self.count_failure("redeems_failed")
+        await self.count_failure(Counter.REDEEMS_FAILED)
         raise InvalidCode
 
-    async def _count(self, counter: str) -> None:
+    async def _count(self, counter: Counter) -> None:
         with unavailable_on_error():
             await self.redis.hincrby(keys.STATS, counter, 1)
 
-    async def count_failure(self, counter: str) -> None:
+    async def count_failure(self, counter: Counter) -> None:
         """Count a failure (a wrong code, a wrong API key) in `counter` and for the
         global alarm (its address counted it already)."""
         settings = self.settings
@@ -253,7 +254,7 @@ class Codes:
                 in_minute, _, _ = await pipe.execute()
             if int(in_minute) == settings.redeem_fail_alarm_per_minute + 1:
                 # exactly one process sees the threshold crossed, so one alarm a minute
-                await self.redis.hincrby(keys.STATS, "redeem_fail_alarms", 1)
+                await self.redis.hincrby(keys.STATS, Counter.REDEEM_FAIL_ALARMS, 1)
                 logger.error(
                     "ALARM: more than %d failed redeems and wrong API keys in the last "
                     "minute across all addresses: someone may be guessing",

@@ -14,7 +14,7 @@ import secrets
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.store import load_script, unavailable_on_error
+from shared.redis import scripts, unavailable_on_error
 
 # the window `send_rate` counts in: a second, plus a margin for the time a request
 # takes to reach Telegram after its slot was reserved (ms)
@@ -31,8 +31,8 @@ class FloodControl:
         self.redis = redis
         self.bot_id = bot_id
         self.send_rate = send_rate
-        self._reserve = redis.register_script(load_script("flood.lua"))
-        self._hold = redis.register_script(load_script("flood_hold.lua"))
+        self._reserve = scripts(redis).get("flood.lua")
+        self._hold = scripts(redis).get("flood_hold.lua")
 
     async def reserve(self, chat_id: int | str | None) -> int:
         """Reserve one send to `chat_id`: 0 when reserved, else the ms to wait first."""

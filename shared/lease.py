@@ -16,7 +16,7 @@ import socket
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.store import load_script, unavailable_on_error
+from shared.redis import scripts, unavailable_on_error
 
 # how long a polling lease lasts unless renewed (ms); the poller renews every third of it
 LEASE_MS = 10_000
@@ -34,8 +34,8 @@ class Leases:
         self.redis = redis
         self.bot_id = bot_id
         self.instance = instance
-        self._take = redis.register_script(load_script("lease.lua"))
-        self._release = redis.register_script(load_script("release.lua"))
+        self._take = scripts(redis).get("lease.lua")
+        self._release = scripts(redis).get("release.lua")
 
     async def take_poller(self) -> bool:
         """Take or renew the polling lease; True while this instance holds it."""

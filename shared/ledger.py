@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.store import load_script, unavailable_on_error
+from shared.redis import scripts, unavailable_on_error
 
 # an instance counts as alive this long after its last heartbeat (ms)
 ALIVE_MS = 10_000
@@ -66,9 +66,9 @@ class UpdateLedger:
         self.redis = redis
         self.bot_id = bot_id
         self.instance = instance
-        self._begin = redis.register_script(load_script("update_begin.lua"))
-        self._release = redis.register_script(load_script("update_release.lua"))
-        self._heartbeat = redis.register_script(load_script("heartbeat.lua"))
+        self._begin = scripts(redis).get("update_begin.lua")
+        self._release = scripts(redis).get("update_release.lua")
+        self._heartbeat = scripts(redis).get("heartbeat.lua")
 
     async def heartbeat(self) -> None:
         """Keep this instance's claims valid for ALIVE_MS from now."""

@@ -25,19 +25,16 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.exceptions import RedisError
-
 from shared import keys
+from shared.counters import Counter
 from shared.hashing import digest, new_id
-from shared.redis import Subscriber
+from shared.redis import Subscriber, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
 from shared.store import (
     RateLimited,
     Redemption,
     Store,
-    Unavailable,
     User,
-    load_script,
     public_user,
     queue_attempt,
     retry_after,
@@ -113,8 +110,8 @@ class Logins:
         self.store = store
         self.redis = store.redis
         self.settings = store.settings
-        self._decide = store.redis.register_script(load_script("login_decide.lua"))
-        self._poll = store.redis.register_script(load_script("login_poll.lua"))
+        self._decide = scripts(store.redis).get("login_decide.lua")
+        self._poll = scripts(store.redis).get("login_poll.lua")
         self._hash = store.hash
 
     def id_hash(self, login_id: str) -> str:
@@ -134,7 +131,7 @@ class Logins:
         settings = self.settings
         ttl = settings.login_request_ttl_seconds
         limit_key = keys.login_creates(self._hash("addr", address))
-        try:
+        with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_attempt(pipe, limit_key, settings.login_request_window_seconds)
                 pipe.get(keys.BOT_USERNAME)
@@ -157,10 +154,8 @@ class Logins:
                 pipe.hset(keys.login(id_hash), mapping=record)
                 pipe.expire(keys.login(id_hash), ttl)
                 pipe.set(keys.login_link(self._hash("link", payload)), id_hash, ex=ttl)
-                pipe.hincrby(keys.STATS, "login_requests_created", 1)
+                pipe.hincrby(keys.STATS, Counter.LOGIN_REQUESTS_CREATED, 1)
                 await pipe.execute()
-        except RedisError as exc:
-            raise Unavailable(str(exc)) from exc
         return CreatedLogin(
             id=login_id, payload=payload, bot_username=str(username), expires_in=ttl
         )
@@ -171,7 +166,7 @@ class Logins:
         token; the request is gone after that."""
         if not _TOKEN_SHAPE.fullmatch(login_id):
             return None
-        try:
+        with unavailable_on_error():
             found = await self._poll(
                 keys=[keys.login(self.id_hash(login_id))],
                 args=[client_id(self.settings, client)],
@@ -184,8 +179,6 @@ class Logins:
                     status="pending" if status == "pending" else "denied",
                     expires_in=retry_after(int(found[1])),
                 )
-        except RedisError as exc:
-            raise Unavailable(str(exc)) from exc
         user: User = json.loads(found[1])
         # the approval is taken: from here the token is only sealed, nothing can fail
         token = await self.store.sessions.token_for_approval(user, int(found[4]), client)
@@ -207,13 +200,11 @@ class Logins:
 
     async def prompt(self, payload: str) -> Prompt | None:
         """What `/start <payload>` is about, or None for an unknown or expired link."""
-        try:
+        with unavailable_on_error():
             id_hash = await self._link_target(payload)
             if id_hash is None:
                 return None
             status, name = await self.redis.hmget(keys.login(id_hash), ["st", "n"])
-        except RedisError as exc:
-            raise Unavailable(str(exc)) from exc
         if status not in _STATUSES:
             return None
         return Prompt(client_name=str(name or ""), status=_STATUSES[status])
@@ -222,7 +213,7 @@ class Logins:
         """Approve or deny as `user`; only the first decision counts. None when the
         request is unknown or expired. Wakes the API processes waiting on it."""
         decision = "approved" if approve else "denied"
-        try:
+        with unavailable_on_error():
             id_hash = await self._link_target(payload)
             if id_hash is None:
                 return None
@@ -242,9 +233,9 @@ class Logins:
                 ],
             )
             if int(outcome) == 1:
-                await self.redis.hincrby(keys.STATS, f"login_requests_{decision}", 1)
-        except RedisError as exc:
-            raise Unavailable(str(exc)) from exc
+                counter = (Counter.LOGIN_REQUESTS_APPROVED if approve
+                           else Counter.LOGIN_REQUESTS_DENIED)
+                await self.redis.hincrby(keys.STATS, counter, 1)
         if int(outcome) == -1:
             return None
         return Decision(
