@@ -1,0 +1,1 @@
+"""`make bench`: tglogin measured side by side with what its stack does bare (SPEC "Benchmarks")."""
