@@ -133,9 +133,10 @@ class Poller:
         """getUpdates and start handling until stopped or the lease is lost."""
         delay = RETRY_FIRST
         while not stop.is_set() and not lost.is_set():
+            offset = batch.offset()
             fetch = asyncio.create_task(
                 self.bot.get_updates(
-                    offset=batch.offset(), timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                    offset=offset, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
                 ),
                 name="getUpdates",
             )
@@ -163,6 +164,7 @@ class Poller:
                 delay = min(delay * 2, RETRY_CAP)
                 continue
             delay = RETRY_FIRST
+            batch.confirmed(offset)
             if not batch.take(updates) and updates:
                 # all of it is in hand, handled, or waiting to be tried again: wait for
                 # some of it to finish rather than ask again at once
@@ -266,15 +268,19 @@ class _Batch:
             del self._tails[chat]
         ok = not task.cancelled() and task.exception() is None and task.result()
         if ok:
+            # remembered until Telegram confirmed it: a getUpdates already on its way
+            # may bring it once more
             self.handled.add(uid)
             self._delay.pop(uid, None)
         else:  # not handled (failed, or left at a stop): the offset must not pass it
             delay = self._delay[uid] = min(self._delay.get(uid, RETRY_FIRST / 2) * 2, RETRY_CAP)
             self._retry_at[uid] = asyncio.get_running_loop().time() + delay
-        offset = self.offset()
+        self._settled.set()
+
+    def confirmed(self, offset: int | None) -> None:
+        """A getUpdates with `offset` succeeded: Telegram forgot everything below it."""
         if offset is not None:
             self.handled = {h for h in self.handled if h >= offset}
-        self._settled.set()
 
     async def settled(self, seconds: float) -> None:
         """Until some update in hand finishes, or `seconds` pass."""
