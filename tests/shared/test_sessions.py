@@ -196,3 +196,18 @@ def test_a_redeemed_code_stays_redeemed_when_its_update_is_handled_again(
         raise AssertionError("a redeemed code redeemed again")
 
     run_on_store(make_settings(redis_url), body)
+
+
+def test_logout_in_the_bot_ends_the_tokens_of_every_client(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        tokens = []
+        for client in (SHOP, BLOG, None):
+            issued = await store.issue_code(ANN)
+            assert issued is not None
+            redeemed = await store.redeem_code(issued.code, "10.1.0.1", client)
+            assert await store.token_user(redeemed.access_token, client) == ANN
+            tokens.append((redeemed.access_token, client))
+        assert await store.revoke_user(ANN["id"]) == 3
+        assert [await store.token_user(t, c) for t, c in tokens] == [None, None, None]
+
+    run_on_store(make_settings(redis_url), body)
