@@ -9,9 +9,7 @@ pipelines and scripts whose keys land on different masters.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -19,16 +17,15 @@ import pytest
 from redis.cluster import RedisCluster
 
 from shared import keys
+from tests.fixtures import flows
 from tests.fixtures.api import ApiProcess, ApiStarter
-from tests.fixtures.bot import ANN, AUTH_SECRET, IVAN, BotProcess, BotStarter, buttons, code_of
+from tests.fixtures.bot import ANN, AUTH_SECRET, IVAN, BotProcess, BotStarter, code_of
 from tests.fixtures.common import wait_until
 from tests.fixtures.redis import ClusterSet
 from tests.fixtures.sandbox import make_token
 
 KEY = "k" * 32
 HEADERS = {"X-API-Key": KEY}
-HOLD = 30  # the longest `wait`: a poll answered well before it was woken by the tap
-WOKEN_WITHIN = 20.0
 TAKEOVER = 15.0
 
 
@@ -65,34 +62,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def held_login(api: ApiProcess, bot: BotProcess, approve: bool) -> dict[str, Any]:
     """A deep-link login whose held poll the bot's Approve (or Deny) wakes."""
-    created = httpx.post(f"{api.url}/v1/login-requests", json={}, headers=HEADERS, timeout=15)
-    assert created.status_code == 201, created.text
-    body: dict[str, Any] = created.json()
-    held_before = api.output().count("login poll held")
-
-    def poll() -> tuple[httpx.Response, float]:
-        started = time.monotonic()
-        response = httpx.get(
-            f"{api.url}/v1/login-requests/{body['id']}", params={"wait": HOLD},
-            headers=HEADERS, timeout=HOLD + 15,
-        )
-        return response, time.monotonic() - started
-
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(poll)
-        wait_until(
-            lambda: api.output().count("login poll held") > held_before,
-            what="the poll to be held",
-        )
-        prompt = bot.ask(body["start_command"], ANN)
-        assert prompt["text"].startswith("Log in to shop.example?"), prompt
-        choice = buttons(prompt)[0 if approve else 1]["callback_data"]
-        bot.sandbox.tap(prompt["chat"]["id"], prompt["message_id"], choice, ANN, bot.token)
-        response, took = held.result(timeout=HOLD + 20)
-    assert response.status_code == 200, response.text
-    assert took < WOKEN_WITHIN, f"answered after {took:.1f} s: by its deadline, not the tap"
-    answer: dict[str, Any] = response.json()
-    return answer
+    return flows.held_login(api, bot, HEADERS, approve=approve)[0]
 
 
 def test_codes_tokens_limits_and_logins_on_a_cluster(

@@ -10,22 +10,19 @@ within 30 s, tokens issued before the failover included.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import redis
 
+from tests.fixtures import flows
 from tests.fixtures.api import ApiProcess, ApiStarter
-from tests.fixtures.bot import ANN, AUTH_SECRET, BotProcess, BotStarter, buttons, code_of
+from tests.fixtures.bot import ANN, AUTH_SECRET, BotProcess, BotStarter, code_of
 from tests.fixtures.common import wait_until
 from tests.fixtures.redis import SentinelSet, kill
 
 KEY = "k" * 32
 HEADERS = {"X-API-Key": KEY}
 RECOVERY = 30.0  # seconds from the kill until every flow works again
-HOLD = 30  # the longest `wait`: a poll answered well before it was woken by the tap
-WOKEN_WITHIN = 20.0
 
 
 def new_code(bot: BotProcess) -> str | None:
@@ -53,34 +50,9 @@ def me(api: ApiProcess, token: str) -> httpx.Response:
 
 def held_login(api: ApiProcess, bot: BotProcess) -> float:
     """A deep-link login whose held poll the bot's Approve wakes; how long the poll took."""
-    created = httpx.post(f"{api.url}/v1/login-requests", json={}, headers=HEADERS, timeout=15)
-    assert created.status_code == 201, created.text
-    body: dict[str, Any] = created.json()
-    held_before = api.output().count("login poll held")
-
-    def poll() -> tuple[httpx.Response, float]:
-        started = time.monotonic()
-        response = httpx.get(
-            f"{api.url}/v1/login-requests/{body['id']}", params={"wait": HOLD},
-            headers=HEADERS, timeout=HOLD + 15,
-        )
-        return response, time.monotonic() - started
-
-    with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(poll)
-        wait_until(
-            lambda: api.output().count("login poll held") > held_before,
-            what="the poll to be held",
-        )
-        prompt = bot.ask(body["start_command"], ANN)
-        assert prompt["text"].startswith("Log in to shop.example?"), prompt
-        approve = buttons(prompt)[0]["callback_data"]
-        bot.sandbox.tap(prompt["chat"]["id"], prompt["message_id"], approve, ANN, bot.token)
-        response, took = held.result(timeout=HOLD + 20)
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "approved"
-    assert took < WOKEN_WITHIN, f"answered after {took:.1f} s: by its deadline, not the tap"
-    assert me(api, response.json()["access_token"]).status_code == 200
+    answer, took = flows.held_login(api, bot, HEADERS)
+    assert answer["status"] == "approved"
+    assert me(api, answer["access_token"]).status_code == 200
     return took
 
 
