@@ -124,6 +124,11 @@ async def status(request: Request) -> Response:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
                 pass  # read once more: the answer carries the freshest expires_in
+            else:
+                if not waiters.subscribed and not waiters.closed:
+                    # woken because the listener lost Redis: a read now would wait out
+                    # REDIS_TIMEOUT once more, so the poll answers within one
+                    raise ServiceUnavailable("Redis stopped answering; try again shortly.")
     if result.status == "approved":
         assert result.redemption is not None
         logger.info("login approval delivered for user %s", result.redemption.user["id"])

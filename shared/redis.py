@@ -47,7 +47,8 @@ T = TypeVar("T")
 MAX_CONNECTIONS = 64
 # an idle pooled connection is pinged before use after this long (s)
 HEALTH_CHECK_SECONDS = 15
-# a subscription quiet this long (s) is pinged; no pong within REDIS_TIMEOUT: lost
+# a subscription quiet this long (s) is pinged; no pong within half of REDIS_TIMEOUT:
+# lost (so a held poll woken by the loss still answers within REDIS_TIMEOUT)
 PING_EVERY = 1.0
 
 
@@ -456,9 +457,10 @@ async def _close(pubsub: PubSub, client: Redis) -> None:
     await client.aclose()
 
 
-async def _messages(pubsub: PubSub, deadline: float) -> AsyncGenerator[str, None]:
+async def _messages(pubsub: PubSub, redis_timeout: float) -> AsyncGenerator[str, None]:
     """The data of each message; a ping after each PING_EVERY of quiet must be
-    answered within `deadline`."""
+    answered within half of `redis_timeout` (at least a quarter of a second)."""
+    deadline = max(0.25, redis_timeout / 2)
     loop = asyncio.get_running_loop()
     pinged: float | None = None
     while True:
