@@ -149,6 +149,11 @@ class _Bounded(Redis):
         call = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         return await _bounded(self.deadline, call)
 
+    def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
+        registered = super().register_script(script)
+        _BODIES[registered.sha] = script  # for this client's pipelines
+        return registered
+
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         pipe = _BoundedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint
@@ -164,9 +169,20 @@ class _Bounded(Redis):
 
 
 class _BoundedPipeline(Pipeline):
+    """A pipeline with the client's deadline, whose registered scripts go as EVAL with
+    their text: redis-py otherwise asks `SCRIPT EXISTS` before every pipeline that holds
+    a script, one more round trip each time, and no server can answer NOSCRIPT."""
+
     deadline: float = 5.0
 
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        body = _BODIES.get(sha)
+        if body is None:
+            return super().evalsha(sha, numkeys, *keys_and_args)
+        return self.execute_command("EVAL", body, numkeys, *keys_and_args)
+
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self.scripts = {s for s in self.scripts if s.sha not in _BODIES}
         return await _bounded(self.deadline, super().execute(raise_on_error))
 
 
