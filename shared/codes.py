@@ -88,8 +88,6 @@ class Codes:
         self.budget = AttemptBudget(redis, settings)
         self._issue = scripts(redis).get("issue_code.lua")
         self._consume = scripts(redis).get("code_consume.lua")
-        self._settle = scripts(redis).get("attempt_settle.lua")
-        self._admit = scripts(redis).get("attempt_admit.lua")
 
     def _hash(self, code: str) -> str:
         return digest(self.settings.auth_secret, "code", code)
@@ -188,11 +186,7 @@ class Codes:
         now = now_ms()
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._admit(
-                    keys=[attempt.failures_key, attempt.pending_key],
-                    args=[now, settings.redeem_fail_limit, attempt.id, keys.ATTEMPT_IN_FLIGHT_MS],
-                    client=pipe,
-                )
+                await self.budget.queue_admit(pipe, attempt, now)
                 if well_formed:
                     pipe.get(keys.code(code_hash))
                 found = await pipe.execute()
@@ -211,7 +205,6 @@ class Codes:
         token_id = new_token_id()
         now = now_ms()
         expires_ms = now + settings.token_ttl_seconds * 1000
-        settle_keys, settle_args = self.budget.settle_args(attempt, failed=False)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._consume(
@@ -219,7 +212,7 @@ class Codes:
                     args=[code_hash, now, token_id, expires_ms, settings.token_ttl_seconds],
                     client=pipe,
                 )
-                await self._settle(keys=settle_keys, args=settle_args, client=pipe)
+                await self.budget.queue_settle(pipe, attempt, failed=False)
                 pipe.hincrby(keys.STATS, Counter.CODES_REDEEMED, 1)
                 consumed, _, _ = await pipe.execute()
         if int(consumed[0]) != 1:

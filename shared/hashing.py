@@ -1,8 +1,9 @@
-"""Keyed hashes of codes and tokens, and the random values behind them.
+"""Keyed hashes of codes, and the random values behind codes and ids.
 
-Redis only ever sees `digest(...)` of a code or token: an HMAC-SHA256 keyed
-with AUTH_SECRET, so a dump of Redis reveals neither, and without the secret
-a code cannot be confirmed by hashing all 10^L candidates.
+Redis only ever sees `digest(...)` of a code: an HMAC-SHA256 keyed with
+AUTH_SECRET, so a dump of Redis reveals none, and without the secret a code
+cannot be confirmed by hashing all 10^L candidates. Access tokens are sealed,
+never stored (`shared.tokens`).
 """
 
 from __future__ import annotations
@@ -46,11 +47,6 @@ def normalize_code(raw: str) -> str:
     """A typed code without the spaces and dashes people put in it; full-width
     and other compatibility digits become ASCII."""
     return _SEPARATORS.sub("", unicodedata.normalize("NFKC", raw))
-
-
-def new_token() -> str:
-    """An access token: 256 random bits, URL-safe."""
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def new_id() -> str:

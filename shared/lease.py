@@ -49,12 +49,6 @@ class Leases:
         with unavailable_on_error():
             await self._release(keys=[keys.poller(self.bot_id)], args=[self.instance])
 
-    async def poller(self) -> str | None:
-        """Who holds the polling lease now (for logs and tests)."""
-        with unavailable_on_error():
-            holder = await self.redis.get(keys.poller(self.bot_id))
-        return None if holder is None else str(holder)
-
     # -- the webhook, set once by one process --------------------------------
 
     async def webhook_set(self) -> str | None:

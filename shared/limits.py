@@ -20,6 +20,7 @@ import secrets
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.addresses import limit_subject
@@ -57,6 +58,10 @@ class Attempt:
     pending_key: str
     id: str
 
+    @property
+    def keys(self) -> list[str]:
+        return [self.failures_key, self.pending_key]
+
 
 class AttemptBudget:
     """The redeem's failure budget of each address."""
@@ -73,16 +78,24 @@ class AttemptBudget:
             keys.redeem_fails(hashed), keys.redeem_pending(hashed), secrets.token_hex(6)
         )
 
+    def _admit_args(self, attempt: Attempt, now: int) -> list[str | int]:
+        return [now, self.settings.redeem_fail_limit, attempt.id, keys.ATTEMPT_IN_FLIGHT_MS]
+
+    def _settle_args(self, attempt: Attempt, failed: bool) -> list[str | int]:
+        return [attempt.id, 1 if failed else 0, self.settings.redeem_fail_window_seconds * 1000]
+
     async def admit(self, attempt: Attempt, now: int) -> tuple[int, int]:
         """One try at admission: (0, 0) admitted, (1, ms) over the limit, (2, 0) no room
-        yet. Queue-able on a pipeline by callers that batch; this awaits it alone."""
+        yet (attempts in flight may free it)."""
         with unavailable_on_error():
             status, wait = await self._admit(
-                keys=[attempt.failures_key, attempt.pending_key],
-                args=[now, self.settings.redeem_fail_limit, attempt.id,
-                      keys.ATTEMPT_IN_FLIGHT_MS],
+                keys=attempt.keys, args=self._admit_args(attempt, now)
             )
         return int(status), int(wait)
+
+    async def queue_admit(self, pipe: Pipeline, attempt: Attempt, now: int) -> None:
+        """Queue `admit` on `pipe` (it answers [status, ms] there)."""
+        await self._admit(keys=attempt.keys, args=self._admit_args(attempt, now), client=pipe)
 
     async def wait_for_room(self, attempt: Attempt, first: tuple[int, int], now: int) -> None:
         """Given the first admission answer, admit `attempt` or raise RateLimited."""
@@ -98,17 +111,18 @@ class AttemptBudget:
         if status == 2:
             raise RateLimited(1)
 
-    def settle_args(self, attempt: Attempt, failed: bool) -> tuple[list[str], list[str | int]]:
-        return (
-            [attempt.failures_key, attempt.pending_key],
-            [attempt.id, 1 if failed else 0, self.settings.redeem_fail_window_seconds * 1000],
-        )
-
     async def settle(self, attempt: Attempt, failed: bool) -> int:
         """Settle an admitted attempt; the failures in the window now."""
-        key_list, args = self.settle_args(attempt, failed)
         with unavailable_on_error():
-            return int(await self._settle(keys=key_list, args=args))
+            return int(
+                await self._settle(keys=attempt.keys, args=self._settle_args(attempt, failed))
+            )
+
+    async def queue_settle(self, pipe: Pipeline, attempt: Attempt, failed: bool) -> None:
+        """Queue `settle` on `pipe`."""
+        await self._settle(
+            keys=attempt.keys, args=self._settle_args(attempt, failed), client=pipe
+        )
 
 
 class FailureCounter:

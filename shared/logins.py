@@ -28,6 +28,7 @@ from typing import Any, Literal
 from shared import keys
 from shared.counters import Counter
 from shared.hashing import digest, new_id
+from shared.limits import address_hash
 from shared.redis import Subscriber, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
 from shared.store import (
@@ -130,7 +131,8 @@ class Logins:
         """
         settings = self.settings
         ttl = settings.login_request_ttl_seconds
-        limit_key = keys.login_creates(self._hash("addr", address))
+        # an IPv6 /64 in any spelling is one address, as for every per-address limit
+        limit_key = keys.login_creates(address_hash(settings, address))
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 queue_attempt(pipe, limit_key, settings.login_request_window_seconds)

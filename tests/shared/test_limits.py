@@ -10,6 +10,7 @@ import redis
 
 from shared import keys
 from shared.limits import RateLimited, address_hash
+from shared.logins import Logins
 from shared.store import InvalidCode, Store
 from tests.fixtures.store import run_on_store
 from tests.shared.test_store import ANN, make_settings
@@ -95,5 +96,23 @@ def test_an_ipv6_64_is_one_budget_in_every_spelling(redis_url: str) -> None:
             except InvalidCode:
                 pass
         assert address_hash(settings, "::ffff:192.0.2.1") == address_hash(settings, "192.0.2.1")
+
+    run_on_store(settings, body)
+
+
+def test_login_request_creates_count_an_ipv6_64_as_one_address(redis_url: str) -> None:
+    settings = make_settings(redis_url, LOGIN_REQUEST_LIMIT="2", TELEGRAM_BOT_USERNAME="b")
+
+    async def body(store: Store) -> None:
+        logins = Logins(store)
+        await logins.create(None, None, "2001:db8::1")
+        await logins.create(None, None, "2001:DB8:0:0:0:0:0:2")
+        try:
+            await logins.create(None, None, "2001:db8::ffff:3")
+        except RateLimited:
+            pass
+        else:
+            raise AssertionError("another address of the /64 had a budget of its own")
+        await logins.create(None, None, "2001:db8:0:1::1")  # another /64
 
     run_on_store(settings, body)
