@@ -173,7 +173,7 @@ async def _serve(application: BotApplication, fd: int | None) -> None:
                 await _serve_webhook(settings, application, runtime.dispatcher, fd, stop)
             else:
                 poller = Poller(application.bot, runtime.dispatcher, runtime.leases)
-                await _until_stopped(poller.run(stop), stop)
+                await _unless_stopped(poller.run(stop), stop, grace=STOP_GRACE)
     finally:
         logger.info("Application is stopping")
         await runtime.close()
@@ -192,34 +192,32 @@ async def _start(application: BotApplication, settings: Settings, runtime: Runti
     runtime.background(_publish_username(runtime.store, username), "publish username")
 
 
-async def _unless_stopped(work: Awaitable[None], stop: asyncio.Event) -> bool:
-    """Run `work` to its end unless `stop` is set first (then it is cancelled): whether
-    it ran to its end."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
+async def _until_done_or_stopped(task: asyncio.Future[None], stop: asyncio.Event) -> None:
+    stopped: asyncio.Future[None] = asyncio.ensure_future(_set(stop))
     await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
+
+
+async def _set(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def _unless_stopped(
+    work: Awaitable[None], stop: asyncio.Event, grace: float = 0.0
+) -> bool:
+    """Run `work` to its end; once `stop` is set it gets `grace` seconds more, then is
+    cancelled. Whether it ran to its end (its errors are the caller's)."""
+    task = asyncio.ensure_future(work)
+    await _until_done_or_stopped(task, stop)
+    if not task.done() and grace > 0:
+        await asyncio.wait({task}, timeout=grace)
     if task.done():
-        task.result()  # its errors are the caller's
+        task.result()
         return True
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return False
-
-
-async def _until_stopped(work: Awaitable[None], stop: asyncio.Event) -> None:
-    """Run `work`; once `stop` is set it gets STOP_GRACE seconds to finish, then is cancelled."""
-    task = asyncio.ensure_future(work)
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not task.done():
-        done, _ = await asyncio.wait({task}, timeout=STOP_GRACE)
-        if not done:
-            task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def _initialize(application: BotApplication) -> None:
@@ -261,9 +259,7 @@ async def _serve_webhook(
     )
     server = _Uvicorn(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="webhook server")
-    stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
+    await _until_done_or_stopped(serving, stop)
     server.should_exit = True  # stop accepting; requests in hand finish (their updates)
     await serving
     if not server.started:

@@ -55,7 +55,7 @@ IDLE_WAIT = 1.0
 ALLOWED_UPDATES = ["message", "channel_post", "callback_query"]
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> None:
+async def pause(event: asyncio.Event, seconds: float) -> None:
     """Until `event` is set or `seconds` pass, whichever is first."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), seconds)
@@ -91,7 +91,7 @@ class Poller:
                     logger.warning("Redis unreachable for a lease length: polling without it")
                     held = True
             if not held:
-                await _wait(stop, FOLLOW_SECONDS)
+                await pause(stop, FOLLOW_SECONDS)
                 continue
             if await self._lead(stop):
                 conflicts = 0
@@ -99,7 +99,7 @@ class Poller:
             # 409: someone else polls. Make room, longer each time it happens again
             conflicts += 1
             backoff = min(LEASE_MS / 1000 * 2 ** (conflicts - 1), CONFLICT_CAP)
-            await _wait(stop, backoff + random.uniform(0, 2))
+            await pause(stop, backoff + random.uniform(0, 2))
 
     async def _lead(self, stop: asyncio.Event) -> bool:
         """Poll while holding the lease; False when Telegram said someone else polls."""
@@ -160,7 +160,7 @@ class Poller:
                 # skips whatever was handled already
                 batch.forget_offset()
                 logger.warning("getUpdates failed (%s); again in %.1f s", exc, delay)
-                await _wait(stop, delay)
+                await pause(stop, delay)
                 delay = min(delay * 2, RETRY_CAP)
                 continue
             delay = RETRY_FIRST
@@ -285,7 +285,7 @@ class _Batch:
     async def settled(self, seconds: float) -> None:
         """Until some update in hand finishes, or `seconds` pass."""
         self._settled.clear()
-        await _wait(self._settled, seconds)
+        await pause(self._settled, seconds)
 
     async def finish(self) -> None:
         """Let what is in hand finish; if this wait is cancelled (the stop's grace ran

@@ -34,7 +34,7 @@ from telegram import Bot, Update
 from telegram.error import TelegramError
 
 from bot_worker.dispatch import Dispatcher
-from bot_worker.polling import ALLOWED_UPDATES
+from bot_worker.polling import ALLOWED_UPDATES, pause
 from shared.lease import Leases
 from shared.settings import Settings
 from shared.store import Unavailable
@@ -144,8 +144,7 @@ async def ensure_webhook(
             wait = SET_RETRY_SECONDS
             with contextlib.suppress(Unavailable):
                 await leases.unlock_webhook()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), wait)
+        await pause(stop, wait)
 
 
 async def _check_webhook(settings: Settings, bot: Bot, leases: Leases, digest: str) -> None:
