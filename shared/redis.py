@@ -14,6 +14,13 @@ Rules of this module:
 - Every Redis failure becomes `Unavailable` in one place, `unavailable_on_error()`.
 - Lua scripts are package data in shared/lua/, registered once per client:
   `scripts(client).get("lease.lua")`.
+- Auto-pipelining (single server and Sentinel): the commands and non-transactional
+  pipelines that concurrent callers issue within one event-loop tick go to Redis
+  together, as one pipeline on one connection; each caller gets its own results and
+  its own errors, within its own deadline. redis-py spends most of its CPU per call,
+  not per command, so this is what lets one process answer many requests a second.
+  Transactions, blocking commands and connection state (SELECT, WATCH, CLIENT ...)
+  never join a batch; pub/sub has connections of its own. A Cluster is not batched.
 """
 
 from __future__ import annotations
@@ -22,21 +29,28 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import AsyncGenerator, Awaitable, Generator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Generator, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar, cast
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import AbstractConnection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import (
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from shared.settings import Settings
 
@@ -136,6 +150,108 @@ def scripts(client: Redis) -> Scripts:
     return registry
 
 
+# -- auto-pipelining -------------------------------------------------------------------------
+
+# one queued command as redis-py's pipelines keep it: its arguments and options
+_Command = tuple[tuple[Any, ...], Mapping[str, Any]]
+
+# commands that never join a batch: they block their connection, change its state, or
+# answer in ways a pipeline cannot hand back
+_UNBATCHED = frozenset(
+    """BLPOP BRPOP BRPOPLPUSH BLMOVE BLMPOP BZPOPMIN BZPOPMAX BZMPOP XREAD XREADGROUP WAIT
+    WAITAOF SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE SUNSUBSCRIBE MONITOR
+    MULTI EXEC DISCARD WATCH UNWATCH SELECT AUTH HELLO RESET QUIT CLIENT SHUTDOWN DEBUG
+    SYNC PSYNC REPLICAOF SLAVEOF FAILOVER""".split()
+)
+
+
+def _batchable(command: _Command) -> bool:
+    name = command[0][0]
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return str(name).partition(" ")[0].upper() not in _UNBATCHED
+
+
+class _Batcher:
+    """The commands one client's callers issue within one event-loop tick, sent to Redis
+    as one pipeline (`raise_on_error=False`) on one pooled connection.
+
+    The first command of a tick schedules the flush for the next turn of the loop, so
+    every caller that runs in this turn joins; each gets its slice of the answers, a
+    command's error (WRONGTYPE, NOSCRIPT) as an exception in its own slice. A failure of
+    the whole batch (no connection, no answer by the deadline) reaches every caller in
+    it. The batch's deadline counts from its first caller's call: no caller waits longer
+    than REDIS_TIMEOUT. Batches do not wait for each other: the next tick's batch takes
+    another connection of the pool.
+    """
+
+    def __init__(self, client: _Bounded) -> None:
+        self._client = client
+        self._commands: list[_Command] = []
+        # each caller's future and the slice of the batch's answers that is its own
+        self._callers: list[tuple[asyncio.Future[list[Any]], int, int]] = []
+        self._since = 0.0
+        self._running: set[asyncio.Task[None]] = set()  # kept until done
+
+    def submit(self, commands: list[_Command]) -> asyncio.Future[list[Any]]:
+        """A future of the answers to `commands` (sent with the rest of this tick's)."""
+        loop = asyncio.get_running_loop()
+        if not self._callers:
+            self._since = loop.time()
+            loop.call_soon(self._flush)
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        start = len(self._commands)
+        self._commands.extend(commands)
+        self._callers.append((future, start, len(self._commands)))
+        return future
+
+    def _flush(self) -> None:
+        commands, callers = self._commands, self._callers
+        self._commands, self._callers = [], []
+        task = asyncio.ensure_future(self._send(commands, callers, self._since))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _send(
+        self,
+        commands: list[_Command],
+        callers: list[tuple[asyncio.Future[list[Any]], int, int]],
+        since: float,
+    ) -> None:
+        client = self._client
+        pipe = Pipeline(client.connection_pool, client.response_callbacks, False, None)
+        pipe.command_stack = commands
+        left = client.deadline - (asyncio.get_running_loop().time() - since)
+        try:
+            answers = await _bounded(left, pipe.execute(raise_on_error=False))
+        except BaseException as exc:
+            for future, _, _ in callers:
+                if not future.done():
+                    future.set_exception(_own_copy(exc))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, start, end in callers:
+            if not future.done():  # not cancelled meanwhile
+                future.set_result(answers[start:end])
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """An exception of its own for each caller of a failed batch (one object raised in
+    many tasks would collect all their tracebacks)."""
+    if isinstance(exc, RedisError | OSError):
+        try:
+            copy: BaseException = type(exc)(*exc.args)
+        except Exception:
+            copy = RedisConnectionError(str(exc))
+    elif isinstance(exc, asyncio.CancelledError):
+        copy = RedisConnectionError("the client was closed during the call")
+    else:
+        copy = RedisError(f"{type(exc).__name__}: {exc}")
+    copy.__cause__ = exc
+    return copy
+
+
 # -- clients whose every call has a deadline ---------------------------------------------------
 
 
@@ -144,8 +260,16 @@ class _Bounded(Redis):
 
     deadline: float = 5.0
     sentinel_manager: Sentinel | None = None
+    # set by connect(): concurrent calls share pipelines (see _Batcher)
+    batcher: _Batcher | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
+        command = (args, options)
+        if self.batcher is not None and _batchable(command):
+            (answer,) = await self.batcher.submit([command])
+            if isinstance(answer, ResponseError):
+                raise answer
+            return answer
         call = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         return await _bounded(self.deadline, call)
 
@@ -159,6 +283,7 @@ class _Bounded(Redis):
             self.connection_pool, self.response_callbacks, transaction, shard_hint
         )
         pipe.deadline = self.deadline
+        pipe.batcher = self.batcher
         return pipe
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
@@ -174,6 +299,7 @@ class _BoundedPipeline(Pipeline):
     a script, one more round trip each time, and no server can answer NOSCRIPT."""
 
     deadline: float = 5.0
+    batcher: _Batcher | None = None
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
         body = _BODIES.get(sha)
@@ -183,7 +309,22 @@ class _BoundedPipeline(Pipeline):
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         self.scripts = {s for s in self.scripts if s.sha not in _BODIES}
-        return await _bounded(self.deadline, super().execute(raise_on_error))
+        stack = self.command_stack
+        if (
+            self.batcher is None
+            or self.is_transaction
+            or self.explicit_transaction
+            or self.watching
+            or self.scripts
+            or not stack
+            or not all(_batchable(command) for command in stack)
+        ):
+            return await _bounded(self.deadline, super().execute(raise_on_error))
+        self.command_stack = []
+        answers = await self.batcher.submit(stack)
+        if raise_on_error:
+            self.raise_first_error(stack, answers)
+        return answers
 
 
 class _BoundedCluster(RedisCluster):
@@ -281,6 +422,35 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's master pool, where a burst waits for a connection as on one server."""
 
 
+def _packing_with_hiredis(kind: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`kind` of connection, packing commands with hiredis's C packer when hiredis is
+    installed, as redis-py's synchronous client does (its asyncio client packs in
+    Python: about 1.5 µs a command, 6 µs a script sent as EVAL with its text; hiredis:
+    0.2 and 1)."""
+    if not HIREDIS_AVAILABLE:
+        return kind
+    packing = _PACKING_WITH_HIREDIS.get(kind)
+    if packing is None:
+        packing = _PACKING_WITH_HIREDIS[kind] = type(
+            kind.__name__, (kind,), {"pack_command": _pack_with_hiredis}
+        )
+    return packing
+
+
+_PACKING_WITH_HIREDIS: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _pack_with_hiredis(self: AbstractConnection, *args: Any) -> list[bytes]:
+    name = args[0]
+    if isinstance(name, str | bytes) and " " in str(name):  # "SCRIPT FLUSH", b"CONFIG GET"
+        args = (*name.split(), *args[1:])
+    try:
+        return [hiredis.pack_command(args)]
+    except TypeError:  # memoryview, bytearray: redis-py's own packer takes them
+        packed: list[bytes] = AbstractConnection.pack_command(self, *args)
+        return packed
+
+
 # -- connecting ----------------------------------------------------------------------------
 
 
@@ -297,12 +467,13 @@ def _url_options(settings: Settings, *, where: bool = True) -> dict[str, Any]:
     return options
 
 
-def _timeouts(settings: Settings, *, retries: int) -> dict[str, Any]:
-    """Socket options of every connection: REDIS_TIMEOUT for connecting and each read;
-    `retries` reconnects after a broken connection (never after a timeout)."""
+def _timeouts(settings: Settings, *, retries: int, reads: bool = True) -> dict[str, Any]:
+    """Socket options of every connection: REDIS_TIMEOUT for connecting and, with
+    `reads`, each read; `retries` reconnects after a broken connection (never after a
+    timeout)."""
     return {
         "decode_responses": True,
-        "socket_timeout": settings.redis_timeout,
+        "socket_timeout": settings.redis_timeout if reads else None,
         "socket_connect_timeout": settings.redis_timeout,
         "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
     }
@@ -326,17 +497,16 @@ def _node(settings: Settings) -> tuple[str, int]:
     return str(options.get("host", "127.0.0.1")), int(options.get("port", 6379))
 
 
-def connect(settings: Settings) -> Redis:
+def connect(settings: Settings, *, batched: bool = True) -> Redis:
     """The data client for `settings`. Every call answers within REDIS_TIMEOUT.
 
     A Cluster client is a `redis.asyncio.cluster.RedisCluster`: the commands, pipelines
     (non-transactional) and scripts tglogin uses behave alike on it, so callers see
-    one `Redis` type.
+    one `Redis` type. `batched=False` turns auto-pipelining off (to measure it).
     """
-    timeouts = _timeouts(settings, retries=1)
     if settings.redis_cluster:
         host, port = _node(settings)
-        options = {**_url_options(settings, where=False), **timeouts}
+        options = {**_url_options(settings, where=False), **_timeouts(settings, retries=1)}
         options.pop("db", None)
         # MOVED, ASK, a node lost: try again (with the new map) while time is left
         options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
@@ -350,6 +520,9 @@ def connect(settings: Settings) -> Redis:
         )
         cluster.deadline = settings.redis_timeout
         return cast(Redis, cluster)
+    # every call has its deadline (_Bounded, _Batcher): a timeout on each read would
+    # only add a timer per answer read, a third of the CPU of a batched command
+    timeouts = _timeouts(settings, retries=1, reads=False)
     if settings.redis_sentinels:
         sentinel = _sentinel(settings)
         client = sentinel.master_for(
@@ -363,6 +536,7 @@ def connect(settings: Settings) -> Redis:
         )
         assert isinstance(client, _Bounded)
         client.sentinel_manager = sentinel
+        pool = client.connection_pool
     else:
         # a blocking pool lets a burst wait for a connection instead of failing it
         pool = BlockingConnectionPool(
@@ -373,7 +547,10 @@ def connect(settings: Settings) -> Redis:
         )
         client = _Bounded.from_pool(pool)
         assert isinstance(client, _Bounded)
+    pool.connection_class = _packing_with_hiredis(pool.connection_class)
     client.deadline = settings.redis_timeout
+    if batched:
+        client.batcher = _Batcher(client)
     return client
 
 
