@@ -27,17 +27,18 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-import h11
+import httptools
 import uvicorn
 from dotenv import dotenv_values
 from starlette.applications import Starlette
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api_worker.app import create_app
 from api_worker.waiters import Waiters
@@ -50,6 +51,13 @@ HEADER_TIMEOUT = 30  # seconds to send a complete request head (API_HEADER_TIMEO
 KEEP_ALIVE = 5  # seconds a connection may sit idle between requests
 BACKLOG = 2048  # connections the kernel queues for accept (supervisord's socket_backlog)
 TRUSTED_PROXIES = "127.0.0.1,::1"  # uvicorn's FORWARDED_ALLOW_IPS default
+HEAD_LIMIT = 16 * 1024  # bytes of a request head (h11's limit, the API's parser before)
+METHOD_LIMIT = 32  # bytes of a method that is no method llhttp knows
+# methods fed to llhttp as they are; any other token goes as a PUT (BoundedProtocol)
+_PLAIN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+RECYCLE_REQUESTS = 100  # requests a keep-alive connection serves before it is recycled
+RECYCLE_SECONDS = 10  # seconds a connection is kept alive before it is recycled
 
 
 def _fail(message: str, status: int) -> NoReturn:
@@ -144,71 +152,139 @@ def raise_descriptor_limit() -> tuple[int, int]:
     return soft, soft
 
 
-class _Connection(h11.Connection):
-    """h11's server side, which refuses a request carrying both Content-Length and
-    Transfer-Encoding: h11 would let Transfer-Encoding win (RFC 9112 allows it), but a
-    proxy in front that believes Content-Length would see other requests than we do."""
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, a C parser) with the API's connection bounds.
 
-    refusal: str | None = None
-
-    def next_event(self) -> Any:
-        event = super().next_event()
-        if isinstance(event, h11.Request):
-            names = {name for name, _ in event.headers}
-            if b"content-length" in names and b"transfer-encoding" in names:
-                self.refusal = (
-                    "A request may not carry both Content-Length and Transfer-Encoding."
-                )
-                raise h11.RemoteProtocolError(self.refusal)
-        return event
-
-
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for the request head.
-
-    uvicorn times only the keep-alive pause after a response; a new connection, or a
-    next request begun and never finished, waits forever. Here a timer starts when a
-    connection opens, or when the first byte of a next request arrives, and closes the
-    connection unless the head is complete by then; more bytes do not move it.
+    - The request head has a deadline. uvicorn times only the keep-alive pause after a
+      response; a new connection, or a next request begun and never finished, waits
+      forever. Here a timer starts when a connection opens, or when the first byte of a
+      next request arrives, and closes the connection unless the head is complete by
+      then; more bytes do not move it.
+    - The head has a size bound, HEAD_LIMIT bytes (h11's, which served the API before),
+      so no client fills memory within the deadline; beyond it the answer is 400.
+    - A request carrying both Content-Length and Transfer-Encoding is answered 400 and
+      its connection closed: a proxy in front that believes Content-Length would see
+      other requests than we do. llhttp refuses it; the answer says why, in the API's
+      JSON error model like every malformed request.
+    - Any method that is an HTTP token reaches the app (which answers 405 with `Allow`),
+      as with h11: llhttp knows a fixed list of methods and would call the others
+      malformed, so a request line starting a message with another token is parsed as a
+      PUT and handed to the app under its own method.
+    - A keep-alive connection is recycled: the response to its RECYCLE_REQUESTS-th
+      request, or the first one after it has been open RECYCLE_SECONDS, carries
+      `Connection: close`. Clients then connect again, and the new connection goes to
+      whichever process sharing the socket accepts it first, so a few long-lived clients
+      do not stay on the process that happened to accept them (README "Scaling").
     """
 
     header_timeout: float = HEADER_TIMEOUT
 
-    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
-        size = config.h11_max_incomplete_event_size
-        self.conn = _Connection(h11.SERVER) if size is None else _Connection(h11.SERVER, size)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._opened = self.loop.time()
+        self._requests = 0
+        self._refusal: str | None = None
+        self._at_start = True  # the next byte begins a request
+        self._in_message = False
+        self._partial = b""  # the start of a request line whose method is not complete
+        self._method: str | None = None  # the method llhttp does not know, parsed as PUT
+        self._chunk = 0  # size of the chunk being parsed
+        self._head_bytes = 0  # received since the pending head began
         self._head_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
-        self._watch_head()
+        self._head_began()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._head_done()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        self._watch_head()
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the head's size bound, any token as a method, and the reason
+        for a 400 kept."""
+        self._unset_keepalive_if_required()
+        if self._head_timer is not None:
+            self._head_bytes += len(data)
+        if self._at_start:
+            data = self._request_line(data)
+            if not data:
+                return
+        self._chunk = len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError as exc:
+            if self._refusal is None and "Content-Length" in str(exc) \
+                    and "Transfer-Encoding" in str(exc):
+                self._refusal = (
+                    "A request may not carry both Content-Length and Transfer-Encoding."
+                )
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response(self._refusal or "")
+            return
+        self._at_start = not self._in_message
+        if self._head_timer is not None and self._head_bytes > HEAD_LIMIT:
+            self._refusal = f"The request head is larger than {HEAD_LIMIT // 1024} KiB."
+            self.send_400_response(self._refusal)
 
-    def _watch_head(self) -> None:
-        """Time the head while one is awaited: no request yet in this cycle, and not the
-        keep-alive pause (which uvicorn times itself)."""
-        awaiting = (
-            self.conn.their_state is h11.IDLE
-            and self.timeout_keep_alive_task is None
-            and not self.transport.is_closing()
-        )
-        if not awaiting:
-            self._stop_head_timer()
-        elif self._head_timer is None:
+    def _request_line(self, data: bytes) -> bytes:
+        """What to feed llhttp of `data`, which begins a request: a method llhttp does not
+        know replaced by PUT (the app gets the real one); b"" while the method is still
+        arriving."""
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        space = data.find(b" ", 0, METHOD_LIMIT + 1)
+        if space < 0:
+            if len(data) <= METHOD_LIMIT and _TOKEN.fullmatch(data):
+                self._partial = data
+                self._head_began()
+                return b""
+            return data
+        method = data[:space]
+        if method in _PLAIN_METHODS or not _TOKEN.fullmatch(method):
+            return data
+        self._method = method.decode("ascii")
+        return b"PUT" + data[space:]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_message = True
+        if self._head_timer is None:
+            self._head_bytes = self._chunk  # this chunk may hold the last one's end too
+            self._head_began()
+
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        method, self._method = self._method, None
+        if len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > HEAD_LIMIT:
+            self._refusal = f"The request head is larger than {HEAD_LIMIT // 1024} KiB."
+            raise ValueError(self._refusal)  # llhttp stops: data_received answers 400
+        super().on_headers_complete()
+        if method is not None:
+            self.scope["method"] = method  # the app's task has not run yet
+        self._requests += 1
+        if self.cycle is not None and (
+            self._requests >= RECYCLE_REQUESTS
+            or self.loop.time() - self._opened >= RECYCLE_SECONDS
+        ):
+            self.cycle.keep_alive = False  # the response says `Connection: close`
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_message = False
+
+    def _head_began(self) -> None:
+        if self._head_timer is None and not self.transport.is_closing():
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
 
-    def _stop_head_timer(self) -> None:
+    def _head_done(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._head_bytes = 0
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -217,36 +293,88 @@ class BoundedH11Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a malformed request, in the API's JSON error model."""
-        message = self.conn.refusal if isinstance(self.conn, _Connection) else None
-        body = json.dumps(
-            {"error": "invalid_request", "message": message or "The request is not valid HTTP."}
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        for event in (
-            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
-            h11.Data(data=body),
-            h11.EndOfMessage(),
-        ):
-            self.transport.write(self.conn.send(event) or b"")
+        self._head_done()
+        message = self._refusal or "The request is not valid HTTP."
+        body = json.dumps({"error": "invalid_request", "message": message}).encode()
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
         self.transport.close()
 
 
-def protocol(header_timeout: float) -> type[BoundedH11Protocol]:
+def protocol(header_timeout: float) -> type[BoundedProtocol]:
     """The protocol class for uvicorn's `http` setting, with this head deadline."""
-    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"header_timeout": header_timeout})
+    return type("BoundedProtocol", (BoundedProtocol,), {"header_timeout": header_timeout})
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server, which first lets held `?wait=` polls answer when it stops,
-    so a stop does not sit out the graceful-shutdown timeout on them."""
+def server_config(
+    app: Starlette, *, host: str, port: int, log_level: str, forwarded_allow_ips: str,
+    header_timeout: float,
+) -> uvicorn.Config:
+    """The API's uvicorn configuration, which the bench's bare endpoint runs on too: uvloop
+    where it is installed (uvicorn's "auto"), httptools under the connection bounds of
+    `BoundedProtocol`, proxy headers from `forwarded_allow_ips`."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="auto",
+        http=protocol(header_timeout),
+        log_config=log_config(log_level),
+        proxy_headers=True,
+        forwarded_allow_ips=trusted_proxies(forwarded_allow_ips),
+        timeout_keep_alive=KEEP_ALIVE,
+        backlog=BACKLOG,
+        timeout_graceful_shutdown=8,
+        lifespan="on",
+    )
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening socket at file descriptor `fd` (a copy), with its real family.
+
+    uvicorn's own `fd` setting wraps it as a Unix-domain socket whatever it is: the loop
+    then never sets TCP_NODELAY on accepted TCP connections, and every response on a
+    reused connection waits for the client's delayed acknowledgement (about 40 ms);
+    uvloop would even serve it as a pipe. `socket.socket(fileno=...)` asks the kernel."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError as exc:
+        raise ValueError(f"file descriptor {fd} is not a socket ({exc.strerror})") from None
+    if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.close()
+        raise ValueError(f"file descriptor {fd} is not a listening stream socket")
+    return sock
+
+
+def describe(sock: socket.socket) -> str:
+    """`127.0.0.1:8000`, `[::]:8000` or the path of a Unix-domain socket."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    if sock.family == socket.AF_INET:
+        return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which says which loop and parser serve once it listens, and
+    first lets held `?wait=` polls answer when it stops, so a stop does not sit out the
+    graceful-shutdown timeout on them."""
 
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self._app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        parser = "httptools" if issubclass(
+            self.config.http_protocol_class, HttpToolsProtocol) else "h11"
+        logger.info("server: %s event loop, %s parser", loop, parser)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         waiters: Waiters | None = getattr(self._app.state, "waiters", None)
@@ -285,34 +413,33 @@ def main(argv: list[str] | None = None) -> None:
         except OSError as exc:
             _fail(f"configuration error: PROMETHEUS_MULTIPROC_DIR cannot be created: {exc}", 2)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        fd=args.fd,
-        log_config=log_config(settings.log_level),
-        proxy_headers=True,
-        forwarded_allow_ips=trusted_proxies(values.get("FORWARDED_ALLOW_IPS", TRUSTED_PROXIES)),
-        http=protocol(header_timeout),
-        timeout_keep_alive=KEEP_ALIVE,
-        backlog=BACKLOG,
-        timeout_graceful_shutdown=8,
-        lifespan="on",
+    config = server_config(
+        app, host=settings.api_host, port=settings.api_port, log_level=settings.log_level,
+        forwarded_allow_ips=values.get("FORWARDED_ALLOW_IPS", TRUSTED_PROXIES),
+        header_timeout=header_timeout,
     )
     logger.info(
-        "connections: request head within %d s, keep-alive %d s, descriptor limit %d%s",
-        header_timeout, KEEP_ALIVE, descriptors,
+        "connections: request head within %d s, keep-alive %d s (recycled after %d requests "
+        "or %d s), descriptor limit %d%s",
+        header_timeout, KEEP_ALIVE, RECYCLE_REQUESTS, RECYCLE_SECONDS, descriptors,
         f" (raised from {before})" if descriptors != before else "",
     )
     sockets: list[socket.socket] | None = None
-    if args.fd is None and settings.api_host == "::":
+    if args.fd is not None:
+        try:
+            sockets = [inherited_socket(args.fd)]
+        except ValueError as exc:
+            _fail(f"--fd {args.fd}: {exc}", 2)
+        logger.info("listening on %s, inherited as file descriptor %d",
+                    describe(sockets[0]), args.fd)
+    elif settings.api_host == "::":
         try:
             sockets = [dual_stack_socket(settings.api_port)]
         except OSError as exc:
             logger.error("cannot listen on [::]:%d: %s", settings.api_port, exc)
             raise SystemExit(3) from None
         logger.info("listening on [::]:%d, IPv6 and IPv4", settings.api_port)
-    server = _Server(config, app)
+    server = Server(config, app)
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful stop

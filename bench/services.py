@@ -3,6 +3,7 @@ bare), the Telegram sandbox, bots (product or bare). Built on the tests' helpers
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,8 @@ from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox, make_token
 
 __all__ = [
-    "Process", "RedisServer", "TelegramSandbox", "free_port", "make_token", "start_api",
-    "start_bot", "start_module", "start_redis", "start_sandbox",
+    "Process", "RedisServer", "TelegramSandbox", "free_port", "make_token", "server_stack",
+    "start_api", "start_bot", "start_module", "start_redis", "start_sandbox",
 ]
 
 AUTH_SECRET = "bench-secret-" + "b" * 40
@@ -46,6 +47,15 @@ class Process:
 def start_module(module: str, env: dict[str, str], log: Path, *args: str,
                  port: int = 0) -> Process:
     return Process(start([PYTHON, "-m", module, *args], base_env(**env), log), log, port, env)
+
+
+def server_stack(api: Process) -> dict[str, str]:
+    """The event loop and HTTP parser an API process (api_worker or bench.bare_api) says it
+    runs on, from its own log line (`server: uvloop event loop, httptools parser`)."""
+    found = re.search(r"server: (\S+) event loop, (\S+) parser", api.output())
+    if found is None:
+        raise RuntimeError(f"{api.log.name} does not say which loop and parser it runs on")
+    return {"uvicorn_loop": found.group(1), "uvicorn_http": found.group(2)}
 
 
 def start_redis(workdir: Path) -> RedisServer:
