@@ -85,6 +85,9 @@ class RequestTimer:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # the histogram's series by (route, method, status), as `labels()` finds them
+        # (at a third of a request's metrics cost, each time)
+        self._series: dict[tuple[str, str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,13 +99,16 @@ class RequestTimer:
         async def _send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status = message["status"]
             await send(message)
 
         try:
             await self.app(scope, receive, _send)
         finally:
+            elapsed = time.perf_counter() - start
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            REQUEST_DURATION.labels(route_label(scope), method, str(status)).observe(
-                time.perf_counter() - start
-            )
+            key = (route_label(scope), method, int(status))
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = REQUEST_DURATION.labels(*key[:2], str(key[2]))
+            series.observe(elapsed)
