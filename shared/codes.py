@@ -1,17 +1,26 @@
 """Login codes: issued by the bot, redeemed by the API, each in one atomic step.
 
-A code's own key maps its keyed hash to the user it was issued to; the user's
-record (`keys.user`, hash-tagged by the user) says which code is current. So:
+A code is one Redis key and nothing else (`keys.code`): named by a short keyed hash
+of its digits, holding whose it is, until when it redeems, which update asked for it
+and the user's record, in one string (about 160 bytes of Redis per code). A user's
+codes need no record of their own, because they are found from the user id: the
+codes of one issue window are its slots 0, 1, ... (`shared.hashing.slot_code`), so
+the issuer reads the user's slots of this window and the last (one round trip) and
+then, in one pipeline, voids the live one and writes the next slot (the second):
 
-- issuing makes the new code current in one script on the user's slot: the
-  previous code stops redeeming at that instant, never both live;
-- redeeming looks the code up (a read), then one script on the user's slot
-  consumes it and records the access token made from it; the token itself is
-  sealed (`shared.tokens`) and needs no other write, so no crash at any
-  instant leaves a consumed code without its token;
-- the per-address failure budget (`shared.limits.AttemptBudget`) admits the
-  attempt in the same round trip as the lookup and settles it in the same
-  round trip as the consume: two sequential round trips for a valid redeem.
+- a new code voids the previous one before the reply carrying it is sent, so a user
+  never holds two live codes;
+- the filled slots of the window are the issues counted against the limit (a slot
+  another user's code happens to hold counts as used: one in 10^L / live codes);
+- an update's mark in its code lets the same update, handled again, re-send that code
+  (or nothing, once it was replaced or redeemed) instead of issuing another.
+
+Redeeming looks the code up in the same round trip as the address's admission
+(`shared.limits.AttemptBudget`), then in the second one script turns the code from
+live to redeemed, once, and another lists the access token on the user's hash and
+checks the session generation the code was issued at (`shared.tokens`): a /logout
+since then ends the code as well as the tokens. The address's attempt is settled in
+the same pipeline.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.counters import Counter
-from shared.hashing import code_for_update, digest, new_code, normalize_code
+from shared.hashing import normalize_code, short_digest, slot_code
 from shared.limits import Attempt, AttemptBudget, RateLimited, retry_after
 from shared.redis import Unavailable, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
@@ -35,9 +44,11 @@ from shared.tokens import Claims, client_tag, new_token_id, seal
 logger = logging.getLogger(__name__)
 
 User = dict[str, Any]
-# candidate codes tried when the digits are taken by another user's key
-CODE_CANDIDATES = 8
 USER_FIELDS = ("id", "username", "first_name", "last_name", "language_code")
+# a code's states (the first character of its value)
+LIVE, REDEEMED, VOID = "L", "S", "R"
+# issues that lose their slot to a concurrent one (the same user tapping twice) try again
+ISSUE_TRIES = 8
 
 
 class InvalidCode(Exception):
@@ -57,6 +68,29 @@ class Redemption:
     expires_in: int
 
 
+@dataclass(frozen=True)
+class StoredCode:
+    """A code's value, read back."""
+
+    state: str
+    user_id: int
+    expires_ms: int
+    update_mark: str
+    generation: int
+    record: str
+
+    @classmethod
+    def parse(cls, value: str) -> StoredCode | None:
+        try:
+            user_id, expires, mark, generation, record = value[1:].split("|", 4)
+            return cls(value[0], int(user_id), int(expires), mark, int(generation), record)
+        except ValueError:
+            return None
+
+    def live(self, now: int) -> bool:
+        return self.state == LIVE and self.expires_ms > now
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -66,8 +100,16 @@ def public_user(user: User) -> User:
     return {name: user.get(name) for name in USER_FIELDS}
 
 
-def user_record(user: User) -> str:
-    return json.dumps(public_user(user), separators=(",", ":"))
+def pack_record(user: User) -> str:
+    """The user's public fields but the id, as Redis keeps them: a JSON array."""
+    return json.dumps([user.get(name) for name in USER_FIELDS[1:]], separators=(",", ":"))
+
+
+def unpack_record(user_id: int, record: str) -> User:
+    fields = json.loads(record)
+    if not isinstance(fields, list) or len(fields) != len(USER_FIELDS) - 1:
+        raise ValueError("not a user record")
+    return dict(zip(USER_FIELDS, [user_id, *fields], strict=True))
 
 
 def make_token(
@@ -86,85 +128,122 @@ class Codes:
         self.redis = redis
         self.settings = settings
         self.budget = AttemptBudget(redis, settings)
-        self._issue = scripts(redis).get("issue_code.lua")
         self._consume = scripts(redis).get("code_consume.lua")
+        self._void = scripts(redis).get("code_void.lua")
+        self._register = scripts(redis).get("token_register.lua")
 
     def _hash(self, code: str) -> str:
-        return digest(self.settings.auth_secret, "code", code)
+        return short_digest(self.settings.auth_secret, "code", code)
+
+    # -- a user's slots ---------------------------------------------------------------------
+
+    def _window_ms(self) -> int:
+        return self.settings.issue_window_seconds * 1000
+
+    def _lifetime_ms(self) -> int:
+        """How long a code's key lives: while it redeems, and while it counts toward
+        the issue limit."""
+        return max(self.settings.code_ttl_seconds, self.settings.issue_window_seconds) * 1000
+
+    def _slots(self, uid: int, now: int) -> list[tuple[int, int, str]]:
+        """(window, slot, code) of every slot that may hold a live code of the user: this
+        issue window's and those before it as far back as a code's key lives."""
+        settings, window_ms = self.settings, self._window_ms()
+        window = now // window_ms
+        back = -(-self._lifetime_ms() // window_ms)
+        return [
+            (w, slot, slot_code(settings.auth_secret, uid, w, slot, settings.code_length))
+            for w in range(window, window - back - 1, -1)
+            for slot in range(settings.issue_limit)
+        ]
+
+    async def _read_slots(
+        self, uid: int, now: int
+    ) -> tuple[list[tuple[int, int, str, StoredCode | None, bool]], int]:
+        """Each slot as (window, slot, code, the code stored there if the user's, taken),
+        and the user's session generation."""
+        slots = self._slots(uid, now)
+        with unavailable_on_error():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, _, code in slots:
+                    pipe.get(keys.code(self._hash(code)))
+                pipe.hget(keys.user(uid), "g")
+                *values, generation = await pipe.execute()
+        read = []
+        for (window, slot, code), value in zip(slots, values, strict=True):
+            stored = StoredCode.parse(value) if value is not None else None
+            if stored is not None and stored.user_id != uid:
+                stored = None
+            read.append((window, slot, code, stored, value is not None))
+        return read, int(generation or 0)
 
     # -- bot side -------------------------------------------------------------------------
 
     async def issue(self, user: User, update_key: str | None = None) -> IssuedCode | None:
-        """A new code for `user`, voiding the previous one at once.
+        """A new code for `user`, voiding the previous one.
 
-        With `update_key` (the update asking for it) the code is derived from
-        that key, and asking again for the same update gives the same code
-        without counting another issue, so a re-handled update re-sends its
-        reply rather than a second code. Raises RateLimited when the user asked
-        too often; returns None when that update's code was since replaced.
-        Two round trips to decide (the code's key, then the user's script), one
-        more for the counters.
+        With `update_key` (the update asking for it), asking again for the same update
+        gives the same code without counting another issue, so a re-handled update
+        re-sends its reply rather than a second code; it returns None when that code
+        was since replaced or redeemed. Raises RateLimited when the user asked too
+        often. Two round trips: the user's slots, then the void and the write.
         """
         settings = self.settings
         uid = int(user["id"])
-        code, code_hash, created = await self._claim_code(uid, update_key)
+        mark = short_digest(settings.auth_secret, "update", update_key, 8) if update_key else "-"
+        for _ in range(ISSUE_TRIES):
+            now = now_ms()
+            read, generation = await self._read_slots(uid, now)
+            if update_key is not None:
+                for _, _, code, stored, _ in read:
+                    if stored is not None and stored.update_mark == mark:
+                        if stored.live(now):
+                            return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
+                        return None
+            ttl_ms, window_ms = settings.code_ttl_seconds * 1000, self._window_ms()
+            # issues in the last window (a sliding one), by when each was made
+            issued = sorted(stored.expires_ms - ttl_ms for _, _, _, stored, _ in read
+                            if stored is not None and stored.expires_ms - ttl_ms > now - window_ms)
+            free = [code for w, _, code, _, taken in read if w == now // window_ms and not taken]
+            if len(issued) >= settings.issue_limit or not free:
+                with unavailable_on_error():
+                    await self.redis.hincrby(keys.stats(), Counter.CODES_ISSUE_LIMITED, 1)
+                if len(issued) >= settings.issue_limit:
+                    wait = issued[-settings.issue_limit] + window_ms - now
+                else:  # the slots left in this window hold other users' codes
+                    wait = (now // window_ms + 1) * window_ms - now
+                raise RateLimited(retry_after(wait))
+            code = free[0]
+            value = (f"{LIVE}{uid}|{now + settings.code_ttl_seconds * 1000}|{mark}|"
+                     f"{generation}|{pack_record(user)}")
+            with unavailable_on_error():
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for _, _, old, stored, _ in read:
+                        if stored is not None and stored.live(now):
+                            await self._void(keys=[keys.code(self._hash(old))], args=[uid],
+                                             client=pipe)
+                    pipe.set(keys.code(self._hash(code)), value, px=self._lifetime_ms(), nx=True)
+                    pipe.hincrby(keys.stats(), Counter.CODES_ISSUED, 1)
+                    *_, written, _ = await pipe.execute()
+            if written:
+                return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
+            # the slot was taken since it was read (the same user asking twice at once)
+            with unavailable_on_error():
+                await self.redis.hincrby(keys.stats(), Counter.CODES_ISSUED, -1)
+        raise Unavailable(f"no free slot after {ISSUE_TRIES} tries")
+
+    async def void_all(self, uid: int) -> None:
+        """Void every live code of a user (`/logout`)."""
+        now = now_ms()
+        read, _ = await self._read_slots(uid, now)
+        live = [code for _, _, code, stored, _ in read if stored is not None and stored.live(now)]
+        if not live:
+            return
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._issue(
-                    keys=[keys.user(uid), keys.user_issues(uid), keys.user_updates(uid)],
-                    args=[
-                        now_ms(),
-                        settings.issue_window_seconds * 1000,
-                        settings.issue_limit,
-                        code_hash,
-                        settings.code_ttl_seconds * 1000,
-                        update_key or "",
-                        keys.UPDATES_TTL_SECONDS,
-                        user_record(user),
-                        settings.token_ttl_seconds,
-                    ],
-                    client=pipe,
-                )
-                ((status, value),) = await pipe.execute()
-            status = int(status)
-            # the counters, off the user's slot (and the refused code's key, inert anyway)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if status == 1:
-                    pipe.hincrby(keys.STATS, Counter.CODES_ISSUED, 1)
-                elif status == 0:
-                    if created:  # never another's key, nor one a re-handled update made
-                        pipe.delete(keys.code(code_hash))
-                    pipe.hincrby(keys.STATS, Counter.CODES_ISSUE_LIMITED, 1)
+                for code in live:
+                    await self._void(keys=[keys.code(self._hash(code))], args=[uid], client=pipe)
                 await pipe.execute()
-        if status == 0:
-            raise RateLimited(retry_after(int(value)))
-        if status == 2 and not value:
-            return None
-        return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
-
-    async def _claim_code(self, uid: int, update_key: str | None) -> tuple[str, str, bool]:
-        """A code whose key is this user's: (code, its hash, whether this call made the
-        key). A code's key is never overwritten: two live codes with the same digits
-        would let one user's code log in as the other. So a code whose digits another
-        user's key still holds (live, or replaced and inert until it expires) is passed
-        over for the next candidate; an update's candidates are derived from it in
-        order, so handling it again finds the same code (its own key) again."""
-        settings = self.settings
-        for attempt in range(CODE_CANDIDATES):
-            if update_key is None:
-                code = new_code(settings.code_length)
-            else:
-                seed = update_key if attempt == 0 else f"{update_key}#{attempt}"
-                code = code_for_update(settings.auth_secret, seed, settings.code_length)
-            code_hash = self._hash(code)
-            with unavailable_on_error():
-                owner = await self.redis.set(
-                    keys.code(code_hash), uid, ex=settings.code_ttl_seconds, nx=True, get=True
-                )
-            if owner is None or int(owner) == uid:
-                return code, code_hash, owner is None
-        # 10^L codes and only a few thousand live: never in practice
-        raise Unavailable(f"no free code after {CODE_CANDIDATES} candidates")
 
     # -- API side -------------------------------------------------------------------------
 
@@ -176,53 +255,61 @@ class Codes:
         Raises RateLimited when `address` has failed too often, InvalidCode for
         anything that is not a live code. Of any number of concurrent redeems of
         one code, in any number of processes, exactly one succeeds: the consume
-        is one script on the user's slot.
+        is one script on the code's key.
         """
         settings = self.settings
         code = normalize_code(raw_code)
         well_formed = code.isascii() and code.isdigit() and len(code) == settings.code_length
-        code_hash = self._hash(code) if well_formed else ""
+        code_key = keys.code(self._hash(code)) if well_formed else ""
         attempt = self.budget.attempt(address)
         now = now_ms()
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self.budget.queue_admit(pipe, attempt, now)
                 if well_formed:
-                    pipe.get(keys.code(code_hash))
+                    pipe.get(code_key)
                 found = await pipe.execute()
         admission = (int(found[0][0]), int(found[0][1]))
-        owner = found[1] if well_formed else None
+        value = found[1] if well_formed else None
         if admission[0] != 0:
             if admission[0] == 1:
                 await self._count(Counter.REDEEMS_RATE_LIMITED)
             await self.budget.wait_for_room(attempt, admission, now)
             if well_formed:  # admitted after a wait: look again, the code may be gone
                 with unavailable_on_error():
-                    owner = await self.redis.get(keys.code(code_hash))
-        if owner is None:
-            await self._fail(attempt)
-        uid = int(owner)
-        token_id = new_token_id()
+                    value = await self.redis.get(code_key)
         now = now_ms()
-        expires_ms = now + settings.token_ttl_seconds * 1000
+        stored = StoredCode.parse(value) if value is not None else None
+        if stored is None or not stored.live(now):
+            await self._fail(attempt)
+        uid = stored.user_id
+        token_id = new_token_id()
+        expires = now // 1000 + settings.token_ttl_seconds
+        user_key = keys.user(uid)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self._consume(
-                    keys=[keys.user(uid), keys.user_tokens(uid)],
-                    args=[code_hash, now, token_id, expires_ms, settings.token_ttl_seconds],
+                await self._consume(keys=[code_key], args=[now, uid], client=pipe)
+                await self._register(
+                    keys=[user_key],
+                    args=[token_id, expires, now // 1000, settings.token_ttl_seconds,
+                          stored.record, stored.generation],
                     client=pipe,
                 )
                 await self.budget.queue_settle(pipe, attempt, failed=False)
-                pipe.hincrby(keys.STATS, Counter.CODES_REDEEMED, 1)
-                consumed, _, _ = await pipe.execute()
-        if int(consumed[0]) != 1:
+                pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, 1)
+                consumed, (listed, _), _, _ = await pipe.execute()
+        if not consumed or not int(listed):
+            # another redeem of the same code won, or a /logout since the code was issued
+            # ended it (the token would be sealed at a generation that no longer counts)
             with unavailable_on_error():
-                await self.redis.hincrby(keys.STATS, Counter.CODES_REDEEMED, -1)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hdel(user_key, token_id)
+                    pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, -1)
+                    await pipe.execute()
             await self._fail(attempt)
-        user: User = json.loads(consumed[1])
-        token = make_token(settings, uid, int(consumed[2]), client, token_id, now)
-        return Redemption(user=public_user(user), access_token=token,
-                          expires_in=settings.token_ttl_seconds)
+        user = unpack_record(uid, stored.record)
+        token = make_token(settings, uid, stored.generation, client, token_id, now)
+        return Redemption(user=user, access_token=token, expires_in=settings.token_ttl_seconds)
 
     async def _fail(self, attempt: Attempt) -> NoReturn:
         """Spend one of the address's failures, count it for the alarm; InvalidCode."""
@@ -232,7 +319,7 @@ class Codes:
 
     async def _count(self, counter: Counter) -> None:
         with unavailable_on_error():
-            await self.redis.hincrby(keys.STATS, counter, 1)
+            await self.redis.hincrby(keys.stats(), counter, 1)
 
     async def count_failure(self, counter: Counter) -> None:
         """Count a failure (a wrong code, a wrong API key) in `counter` and for the
@@ -243,11 +330,11 @@ class Codes:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incr(minute_key)
                 pipe.expire(minute_key, keys.FAIL_RATE_TTL_SECONDS, nx=True)
-                pipe.hincrby(keys.STATS, counter, 1)
+                pipe.hincrby(keys.stats(), counter, 1)
                 in_minute, _, _ = await pipe.execute()
             if int(in_minute) == settings.redeem_fail_alarm_per_minute + 1:
                 # exactly one process sees the threshold crossed, so one alarm a minute
-                await self.redis.hincrby(keys.STATS, Counter.REDEEM_FAIL_ALARMS, 1)
+                await self.redis.hincrby(keys.stats(), Counter.REDEEM_FAIL_ALARMS, 1)
                 logger.error(
                     "ALARM: more than %d failed redeems and wrong API keys in the last "
                     "minute across all addresses: someone may be guessing",

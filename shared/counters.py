@@ -1,7 +1,8 @@
-"""The product counters both workers keep in Redis (`keys.STATS`), defined once.
+"""The product counters both workers keep in Redis (`keys.stats`), defined once.
 
-Each is a field of one Redis hash that every process increments; the API's
-/metrics shows them (`tglogin_<metric>_total`) for all processes together.
+Each is a field of Redis hashes that every process increments (one of
+`keys.STATS_SHARDS` at random, so no one Cluster slot is hot); the API's
+/metrics adds the shards up and shows them (`tglogin_<metric>_total`) for all processes together.
 """
 
 from __future__ import annotations

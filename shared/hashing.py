@@ -8,6 +8,7 @@ never stored (`shared.tokens`).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
@@ -31,16 +32,27 @@ def new_code(length: int) -> str:
     return f"{secrets.randbelow(10**length):0{length}d}"
 
 
-def code_for_update(secret: Secret, update_key: str, length: int) -> str:
-    """The code an update issues: `length` digits from a keyed hash of the update.
+def slot_code(secret: Secret, user_id: int, window: int, slot: int, length: int) -> str:
+    """The code in `slot` of a user's issue `window`: `length` digits from a keyed hash.
 
-    Handling one update again (after a crash, a takeover, a webhook retry)
-    re-sends the same code instead of a second one. Without AUTH_SECRET the
-    digits are as unpredictable as random ones (HMAC-SHA256 is a PRF; 128 bits
-    reduced mod 10^length leave no usable bias).
+    A user's codes in one issue window are its slots 0, 1, ... in turn, so the issuer
+    finds a user's codes (to count them, to void the previous one, to find the one an
+    update already issued) from the user id alone, with no per-user record in Redis.
+    Without AUTH_SECRET the digits are as unpredictable as random ones (HMAC-SHA256 is
+    a PRF; 128 bits reduced mod 10^length leave no usable bias).
     """
-    mac = hmac.new(secret.reveal().encode(), f"update-code:{update_key}".encode(), hashlib.sha256)
+    message = f"code-slot:{user_id}:{window}:{slot}".encode()
+    mac = hmac.new(secret.reveal().encode(), message, hashlib.sha256)
     return f"{int.from_bytes(mac.digest()[:16], 'big') % 10**length:0{length}d}"
+
+
+def short_digest(secret: Secret, purpose: str, value: str, length: int = 22) -> str:
+    """`length` characters of the keyed hash of `value`, URL-safe base64 (22 are 132
+    bits): what a code's key and an update's mark are named by, short because there is
+    one per live code."""
+    message = f"{purpose}:{value}".encode()
+    mac = hmac.new(secret.reveal().encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode()[:length]
 
 
 def normalize_code(raw: str) -> str:

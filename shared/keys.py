@@ -9,27 +9,24 @@ a key in plain text; those parts are keyed hashes (`shared.hashing.digest`).
 
 from __future__ import annotations
 
+import random
+
 PREFIX = "tgl:"
 
-# code hash -> the user id it was issued to; TTL CODE_TTL_SECONDS. A code redeems only
-# while it is its user's current code (`c` in USER), so a replaced or redeemed code's
-# key is inert until it expires
-CODE = PREFIX + "code:"
-# per user: hash r (the user record, JSON), g (session generation: /logout raises it and
-# so ends every token made before), c and ce (the current code's hash and its expiry,
-# ms); TTL TOKEN_TTL_SECONDS from the last code, redeem or logout
+# a code, by a short keyed hash of its digits -> "<state><user id>|<expiry ms>|<update
+# mark or ->|<record>": state L (live), S (redeemed), R (replaced by a newer code or
+# ended by /logout); the update mark names the update that asked for it; the record is
+# the user's public fields as a JSON array (`shared.codes.pack_record`). One key per
+# code and nothing else per issue: a user's codes are found by their slots
+# (`shared.hashing.slot_code`). TTL the code's lifetime, or to the end of its issue
+# window if later (it counts toward the issue limit until then). Never overwritten:
+# only its state changes
+CODE = PREFIX + "c:"
+# per user who has a token: hash r (the user record as of the last login), g (session
+# generation, absent until the first /logout: raising it ends every token made before),
+# and per token id its expiry (unix s), "-<expiry>" once revoked, so /logout can say
+# how many it ends; TTL TOKEN_TTL_SECONDS from the last token or /logout
 USER = PREFIX + "user:"
-# per user: sorted set of code-issue times (ms) for the issue limit; TTL the issue window
-USER_ISSUES = PREFIX + "user:issues:"
-# per user: sorted set of live token ids -> expiry (ms), so /logout can say how many it
-# ends; TTL TOKEN_TTL_SECONDS, renewed on issue
-USER_TOKENS = PREFIX + "user:tokens:"
-# per user: sorted set of revoked token ids -> their expiry (ms); TTL the last expiry
-USER_REVOKED = PREFIX + "user:revoked:"
-# per user: sorted set of update keys (bot id, update id, fingerprint) that issued a code
-# -> when (ms), entries older than a day dropped (a re-handled update re-sends its code
-# instead of issuing another); TTL 1 day
-USER_UPDATES = PREFIX + "user:updates:"
 # per client address (an IPv6 /64 counts as one): failed redeems in the current window,
 # TTL REDEEM_FAIL_WINDOW_SECONDS from the first failure; and the redeems in flight
 # (sorted set attempt id -> ms), TTL ATTEMPT_IN_FLIGHT_MS. Both tagged by the address
@@ -40,8 +37,11 @@ REDEEM_PENDING = PREFIX + "fails:pending:"
 KEY_FAILS = PREFIX + "keyfails:"
 # failed redeems of all addresses in one minute (suffix: unix minute); TTL 120 s
 FAIL_RATE = PREFIX + "failrate:"
-# product counters (codes issued, redeemed, failed, rate limited, alarms); no TTL
-STATS = PREFIX + "stats"
+# product counters (codes issued, redeemed, failed, rate limited, alarms), spread over
+# STATS_SHARDS hashes so that no one Cluster slot takes every increment; /metrics adds
+# them up; no TTL
+STATS = PREFIX + "stats:"
+STATS_SHARDS = 16
 # the bot's @username, published by every bot worker at start; no TTL
 BOT_USERNAME = PREFIX + "bot:username"
 # deep-link login request by poll-id hash -> hash {c: client key hash, n: client name,
@@ -98,20 +98,15 @@ def user(user_id: int) -> str:
     return USER + _user_tag(user_id)
 
 
-def user_issues(user_id: int) -> str:
-    return USER_ISSUES + _user_tag(user_id)
+def stats(shard: int | None = None) -> str:
+    """One shard of the counters: `shard`, or one picked at random to increment."""
+    if shard is None:
+        shard = random.randrange(STATS_SHARDS)
+    return f"{STATS}{{s{shard}}}"
 
 
-def user_tokens(user_id: int) -> str:
-    return USER_TOKENS + _user_tag(user_id)
-
-
-def user_updates(user_id: int) -> str:
-    return USER_UPDATES + _user_tag(user_id)
-
-
-def user_revoked(user_id: int) -> str:
-    return USER_REVOKED + _user_tag(user_id)
+def all_stats() -> list[str]:
+    return [stats(shard) for shard in range(STATS_SHARDS)]
 
 
 def redeem_fails(address_hash: str) -> str:

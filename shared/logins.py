@@ -156,7 +156,7 @@ class Logins:
                 pipe.hset(keys.login(id_hash), mapping=record)
                 pipe.expire(keys.login(id_hash), ttl)
                 pipe.set(keys.login_link(self._hash("link", payload)), id_hash, ex=ttl)
-                pipe.hincrby(keys.STATS, Counter.LOGIN_REQUESTS_CREATED, 1)
+                pipe.hincrby(keys.stats(), Counter.LOGIN_REQUESTS_CREATED, 1)
                 await pipe.execute()
         return CreatedLogin(
             id=login_id, payload=payload, bot_username=str(username), expires_in=ttl
@@ -237,7 +237,7 @@ class Logins:
             if int(outcome) == 1:
                 counter = (Counter.LOGIN_REQUESTS_APPROVED if approve
                            else Counter.LOGIN_REQUESTS_DENIED)
-                await self.redis.hincrby(keys.STATS, counter, 1)
+                await self.redis.hincrby(keys.stats(), counter, 1)
         if int(outcome) == -1:
             return None
         return Decision(

@@ -2,29 +2,30 @@
 
 Tokens are sealed (`shared.tokens`); a well-sealed token counts while it has
 not expired, was obtained by the API client asking, was made at the user's
-current session generation and is not in the user's revoked set. All the
-per-user state is on the user's slot, so each operation is one round trip.
+current session generation and is not marked revoked. All of it is one hash per
+user (`keys.user`: the record, the generation, the token ids), so each operation is
+one round trip, and a live token costs Redis its id and expiry in that hash.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.codes import User, make_token, now_ms, public_user, user_record
+from shared.codes import Codes, User, make_token, now_ms, pack_record, unpack_record
 from shared.redis import Unavailable, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
 from shared.tokens import Claims, client_tag, new_token_id, unseal
 
 
 class Sessions:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, codes: Codes) -> None:
         self.redis = redis
         self.settings = settings
+        self.codes = codes
         self._revoke = scripts(redis).get("token_revoke.lua")
         self._logout = scripts(redis).get("logout.lua")
         self._register = scripts(redis).get("token_register.lua")
@@ -46,35 +47,35 @@ class Sessions:
             return None
         uid = claims.user_id
         with unavailable_on_error():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(keys.user(uid), ["r", "g"])
-                pipe.zscore(keys.user_revoked(uid), claims.token_id)
-                (record, generation), revoked = await pipe.execute()
-        if record is None or int(generation or 0) != claims.generation or revoked is not None:
+            record, generation, state = await self.redis.hmget(
+                keys.user(uid), ["r", "g", claims.token_id]
+            )
+        if record is None or int(generation or 0) != claims.generation:
             return None
-        user: User = public_user(json.loads(record))
-        return user
+        if state is not None and str(state).startswith("-"):
+            return None
+        return unpack_record(uid, str(record))
 
     async def revoke(self, token: str, client: ApiClient | None) -> bool:
         """End one access token; False if it did not count."""
         claims = self._claims(token, client)
         if claims is None:
             return False
-        uid = claims.user_id
         with unavailable_on_error():
             ended = await self._revoke(
-                keys=[keys.user(uid), keys.user_tokens(uid), keys.user_revoked(uid)],
-                args=[claims.token_id, claims.generation, claims.expires * 1000, now_ms()],
+                keys=[keys.user(claims.user_id)],
+                args=[claims.token_id, claims.generation, claims.expires, int(time.time())],
             )
         return bool(int(ended))
 
     async def logout(self, user_id: int) -> int:
         """End every access token of a user and void the user's code; how many tokens
         were live."""
+        await self.codes.void_all(user_id)
         with unavailable_on_error():
             ended = await self._logout(
-                keys=[keys.user(user_id), keys.user_tokens(user_id), keys.user_revoked(user_id)],
-                args=[now_ms(), self.settings.token_ttl_seconds],
+                keys=[keys.user(user_id)],
+                args=[int(time.time()), self.settings.token_ttl_seconds],
             )
         return int(ended)
 
@@ -82,12 +83,12 @@ class Sessions:
 
     async def enter(self, user: User) -> int:
         """Record the deciding user's details; the session generation to seal with."""
-        uid = int(user["id"])
+        key = keys.user(int(user["id"]))
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(keys.user(uid), "r", user_record(user))
-                pipe.expire(keys.user(uid), self.settings.token_ttl_seconds)
-                pipe.hget(keys.user(uid), "g")
+                pipe.hset(key, "r", pack_record(user))
+                pipe.expire(key, self.settings.token_ttl_seconds)
+                pipe.hget(key, "g")
                 _, _, generation = await pipe.execute()
         return int(generation or 0)
 
@@ -102,7 +103,7 @@ class Sessions:
         ttl = self.settings.token_ttl_seconds
         with contextlib.suppress(Unavailable), unavailable_on_error():
             await self._register(
-                keys=[keys.user(uid), keys.user_tokens(uid)],
-                args=[token_id, generation, now + ttl * 1000, ttl],
+                keys=[keys.user(uid)],
+                args=[token_id, now // 1000 + ttl, now // 1000, ttl, "", generation],
             )
         return make_token(self.settings, uid, generation, client, token_id, now)

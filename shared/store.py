@@ -70,7 +70,7 @@ class Store:
         self.redis = redis
         self.settings = settings
         self.codes = Codes(redis, settings)
-        self.sessions = Sessions(redis, settings)
+        self.sessions = Sessions(redis, settings, self.codes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -115,5 +115,12 @@ class Store:
     async def counters(self) -> dict[str, int]:
         """Product counters shared by every process (for /metrics)."""
         with unavailable_on_error():
-            raw = await self.redis.hgetall(keys.STATS)
-        return {str(name): int(value) for name, value in raw.items()}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in keys.all_stats():
+                    pipe.hgetall(key)
+                shards = await pipe.execute()
+        totals: dict[str, int] = {}
+        for shard in shards:
+            for name, value in shard.items():
+                totals[str(name)] = totals.get(str(name), 0) + int(value)
+        return totals

@@ -1,12 +1,21 @@
--- End every access token of a user and void the user's code (`/logout`).
--- Raising the generation ends every token made before this step, including one made
--- at the same moment: a redeem reads the generation in its own atomic step.
--- KEYS[1] the user (hash)   KEYS[2] live token ids (zset)   KEYS[3] revoked ids (zset)
--- ARGV[1] now (ms)   ARGV[2] how long the user's record lives (s)
+-- End every access token of a user (`/logout`). Raising the generation ends every
+-- token made before this step, including one made at the same moment: a redeem reads
+-- the generation in its own atomic step. (The user's live code is voided beside this.)
+-- KEYS[1] the user (hash, as in token_register.lua)
+-- ARGV[1] now (unix s)   ARGV[2] how long the user's hash lives (s)
 -- Returns how many live tokens ended.
-local ended = redis.call("ZCOUNT", KEYS[2], "(" .. ARGV[1], "+inf")
-redis.call("DEL", KEYS[2], KEYS[3])
+local now = tonumber(ARGV[1])
+local ended = 0
+local fields = redis.call("HGETALL", KEYS[1])
+for i = 1, #fields, 2 do
+  local name, value = fields[i], fields[i + 1]
+  if name ~= "r" and name ~= "g" then
+    if string.sub(value, 1, 1) ~= "-" and tonumber(value) > now then
+      ended = ended + 1
+    end
+    redis.call("HDEL", KEYS[1], name)
+  end
+end
 redis.call("HINCRBY", KEYS[1], "g", 1)
-redis.call("HDEL", KEYS[1], "c", "ce")
 redis.call("EXPIRE", KEYS[1], ARGV[2])
 return ended

@@ -1,10 +1,32 @@
--- List a token sealed elsewhere (a delivered approval) among the user's live tokens, so
--- /logout counts it; only if it still counts (made at the current generation).
--- KEYS[1] the user (hash)   KEYS[2] live token ids (zset)
--- ARGV[1] token id   ARGV[2] its generation   ARGV[3] its expiry (ms)   ARGV[4] TTL (s)
-if (redis.call("HGET", KEYS[1], "g") or "0") ~= ARGV[2] then
-  return 0
+-- List a new access token among the user's, so /logout can say how many it ends, and
+-- read the session generation it is sealed at (in the same step, so a /logout after
+-- this ends it, and one before does not).
+-- KEYS[1] the user (hash: r record, g generation, <token id> -> expiry s or "-<expiry>")
+-- ARGV[1] token id   ARGV[2] its expiry (unix s)   ARGV[3] now (unix s)
+-- ARGV[4] how long the user's hash lives (s)   ARGV[5] the user record ("" keeps it)
+-- ARGV[6] the generation it must be made at ("" for the current one)
+-- Returns {1, generation} when listed, {0, generation} when the generation moved on.
+local generation = redis.call("HGET", KEYS[1], "g") or "0"
+if ARGV[6] ~= "" and ARGV[6] ~= generation then
+  return {0, generation}
 end
-redis.call("ZADD", KEYS[2], ARGV[3], ARGV[1])
-redis.call("EXPIRE", KEYS[2], ARGV[4])
-return 1
+-- forget tokens that have expired anyway, now and then (a hash of few fields is cheap)
+if redis.call("HLEN", KEYS[1]) > 8 then
+  local now = tonumber(ARGV[3])
+  local fields = redis.call("HGETALL", KEYS[1])
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if name ~= "r" and name ~= "g" then
+      local expiry = tonumber((string.gsub(fields[i + 1], "^-", "")))
+      if expiry <= now then
+        redis.call("HDEL", KEYS[1], name)
+      end
+    end
+  end
+end
+redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+if ARGV[5] ~= "" then
+  redis.call("HSET", KEYS[1], "r", ARGV[5])
+end
+redis.call("EXPIRE", KEYS[1], ARGV[4])
+return {1, generation}

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared import keys
-from shared.hashing import digest
 from tests.fixtures.api import ANN, API_SECRET, TestClient, api_settings, issue_code
+from tests.fixtures.codes import code_key as fixture_code_key
+from tests.fixtures.codes import counters
 from tests.fixtures.common import wait_until
 
 INVALID_CODE = {
@@ -21,7 +21,7 @@ INVALID_CODE = {
 def code_key(code: str) -> str:
     settings = api_settings("redis://unused")
     assert settings.auth_secret.reveal() == API_SECRET
-    return keys.code(digest(settings.auth_secret, "code", code))
+    return fixture_code_key(settings.auth_secret, code)
 
 
 def test_redeem_returns_user_and_token(redis_url: str, client: TestClient) -> None:
@@ -84,7 +84,7 @@ def test_malformed_codes_are_invalid_and_count_as_failures(
     assert response.status_code == 400
     assert response.json() == INVALID_CODE
     with redis.Redis.from_url(redis_url, decode_responses=True) as r:
-        assert r.hget(keys.STATS, "redeems_failed") == "1"
+        assert counters(r)["redeems_failed"] == 1
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_invalid_requests(client: TestClient, body: bytes, fragment: str) -> Non
 def test_invalid_request_does_not_count_as_a_failure(redis_url: str, client: TestClient) -> None:
     client.post("/v1/codes/redeem", content=b"{}", headers={"Content-Type": "application/json"})
     with redis.Redis.from_url(redis_url) as r:
-        assert r.hget(keys.STATS, "redeems_failed") is None
+        assert "redeems_failed" not in counters(r)
 
 
 def test_body_over_4_kib_by_content_length(redis_url: str, client: TestClient) -> None:

@@ -12,9 +12,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_worker.app import create_app
-from shared import keys
-from shared.hashing import digest
 from tests.fixtures.api import TestClient, api_settings, issue_code
+from tests.fixtures.codes import code_key
 from tests.fixtures.common import free_port
 from tests.fixtures.redis import RedisServer
 
@@ -151,7 +150,9 @@ def test_unexpected_error_is_500_internal_without_traceback(
     settings = api_settings(redis_url)
     code = issue_code(settings)
     with redis.Redis.from_url(redis_url) as r:
-        r.set(keys.code(digest(settings.auth_secret, "code", code)), "this is not JSON")
+        key = code_key(settings.auth_secret, code)
+        user, expiry, _ = r.get(key).split(b"|", 2)  # live, with a broken user record
+        r.set(key, b"|".join([user, expiry, b"-", b"0", b"this is not JSON"]), keepttl=True)
     with caplog.at_level(logging.ERROR):
         response = client.post("/v1/codes/redeem", json={"code": code})
     assert response.status_code == 500

@@ -6,8 +6,7 @@ import re
 from typing import Any
 
 from shared import keys
-from shared.hashing import digest
-from shared.settings import Secret, Settings, load_settings
+from shared.settings import Settings, load_settings
 from shared.store import Redemption
 from tests.fixtures.bot import (
     ANN,
@@ -20,6 +19,7 @@ from tests.fixtures.bot import (
     buttons,
     code_of,
 )
+from tests.fixtures.codes import code_is_live as stored_code_is_live
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.store import run_on_store
 
@@ -44,10 +44,8 @@ def token_user(redis_url: str, token: str) -> dict[str, Any] | None:
 def code_is_live(redis_server: RedisServer, code: str) -> bool:
     """The code's key names a user whose current code it is (a replaced code's key is
     inert: it no longer redeems)."""
-    code_hash = digest(Secret(AUTH_SECRET), "code", code)
     with redis_server.client() as client:
-        owner = client.get(keys.code(code_hash))
-        return owner is not None and client.hget(keys.user(int(owner)), "c") == code_hash
+        return stored_code_is_live(client, AUTH_SECRET, code)
 
 
 # -- codes -------------------------------------------------------------------------------------

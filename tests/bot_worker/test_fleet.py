@@ -18,10 +18,9 @@ import pytest
 import redis
 
 from shared import keys
-from shared.hashing import digest
-from shared.settings import Secret
 from tests.bot_worker.test_login_links import create, poll
 from tests.fixtures.bot import ANN, AUTH_SECRET, BotProcess, BotStarter, code_of
+from tests.fixtures.codes import code_is_live, code_states, has_live_code
 from tests.fixtures.common import wait_until
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox, make_token
@@ -52,10 +51,8 @@ def all_confirmed(sandbox: TelegramSandbox, token: str) -> bool:
 
 def assert_current_code(client: redis.Redis, user_id: int, reply: JSON) -> None:
     """The code in the reply is the user's one live code, issued once."""
-    code_hash = digest(Secret(AUTH_SECRET), "code", code_of(reply))
-    assert client.hget(keys.user(user_id), "c") == code_hash
-    assert client.exists(keys.code(code_hash))
-    assert client.zcard(keys.user_issues(user_id)) == 1
+    assert code_is_live(client, AUTH_SECRET, code_of(reply))
+    assert code_states(client, user_id) == ["L"]
 
 
 def test_one_process_polls_and_another_takes_over_when_it_is_killed(
@@ -104,7 +101,7 @@ def test_a_batch_held_by_a_killed_poller_is_answered_once_after_the_takeover(
         sent = [sandbox.send("/code", user=user, token=token) for user in people]
         # the poller fetched the batch and issued codes; every reply is held
         wait_until(
-            lambda: all(client.hexists(keys.user(u["id"]), "c") for u in people),
+            lambda: all(has_live_code(client, u["id"]) for u in people),
             timeout=20, what="the poller to issue every code",
         )
         pid = holder_pid(client, token)
@@ -178,7 +175,7 @@ def test_sigterm_finishes_updates_in_hand_and_leaves_the_rest_to_the_next_poller
     with redis_server.client() as client:
         # each chat's first update is in hand (its code issued, its reply held); the
         # chats' later updates wait behind it
-        wait_until(lambda: all(client.hexists(keys.user(u["id"]), "c") for u in people),
+        wait_until(lambda: all(has_live_code(client, u["id"]) for u in people),
                    timeout=30, what="the first update of every chat to be in hand")
         pid = holder_pid(client, token)
         assert pid is not None

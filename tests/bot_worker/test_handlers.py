@@ -18,9 +18,9 @@ from typing import Any
 from telegram import Update
 
 from bot_worker.app import Runtime, build_application
-from shared import keys
 from shared.settings import Settings, load_settings
 from tests.fixtures.bot import ANN, AUTH_SECRET, code_of
+from tests.fixtures.codes import code_is_live, code_states
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox, make_token
 
@@ -76,8 +76,7 @@ def test_a_redelivered_update_is_answered_once(
     assert len(replies) == 1, replies
     assert re.fullmatch(r"\d{8}", code_of(replies[0]))
     with redis_server.client() as client:
-        assert client.zcard(keys.user_issues(ANN["id"])) == 1
-        assert len(list(client.scan_iter(match=keys.CODE + "*"))) == 1
+        assert code_states(client, ANN["id"]) == ["L"]  # one code, issued once
 
 
 def test_an_update_cut_short_before_its_reply_resends_the_same_code(
@@ -99,9 +98,8 @@ def test_an_update_cut_short_before_its_reply_resends_the_same_code(
     _with_runtime(_settings(sandbox, redis_url, token), fail_then_succeed)
     (reply,) = _bot_replies(sandbox, sent, token)
     with redis_server.client() as client:
-        assert client.zcard(keys.user_issues(ANN["id"])) == 1
-        (code_key,) = client.scan_iter(match=keys.CODE + "*")
-        assert client.hget(keys.user(ANN["id"]), "c") == code_key.removeprefix(keys.CODE)
+        assert code_states(client, ANN["id"]) == ["L"]
+        assert code_is_live(client, AUTH_SECRET, code_of(reply))
     assert re.fullmatch(r"\d{8}", code_of(reply))
 
 

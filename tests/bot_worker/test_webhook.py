@@ -22,6 +22,7 @@ from shared.settings import load_settings
 from tests.bot_worker.test_fleet import all_confirmed, assert_current_code, bot_replies, users
 from tests.bot_worker.test_login_links import create, poll
 from tests.fixtures.bot import ANN, AUTH_SECRET, BotProcess, BotStarter, buttons, code_of
+from tests.fixtures.codes import has_live_code
 from tests.fixtures.common import wait_until
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox, make_token
@@ -132,7 +133,7 @@ def test_an_update_whose_process_is_killed_is_retried_by_telegram_and_answered_o
     people = users(6100, 4)
     sent = [sandbox.send("/code", user=user, token=token) for user in people]
     with redis_server.client() as client:
-        wait_until(lambda: all(client.hexists(keys.user(u["id"]), "c") for u in people),
+        wait_until(lambda: all(has_live_code(client, u["id"]) for u in people),
                    timeout=20, what="the codes to be issued (replies held)")
         for bot in bots:  # whichever process holds them dies without answering
             assert bot.proc is not None

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from shared import keys
 from shared.codes import make_token, now_ms
-from shared.hashing import code_for_update, digest
+from shared.hashing import short_digest, slot_code
 from shared.logins import Logins
 from shared.settings import ApiClient, Secret
 from shared.store import InvalidCode, Store
@@ -20,29 +22,26 @@ SHOP = ApiClient("shop.example", Secret("shop-key-0123456789abcdefgh"))
 BLOG = ApiClient("blog.example", Secret("blog-key-0123456789abcdefgh"))
 
 
-def test_the_consume_alone_makes_the_token(redis_url: str) -> None:
-    """The one script that consumes a code answers all a token needs: a crash after it
-    leaves no code half-used, because nothing is left to write."""
+def test_a_code_is_consumed_once_by_its_own_script(redis_url: str) -> None:
+    """The script that consumes a code turns it from live to redeemed once; the token
+    made from it needs nothing else written to count."""
 
     async def body(store: Store) -> None:
         issued = await store.issue_code(ANN)
         assert issued is not None
-        code_hash = digest(Secret(SECRET), "code", issued.code)
+        key = keys.code(short_digest(Secret(SECRET), "code", issued.code))
         uid, token_id, now = ANN["id"], new_token_id(), now_ms()
         consume = store.codes._consume
-        answer = await consume(
-            keys=[keys.user(uid), keys.user_tokens(uid)],
-            args=[code_hash, now, token_id, now + 60_000, 3600],
-        )
-        assert int(answer[0]) == 1
-        token = make_token(store.settings, uid, int(answer[2]), None, token_id, now)
+        assert await consume(keys=[key], args=[now, uid + 1]) is None  # not that user's
+        value = await consume(keys=[key], args=[now, uid])
+        assert value is not None and value.startswith(f"L{uid}|")
+        token = make_token(store.settings, uid, 0, None, token_id, now)
+        await store.sessions.enter(ANN)  # the record a redeem lists with the token
         assert await store.token_user(token) == ANN
         # and the code is spent
-        again = await consume(
-            keys=[keys.user(uid), keys.user_tokens(uid)],
-            args=[code_hash, now, new_token_id(), now + 60_000, 3600],
-        )
-        assert int(again[0]) == 0
+        assert await consume(keys=[key], args=[now, uid]) is None
+        with pytest.raises(InvalidCode):
+            await store.redeem_code(issued.code, "10.9.9.9")
 
     run_on_store(make_settings(redis_url), body)
 
@@ -156,24 +155,23 @@ def test_nothing_about_a_live_token_but_its_id_is_in_redis(redis_url: str) -> No
 def test_two_users_never_share_a_live_code_even_when_their_digits_collide(
     redis_url: str,
 ) -> None:
-    """Codes from updates are derived; when one user's update derives another user's
-    live code, that user gets the next candidate, never the other's key."""
-    settings = make_settings(redis_url, CODE_LENGTH="6")
-    bob = {**ANN, "id": 2002, "username": "bob", "first_name": "Bob"}
-    alice_key = "42:1:aaaa"
-    alice_code = code_for_update(settings.auth_secret, alice_key, 6)
-    bob_key = next(
-        f"42:{n}:bbbb" for n in range(2, 50_000_000)
-        if code_for_update(settings.auth_secret, f"42:{n}:bbbb", 6) == alice_code
-    )
+    """Codes are derived from the user's slots; when one user's slot derives another
+    user's live code, that user gets the next slot, never the other's key."""
+    settings = make_settings(redis_url, CODE_LENGTH="6", CODE_ISSUE_WINDOW_SECONDS="86400")
+    secret, window = settings.auth_secret, now_ms() // 86_400_000
+    alice_code = slot_code(secret, ANN["id"], window, 0, 6)
+    bob_id = next(uid for uid in range(3000, 50_000_000)
+                  if slot_code(secret, uid, window, 0, 6) == alice_code)
+    bob = {**ANN, "id": bob_id, "username": "bob", "first_name": "Bob"}
 
     async def body(store: Store) -> None:
-        alice = await store.issue_code(ANN, update_key=alice_key)
-        bobs = await store.issue_code(bob, update_key=bob_key)
+        alice = await store.issue_code(ANN, update_key="42:1:aaaa")
+        bobs = await store.issue_code(bob, update_key="42:2:bbbb")
         assert alice is not None and bobs is not None
         assert alice.code == alice_code != bobs.code
-        # handled again, Bob's update finds the same code it chose the first time
-        again = await store.issue_code(bob, update_key=bob_key)
+        assert bobs.code == slot_code(secret, bob_id, window, 1, 6)
+        # handled again, Bob's update finds the same code it got the first time
+        again = await store.issue_code(bob, update_key="42:2:bbbb")
         assert again is not None and again.code == bobs.code
         assert (await store.redeem_code(alice.code, "10.3.0.1")).user["id"] == ANN["id"]
         assert (await store.redeem_code(bobs.code, "10.3.0.1")).user["id"] == bob["id"]

@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from shared import keys
-from shared.hashing import digest
+from shared.hashing import short_digest
 from shared.logins import Logins
 from shared.settings import ApiClient, Secret, Settings, load_settings
-from shared.store import InvalidCode, RateLimited, Store, Unavailable
+from shared.store import InvalidCode, RateLimited, Store, Unavailable, now_ms
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.store import run_on_store
@@ -135,10 +135,15 @@ def test_expired_code_is_invalid(redis_url: str, redis_server: RedisServer) -> N
     async def body(store: Store) -> None:
         issued = await store.issue_code(ANN)
         assert issued is not None
-        key = keys.code(digest(store.settings.auth_secret, "code", issued.code))
+        key = keys.code(short_digest(store.settings.auth_secret, "code", issued.code))
         with redis_server.client() as client:
-            assert 0 < client.ttl(key) <= 300
-            client.delete(key)  # what expiry does
+            # the key outlives the code while it counts toward the issue limit (600 s)
+            assert 300 < client.ttl(key) <= 600
+            value = client.get(key)
+            user, expiry, rest = value[1:].split("|", 2)
+            assert user == str(ANN["id"]) and 0 < int(expiry) - now_ms() <= 300_000
+            # what 300 s do
+            client.set(key, f"L{user}|{now_ms() - 1}|{rest}", keepttl=True)
         with pytest.raises(InvalidCode):
             await store.redeem_code(issued.code, "10.0.0.1")
 
