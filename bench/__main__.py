@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench import load, measure, report
+from bench import deployed, load, measure, report
 from bench.services import (
     free_port,
     start_api,
@@ -38,6 +38,9 @@ from shared.store import Store
 from tests.fixtures.common import ROOT, port_open, wait_until
 
 CODES = 100_000  # issued for the memory figure, then spent by the redeem run
+CODES_1M = 1_000_000  # the memory figure again, and a redeem run among them
+SMALL = 10_000  # the population a redeem run among a million is compared with
+TOKENS = 50_000  # redeemed for the memory a live access token keeps
 SECONDS = 8  # each load run
 WARMUP_SECONDS = 2
 CONNECTIONS = 64
@@ -45,13 +48,7 @@ BOT_UPDATES = 1_500
 APPROVALS = 200
 RESULTS = ROOT / "bench-results.json"
 
-NOT_MEASURED = {
-    "bytes_per_code_1m": "1,000,000 issues take minutes more than make bench's 5-minute budget",
-    "deployed_p50_ms": "needs supervisord with API_PROCESSES=2 on a shared socket; not built yet",
-    "process_share_max": "needs the deployed path (supervisord, 2 processes); not built yet",
-    "bytes_per_token": "not built yet (tokens' memory cannot be told apart from the "
-                       "per-address limit keys the redeem run leaves without a separate run)",
-}
+NOT_MEASURED: dict[str, str] = {}
 
 
 def _stack() -> dict[str, Any]:
@@ -171,6 +168,30 @@ def run(workdir: Path) -> dict[str, Any]:
 
         _phase(f"wake-ups over {APPROVALS} approvals")
         results.update(measure.wake(api.url, settings, APPROVALS))
+
+        _phase(f"memory per live access token ({TOKENS:,} redeemed)")
+        with server.client() as client:
+            results["bytes_per_token"] = round(
+                measure.memory_per_token(settings, client, TOKENS, 70_000_000), 1)
+
+        _phase(f"redeems among {SMALL:,} and among {CODES_1M:,} live codes")
+        with server.client() as client:
+            _, small, _ = measure.memory_per_code_parallel(settings, client, SMALL,
+                                                           80_000_000, 2)
+            small_run = load.run(api.url, "/v1/codes/redeem", _bodies(small), seconds=1,
+                                 connections=CONNECTIONS, workdir=workdir)
+            per_code_1m, million, rate_1m = measure.memory_per_code_parallel(
+                settings, client, CODES_1M, 100_000_000, 2)
+            million_run = load.run(api.url, "/v1/codes/redeem", _bodies(million[:SMALL]),
+                                   seconds=1, connections=CONNECTIONS, workdir=workdir)
+            client.flushall()
+        results.update({
+            "bytes_per_code_1m": round(per_code_1m, 1), "issue_rps_1m_2_processes": round(rate_1m),
+            "redeem_rps_10k_live": round(small_run.rps), "redeem_errors_10k_live": small_run.errors,
+            "redeem_rps_1m_live": round(million_run.rps),
+            "redeem_errors_1m_live": million_run.errors,
+            "redeem_1m_vs_10k": round(million_run.rps / small_run.rps, 3),
+        })
         api.stop()
 
         _phase("Redis round trips through a counting proxy")
@@ -188,6 +209,11 @@ def run(workdir: Path) -> dict[str, Any]:
         results["round_trips_issue"] = measure.issue_turns(
             proxy, measure.settings_for(proxied), 40_000_000)
         counted.stop()
+
+        _phase("the deployed path: supervisord, 2 API processes on one socket")
+        results.update(deployed.run(workdir, redis_url))
+        with server.client() as client:
+            client.flushall()
 
         _phase(f"bots: {BOT_UPDATES} /start each")
         sandbox = start_sandbox(workdir)

@@ -4,6 +4,7 @@ them, Redis memory per code, Redis round trips per operation, bot replies/s, wak
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import statistics
 import threading
 import time
@@ -33,13 +34,15 @@ def user(uid: int) -> User:
 
 
 async def issue_codes(store: Store, first_uid: int, count: int) -> list[str]:
-    """One code each for users first_uid.. (count of them), CONCURRENCY at a time."""
+    """One code each for users first_uid.. (count of them), CONCURRENCY at a time, as the
+    bot issues them (each for an update of its own, so with the update's mark)."""
     codes: list[str] = [""] * count
     queue = iter(range(count))
 
     async def worker() -> None:
         for i in queue:
-            issued = await store.issue_code(user(first_uid + i))
+            issued = await store.issue_code(user(first_uid + i),
+                                            update_key=f"1:{first_uid + i}:bench")
             assert issued is not None, "the issue limit refused a fresh user"
             codes[i] = issued.code
 
@@ -70,6 +73,59 @@ def memory_per_code(settings: Settings, client: redis.Redis, count: int,
     elapsed = time.perf_counter() - started
     after = used_memory(client)
     return (after - before) / count, codes, count / elapsed
+
+
+def _issue_part(settings: Settings, first_uid: int, count: int) -> list[str]:
+    async def run() -> list[str]:
+        store = Store.from_settings(settings)
+        try:
+            return await issue_codes(store, first_uid, count)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def memory_per_code_parallel(settings: Settings, client: redis.Redis, count: int,
+                             first_uid: int, processes: int) -> tuple[float, list[str], float]:
+    """`memory_per_code` with the issues spread over `processes` processes (one issuing
+    process is slower than Redis: a million codes would take minutes)."""
+    client.flushall()
+    before = used_memory(client)
+    share = count // processes
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.starmap(_issue_part, [(settings, first_uid + n * share, share)
+                                           for n in range(processes)])
+    elapsed = time.perf_counter() - started
+    after = used_memory(client)
+    codes = [code for part in parts for code in part]
+    return (after - before) / len(codes), codes, len(codes) / elapsed
+
+
+def memory_per_token(settings: Settings, client: redis.Redis, count: int,
+                     first_uid: int) -> float:
+    """Redis memory one live access token keeps (`used_memory` growth per redeem of
+    `count` codes of `count` users, the codes issued before and not counted)."""
+    client.flushall()
+
+    async def run() -> float:
+        store = Store.from_settings(settings)
+        try:
+            codes = await issue_codes(store, first_uid, count)
+            before = used_memory(client)
+            queue = iter(enumerate(codes))
+
+            async def worker() -> None:
+                for i, code in queue:
+                    await store.redeem_code(code, address(i + 1))
+
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            return (used_memory(client) - before) / count
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 # -- round trips --------------------------------------------------------------------------
@@ -115,7 +171,8 @@ def issue_turns(proxy: ProxyThread, settings: Settings, first_uid: int) -> int:
     store = Store.from_settings(settings)
     try:
         return count_turns(
-            proxy, lambda i: loop.run_until_complete(store.issue_code(user(first_uid + i + 1)))
+            proxy, lambda i: loop.run_until_complete(
+                store.issue_code(user(first_uid + i + 1), update_key=f"1:{i}:turns"))
         )
     finally:
         loop.run_until_complete(store.close())
