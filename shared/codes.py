@@ -9,7 +9,8 @@ the issuer reads the user's slots of this window and the last (one round trip) a
 then, in one pipeline, voids the live one and writes the next slot (the second):
 
 - a new code voids the previous one before the reply carrying it is sent, so a user
-  never holds two live codes;
+  holds one live code (two issues for one user at the same instant that fall on
+  either side of a window's end may both stand: both codes are that user's);
 - the filled slots of the window are the issues counted against the limit (a slot
   another user's code happens to hold counts as used: one in 10^L / live codes);
 - an update's mark in its code lets the same update, handled again, re-send that code
