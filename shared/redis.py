@@ -118,7 +118,8 @@ def load_script(name: str) -> str:
 
 
 # every script registered on a Cluster client, by its SHA1, so a pipeline can send it whole
-_BODIES: dict[str, str] = {}
+# (as UTF-8, encoded once: a script's text is a kilobyte, sent with every call)
+_BODIES: dict[str, bytes] = {}
 _REGISTRY = "_tglogin_scripts"
 
 
@@ -139,6 +140,10 @@ class Scripts:
         if script is None:
             script = self._registered[name] = self._client.register_script(load_script(name))
         return script
+
+
+def _utf8(script: str | bytes) -> bytes:
+    return script.encode() if isinstance(script, str) else script
 
 
 def scripts(client: Redis) -> Scripts:
@@ -205,8 +210,17 @@ class _Batcher:
         self._callers.append((future, start, len(self._commands)))
         return future
 
+    async def drain(self) -> None:
+        """Send what is queued and wait for every batch on its way (each ends within
+        its deadline): a client closing lets its callers have their answers."""
+        self._flush()
+        if self._running:
+            await asyncio.wait(set(self._running))
+
     def _flush(self) -> None:
         commands, callers = self._commands, self._callers
+        if not callers:  # drained before its turn came
+            return
         self._commands, self._callers = [], []
         task = asyncio.ensure_future(self._send(commands, callers, self._since))
         self._running.add(task)
@@ -275,7 +289,7 @@ class _Bounded(Redis):
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
         registered = super().register_script(script)
-        _BODIES[registered.sha] = script  # for this client's pipelines
+        _BODIES[registered.sha] = _utf8(script)  # for this client's pipelines
         return registered
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
@@ -287,6 +301,8 @@ class _Bounded(Redis):
         return pipe
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.batcher is not None:
+            await self.batcher.drain()
         await super().aclose(close_connection_pool)
         if self.sentinel_manager is not None:
             for sentinel in self.sentinel_manager.sentinels:
@@ -365,7 +381,7 @@ class _BoundedCluster(RedisCluster):
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
         registered = super().register_script(script)
-        _BODIES[registered.sha] = script  # for this client's pipelines
+        _BODIES[registered.sha] = _utf8(script)  # for this client's pipelines
         return registered
 
     def pipeline(
