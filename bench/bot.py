@@ -1,0 +1,136 @@
+"""`python -m bench.bot`: only `make bench`'s bot phase, repeated, bare and product side by
+side on one sandbox and one Redis, alternating which goes first.
+
+    python -m bench.bot [--rounds 3] [--updates 1500] [--profile DIR] [--baseline DIR]
+
+Each round starts a bare python-telegram-bot bot (`bench.bare_bot`) and the product bot
+(`bot_worker`, BOT_SEND_RATE=100000), one after the other, each answering `--updates`
+users who send `/start` at once (`bench.measure.bot_replies_per_s`), and prints both
+rates and their ratio. `--profile DIR` records the product bot with py-spy (`--native`,
+py-spy's raw collapsed stacks per round in DIR), when py-spy is installed.
+`--baseline DIR` adds, in every round, the product bot as checked out in DIR (e.g. a
+`git worktree` of an earlier commit), so a change is measured against what it changes
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench import measure
+from bench.services import (
+    AUTH_SECRET,
+    Process,
+    TelegramSandbox,
+    make_token,
+    start_bot,
+    start_redis,
+    start_sandbox,
+)
+from tests.fixtures.common import PYTHON, base_env, start, wait_until
+
+PRODUCT_ENV = {"BOT_SEND_RATE": "100000"}
+BARE, PRODUCT, BASELINE = "bench.bare_bot", "bot_worker", "baseline"
+
+
+def _start_baseline(checkout: Path, sandbox: TelegramSandbox, redis_url: str,
+                    workdir: Path) -> tuple[Process, str]:
+    """`python -m bot_worker` run from `checkout`, as `start_bot` runs this one."""
+    token = make_token()
+    env = {
+        "TELEGRAM_BOT_TOKEN": token, "TELEGRAM_API_BASE_URL": sandbox.api_base,
+        "REDIS_URL": redis_url, "AUTH_SECRET": AUTH_SECRET, **PRODUCT_ENV,
+    }
+    log = workdir / "baseline.log"
+    bot = Process(start([PYTHON, "-m", "bot_worker"], base_env(**env), log, cwd=checkout),
+                  log, 0, env)
+    bot_id = int(token.split(":", 1)[0])
+
+    def polling() -> bool:
+        bot.alive()
+        return any(b["id"] == bot_id and b["get_updates_pending"] for b in sandbox.bots())
+
+    wait_until(polling, timeout=30, what="the baseline bot to poll the sandbox")
+    return bot, token
+
+
+def _py_spy() -> str | None:
+    return shutil.which("py-spy") or next(
+        (str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.exists()), None
+    )
+
+
+def _record(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = _py_spy()
+    if spy is None:
+        print("py-spy not found: no profile", file=sys.stderr)
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--native", "--rate", "250", "--format", "raw",
+         "--pid", str(pid), "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.bot", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=1_500)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR")
+    args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
+        workdir = Path(tmp)
+        redis = start_redis(workdir)
+        stack.callback(redis.stop)
+        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        sandbox = start_sandbox(workdir)
+        stack.callback(sandbox.stop)
+        ratios: list[float] = []
+        for round_ in range(args.rounds):
+            rates: dict[str, float] = {}
+            order = [BARE, PRODUCT] + ([BASELINE] if args.baseline is not None else [])
+            order = order[round_ % len(order):] + order[:round_ % len(order)]
+            for n, module in enumerate(order):
+                if module == BASELINE:
+                    bot, token = _start_baseline(args.baseline, sandbox, redis_url, workdir)
+                else:
+                    env = PRODUCT_ENV if module == PRODUCT else {}
+                    bot, token = start_bot(module, sandbox, redis_url, workdir, **env)
+                spy = None
+                if module != BARE and args.profile is not None:
+                    out = args.profile / f"{module}-{round_ + 1}.txt"
+                    spy = _record(bot.proc.pid, out)
+                try:
+                    first = 100_000_000 + round_ * 1_000_000 + n * 100_000
+                    rates[module] = measure.bot_replies_per_s(
+                        sandbox, token, first, args.updates)
+                finally:
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                    bot.stop()
+                    if spy is not None:
+                        spy.wait(30)
+            ratio = rates[PRODUCT] / rates[BARE]
+            ratios.append(ratio)
+            line = (f"round {round_ + 1}: bare {rates[BARE]:.1f}/s  "
+                    f"product {rates[PRODUCT]:.1f}/s  ratio {ratio:.3f}")
+            if BASELINE in rates:
+                line += (f"  baseline {rates[BASELINE]:.1f}/s  "
+                         f"ratio {rates[BASELINE] / rates[BARE]:.3f}")
+            print(f"{line}  (first: {order[0]})", flush=True)
+        ratios.sort()
+        print(f"median ratio {ratios[len(ratios) // 2]:.3f} over {len(ratios)} rounds")
+
+
+if __name__ == "__main__":
+    main()
