@@ -1,12 +1,20 @@
 """`python -m api_worker [--fd N]`: load settings, then serve the API under uvicorn.
 
+The server is uvicorn on uvloop (where installed) with httptools, uvicorn's fast
+stack, under `BoundedProtocol`; the bench's bare endpoint runs on the same
+`server_config`.
+
 `--fd 0` serves on a listening socket inherited as file descriptor 0, as
-supervisord's `fcgi-program` hands it to every API process sharing one port.
+supervisord's `fcgi-program` hands it to every API process sharing one port. The
+socket is taken with its real family, so accepted TCP connections get TCP_NODELAY.
+Keep-alive connections are recycled (`Connection: close` after RECYCLE_REQUESTS
+requests or RECYCLE_SECONDS), so the processes sharing the socket share its clients.
 
 Connections are bounded so that idle or slow clients cannot use a process up:
 - a connection that has not sent a complete request head within
   API_HEADER_TIMEOUT_SECONDS (default 30) of opening, or of the first byte of its
   next request, is closed; trickling bytes does not extend it;
+- a request head is at most 16 KiB, else it is answered 400 and closed;
 - a keep-alive connection idle between requests is closed after 5 s;
 - a request carrying both Content-Length and Transfer-Encoding (a request
   smuggling shape) is answered 400 and its connection closed;

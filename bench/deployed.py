@@ -44,6 +44,7 @@ CONNECTIONS = 64  # the throughput run and its process shares
 LATENCY_CONNECTIONS = 4  # the latency run: a few long-lived keep-alive clients
 SECONDS = 8
 WARMUP_SECONDS = 2
+LOG_LEVEL = "INFO"  # the product default: every request in the access log
 USERS = 256  # tokens the clients take turns with
 UP_LINE = "running under supervisord"
 
@@ -119,7 +120,7 @@ def run(workdir: Path, redis_url: str) -> dict[str, Any]:
     """Direct, then deployed, on the Redis at `redis_url`; the figures and settings."""
     results: dict[str, Any] = {}
     with ExitStack() as stack:
-        direct = start_api("api_worker", redis_url, workdir, "direct-api", LOG_LEVEL="INFO")
+        direct = start_api("api_worker", redis_url, workdir, "direct-api", LOG_LEVEL=LOG_LEVEL)
         stack.callback(direct.stop)
         results["deployed_stack"] = server_stack(direct)
         items = tokens(direct.url, redis_url)
@@ -129,7 +130,7 @@ def run(workdir: Path, redis_url: str) -> dict[str, Any]:
                        direct_rps=round(many.rps))
         direct.stop()
 
-        launcher, metrics = start_deployed(workdir, redis_url, LOG_LEVEL="INFO")
+        launcher, metrics = start_deployed(workdir, redis_url, LOG_LEVEL=LOG_LEVEL)
         stack.callback(lambda: stop(launcher.proc))
         few, few_shares = _measure(launcher.url, items, LATENCY_CONNECTIONS, workdir, metrics)
         many, many_shares = _measure(launcher.url, items, CONNECTIONS, workdir, metrics)
@@ -147,7 +148,7 @@ def run(workdir: Path, redis_url: str) -> dict[str, Any]:
         "api_processes": API_PROCESSES, "socket": "supervisord fcgi-program, --fd 0",
         "latency_connections": LATENCY_CONNECTIONS, "throughput_connections": CONNECTIONS,
         "threads": 1, "seconds": SECONDS, "warmup_seconds": WARMUP_SECONDS,
-        "tokens": USERS, "log_level": "INFO", "forwarded_allow_ips": "127.0.0.1",
+        "tokens": USERS, "log_level": LOG_LEVEL, "forwarded_allow_ips": "127.0.0.1",
         "direct": "one python -m api_worker on 127.0.0.1:port, same Redis and settings",
     }
     return results
