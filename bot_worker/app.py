@@ -36,7 +36,7 @@ from telegram.ext import (
 from bot_worker import handlers, messages
 from bot_worker.dispatch import Dispatcher
 from bot_worker.limiter import SharedRateLimiter
-from bot_worker.polling import Poller
+from bot_worker.polling import Poller, UpdatesRequest
 from bot_worker.webhook import create_webhook_app, ensure_webhook, listening_socket
 from shared.flood import FloodControl
 from shared.lease import Leases, instance_name
@@ -57,6 +57,7 @@ BotApplication: TypeAlias = Application[
 ]
 
 SETTINGS = "settings"
+UPDATES_REQUEST = "updates request"
 COMMANDS = ("start", "code", "logout", "help")
 # retry delays (s) for publishing the username while Redis is unreachable
 PUBLISH_RETRY_FIRST = 0.5
@@ -74,6 +75,7 @@ _SHARED = (filters.ChatType.GROUPS | filters.ChatType.CHANNEL) & _NEW
 
 def build_application(settings: Settings) -> BotApplication:
     """The bot, ready for `run`: handlers registered, store opened on start."""
+    updates_request = UpdatesRequest(connection_pool_size=2)
     application = (
         Application.builder()
         .token(settings.telegram_bot_token.reveal())
@@ -87,10 +89,11 @@ def build_application(settings: Settings) -> BotApplication:
         .pool_timeout(10.0)
         # a second connection for getUpdates: the final confirming call on a stop
         # may overlap the long poll being cancelled
-        .get_updates_connection_pool_size(2)
+        .get_updates_request(updates_request)
         .build()
     )
     application.bot_data[SETTINGS] = settings
+    application.bot_data[UPDATES_REQUEST] = updates_request
     add_handlers(application)
     return application
 
@@ -172,7 +175,8 @@ async def _serve(application: BotApplication, fd: int | None) -> None:
                 )
                 await _serve_webhook(settings, application, runtime.dispatcher, fd, stop)
             else:
-                poller = Poller(application.bot, runtime.dispatcher, runtime.leases)
+                poller = Poller(application.bot, runtime.dispatcher, runtime.leases,
+                                application.bot_data[UPDATES_REQUEST])
                 await _unless_stopped(poller.run(stop), stop, grace=STOP_GRACE)
     finally:
         logger.info("Application is stopping")

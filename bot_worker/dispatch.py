@@ -58,7 +58,14 @@ def may_pass(error: BaseException) -> bool:
     return isinstance(error, NetworkError) and not isinstance(error, BadRequest)
 
 
+# the key of the update being handled (set per update): its fingerprint is made once
+_handling: ContextVar[tuple[Update, UpdateKey] | None] = ContextVar("_handling", default=None)
+
+
 def key_of(update: Update, bot_id: int) -> UpdateKey:
+    handling = _handling.get()
+    if handling is not None and handling[0] is update and handling[1].bot_id == bot_id:
+        return handling[1]
     return UpdateKey.of(bot_id, update.update_id, update.to_dict())
 
 
@@ -136,10 +143,12 @@ class Dispatcher:
             return True  # handled before: only confirm it
         errors: list[BaseException] = []
         reset = handling_errors.set(errors)
+        reset_key = _handling.set((update, key))
         try:
             async with self._slots:
                 await self._process(update)
         finally:
+            _handling.reset(reset_key)
             handling_errors.reset(reset)
         name = str(key)
         if any(may_pass(error) for error in errors):

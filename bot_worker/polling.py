@@ -10,8 +10,12 @@ Fetching goes on while updates are handled: each chat's updates are handled
 in order, chats side by side, and a chat with a backlog (one user sending
 fifty messages, each reply waiting for the per-chat flood limit) never holds
 up the others. Updates still in hand come back in every getUpdates until
-they are confirmed; they are skipped, and when a poll brings nothing new the
-poller waits for something in hand to finish instead of asking again at once.
+they are confirmed; `UpdatesRequest` drops them from the answer before
+python-telegram-bot builds objects of them (most of a busy bot's CPU went to
+building the same updates again and again). When a poll brings nothing new the
+poller waits instead of asking again at once: for something in hand to finish
+or, when the answer was full (`LIMIT` updates, so nothing newer can come before
+the offset moves), for the offset to move by `REFILL`.
 
 Telegram is the final judge: a getUpdates answered 409 means someone else
 polls; this process gives its lease back and waits at least a lease length
@@ -29,10 +33,12 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from telegram import Bot, Update
 from telegram.error import Conflict, InvalidToken, TelegramError
+from telegram.request import HTTPXRequest
 
 from bot_worker.dispatch import Dispatcher, chat_of
 from shared.lease import LEASE_MS, Leases
@@ -52,6 +58,10 @@ RETRY_FIRST, RETRY_CAP = 0.5, 10.0
 CONFLICT_CAP = 60.0
 # with nothing new fetched, wait this long (s) at most for something in hand to finish
 IDLE_WAIT = 1.0
+# updates one getUpdates answers at most (the Bot API's own maximum)
+LIMIT = 100
+# after a full answer with nothing new, the offset moves this far before the next poll
+REFILL = LIMIT // 4
 ALLOWED_UPDATES = ["message", "channel_post", "callback_query"]
 
 
@@ -61,15 +71,47 @@ async def pause(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
+class UpdatesRequest(HTTPXRequest):
+    """The getUpdates connection. Drops the updates `skip` names from an answer before
+    python-telegram-bot builds `Update` objects of them, and remembers how many the
+    answer held (`fetched`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.skip: Callable[[int], bool] = _nothing
+        self.fetched = 0
+
+    def parse_json_payload(self, payload: bytes) -> dict[str, Any]:  # type: ignore[override]
+        data = super().parse_json_payload(payload)
+        result = data.get("result") if isinstance(data, dict) else None
+        if isinstance(result, list):
+            self.fetched = len(result)
+            skip = self.skip
+            data["result"] = [
+                u for u in result
+                if not (isinstance(u, dict) and isinstance(u.get("update_id"), int)
+                        and skip(u["update_id"]))
+            ]
+        return data
+
+
+def _nothing(update_id: int) -> bool:
+    return False
+
+
 class _Conflict(Exception):
     """Telegram answered 409: someone else polls."""
 
 
 class Poller:
-    def __init__(self, bot: Bot, dispatcher: Dispatcher, leases: Leases) -> None:
+    def __init__(
+        self, bot: Bot, dispatcher: Dispatcher, leases: Leases,
+        request: UpdatesRequest | None = None,
+    ) -> None:
         self.bot = bot
         self.dispatcher = dispatcher
         self.leases = leases
+        self.request = request  # the bot's getUpdates connection, when it is one
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow, lead when the lease is free, until `stop` is set."""
@@ -107,6 +149,8 @@ class Poller:
         lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew(lost), name="renew the polling lease")
         batch = _Batch(self.dispatcher, stop)
+        if self.request is not None:
+            self.request.skip = batch.skips
         conflict = False
         try:
             await self._delete_webhook()
@@ -127,6 +171,8 @@ class Poller:
                     with contextlib.suppress(Unavailable):
                         await self.leases.release_poller()
                     logger.info("polling: lease given back")
+            if self.request is not None:
+                self.request.skip = _nothing
         return not conflict
 
     async def _poll(self, batch: _Batch, stop: asyncio.Event, lost: asyncio.Event) -> None:
@@ -136,7 +182,8 @@ class Poller:
             offset = batch.offset()
             fetch = asyncio.create_task(
                 self.bot.get_updates(
-                    offset=offset, timeout=POLL_TIMEOUT, allowed_updates=ALLOWED_UPDATES
+                    offset=offset, limit=LIMIT, timeout=POLL_TIMEOUT,
+                    allowed_updates=ALLOWED_UPDATES,
                 ),
                 name="getUpdates",
             )
@@ -165,10 +212,16 @@ class Poller:
                 continue
             delay = RETRY_FIRST
             batch.confirmed(offset)
-            if not batch.take(updates) and updates:
+            fetched = self.request.fetched if self.request is not None else len(updates)
+            if not batch.take(updates) and fetched:
                 # all of it is in hand, handled, or waiting to be tried again: wait for
-                # some of it to finish rather than ask again at once
-                await batch.settled(min(IDLE_WAIT, batch.next_retry_in()))
+                # some of it to finish rather than ask again at once; after a full answer
+                # nothing new can come until the offset moves
+                wait = min(IDLE_WAIT, batch.next_retry_in())
+                if fetched >= LIMIT and offset is not None:
+                    await batch.advanced(offset + REFILL, wait)
+                else:
+                    await batch.settled(wait)
 
     async def _renew(self, lost: asyncio.Event) -> None:
         while True:
@@ -229,6 +282,13 @@ class _Batch:
             self.highest = None
             self.handled.clear()
 
+    def skips(self, uid: int) -> bool:
+        """Whether `take` would pass over update `uid` (in hand, handled, or not due)."""
+        if uid in self.tasks or uid in self.handled:
+            return True
+        due = self._retry_at.get(uid)
+        return due is not None and due > asyncio.get_running_loop().time()
+
     def next_retry_in(self) -> float:
         """Seconds until the earliest update waiting to be tried again is due."""
         if not self._retry_at:
@@ -286,6 +346,17 @@ class _Batch:
         """Until some update in hand finishes, or `seconds` pass."""
         self._settled.clear()
         await pause(self._settled, seconds)
+
+    async def advanced(self, offset: int, seconds: float) -> None:
+        """Until the offset reaches `offset` (or nothing is in hand), or `seconds` pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.tasks and (self.offset() or 0) < offset:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._settled.clear()
+            await pause(self._settled, left)
 
     async def finish(self) -> None:
         """Let what is in hand finish; if this wait is cancelled (the stop's grace ran
