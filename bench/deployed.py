@@ -50,7 +50,8 @@ UP_LINE = "running under supervisord"
 
 
 def _user(n: int) -> User:
-    return {"id": 500_000 + n, "username": f"bench{n}", "first_name": "Bench",
+    # far from the ids the rest of make bench issues codes to
+    return {"id": 7_000_000_000 + n, "username": f"bench{n}", "first_name": "Bench",
             "last_name": None, "language_code": "en"}
 
 
@@ -122,7 +123,7 @@ def run(workdir: Path, redis_url: str) -> dict[str, Any]:
     with ExitStack() as stack:
         direct = start_api("api_worker", redis_url, workdir, "direct-api", LOG_LEVEL=LOG_LEVEL)
         stack.callback(direct.stop)
-        results["deployed_stack"] = server_stack(direct)
+        results["direct_stack"] = server_stack(direct)
         items = tokens(direct.url, redis_url)
         few, _ = _measure(direct.url, items, LATENCY_CONNECTIONS, workdir)
         many, _ = _measure(direct.url, items, CONNECTIONS, workdir)
@@ -132,6 +133,7 @@ def run(workdir: Path, redis_url: str) -> dict[str, Any]:
 
         launcher, metrics = start_deployed(workdir, redis_url, LOG_LEVEL=LOG_LEVEL)
         stack.callback(lambda: stop(launcher.proc))
+        results["deployed_stack"] = server_stack(launcher)  # what the API processes logged
         few, few_shares = _measure(launcher.url, items, LATENCY_CONNECTIONS, workdir, metrics)
         many, many_shares = _measure(launcher.url, items, CONNECTIONS, workdir, metrics)
         shares_few, shares_many = _shares(few_shares), _shares(many_shares)
