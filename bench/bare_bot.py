@@ -10,6 +10,8 @@ import os
 from telegram import Update
 from telegram.ext import Application, CommandHandler, ContextTypes
 
+from bot_worker.dispatch import CONCURRENCY
+
 TEXT = "Your login code: 1234 5678"
 
 
@@ -27,8 +29,10 @@ def main() -> None:
         Application.builder()
         .token(os.environ["TELEGRAM_BOT_TOKEN"])
         .base_url(os.environ["TELEGRAM_API_BASE_URL"])
-        .concurrent_updates(True)
-        # replies side by side, as the product bot sends them
+        # updates handled at once and replies side by side, as many as the product bot
+        # handles and sends (python-telegram-bot's `True` means 256: more requests than
+        # connections, and then its HTTP pool spends its time assigning them)
+        .concurrent_updates(CONCURRENCY)
         .connection_pool_size(64)
         .pool_timeout(10.0)
         .build()
