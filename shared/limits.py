@@ -16,7 +16,6 @@ at the limit the address gets 429 until the window ends.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -24,7 +23,7 @@ from redis.asyncio.client import Pipeline
 
 from shared import keys
 from shared.addresses import limit_subject
-from shared.hashing import digest
+from shared.hashing import digest, random_hex
 from shared.redis import scripts, unavailable_on_error
 from shared.settings import Settings
 
@@ -75,7 +74,7 @@ class AttemptBudget:
     def attempt(self, address: str) -> Attempt:
         hashed = address_hash(self.settings, address)
         return Attempt(
-            keys.redeem_fails(hashed), keys.redeem_pending(hashed), secrets.token_hex(6)
+            keys.redeem_fails(hashed), keys.redeem_pending(hashed), random_hex(6)
         )
 
     def _admit_args(self, attempt: Attempt, now: int) -> list[str | int]:

@@ -22,11 +22,10 @@ import base64
 import binascii
 import hashlib
 import hmac
-import secrets
 import struct
 from dataclasses import dataclass
 
-from shared.hashing import TOKEN_PREFIX
+from shared.hashing import TOKEN_PREFIX, random_hex
 from shared.settings import ApiClient, Secret
 
 _VERSION = 1
@@ -55,7 +54,7 @@ def client_tag(secret: Secret, client: ApiClient | None) -> str:
 
 
 def new_token_id() -> str:
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 def _mac(secret: Secret, payload: bytes) -> bytes:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import pytest
 
 from shared.addresses import limit_subject
+from shared.hashing import random_hex
 from shared.settings import ApiClient, Secret
 from shared.tokens import Claims, client_tag, new_token_id, seal, unseal
 
@@ -70,3 +74,21 @@ def test_every_spelling_of_an_address_and_every_address_of_a_64_is_one_budget(
 def test_the_ipv6_prefix_is_configurable() -> None:
     assert limit_subject("2001:db8:1:2:3::1", 48) == "2001:db8:1::/48"
     assert limit_subject("2001:db8::1", 128) == "2001:db8::1/128"
+
+
+def test_random_ids_are_never_handed_out_twice_not_even_across_a_fork() -> None:
+    """Ids come from a pool of operating-system random bytes; a forked child starts
+    its own pool instead of repeating its parent's."""
+    seen = {random_hex(8) for _ in range(2000)}  # crosses a pool refill
+    assert len(seen) == 2000
+    reader, writer = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads about
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(writer, random_hex(8).encode())
+        os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 64).decode()
+    os.waitpid(pid, 0)
+    assert child != random_hex(8) and child not in seen
