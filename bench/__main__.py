@@ -131,7 +131,7 @@ def run(workdir: Path) -> dict[str, Any]:
             per_code, codes, issue_rps = measure.memory_per_code(settings, client, CODES, 1)
         results["bytes_per_code"] = round(per_code, 1)
         results["issue_rps"] = round(issue_rps)
-        spare, warm, spend = codes[:50], codes[50:20_050], codes[20_050:]
+        warm, spend = codes[50:20_050], codes[20_050:]
 
         _phase("bare Starlette endpoint")
         bare = start_api("bench.bare_api", redis_url, workdir, "bare-api")
@@ -178,12 +178,14 @@ def run(workdir: Path) -> dict[str, Any]:
         with server.client() as client:
             _, small, _ = measure.memory_per_code_parallel(settings, client, SMALL,
                                                            80_000_000, 2)
-            small_run = load.run(api.url, "/v1/codes/redeem", _bodies(small), seconds=1,
+            measure.persistence_idle(client)
+            small_run = load.run(api.url, "/v1/codes/redeem", _bodies(small), seconds=2,
                                  connections=CONNECTIONS, workdir=workdir)
             per_code_1m, million, rate_1m = measure.memory_per_code_parallel(
                 settings, client, CODES_1M, 100_000_000, 2)
+            measure.persistence_idle(client)
             million_run = load.run(api.url, "/v1/codes/redeem", _bodies(million[:SMALL]),
-                                   seconds=1, connections=CONNECTIONS, workdir=workdir)
+                                   seconds=2, connections=CONNECTIONS, workdir=workdir)
             client.flushall()
         results.update({
             "bytes_per_code_1m": round(per_code_1m, 1), "issue_rps_1m_2_processes": round(rate_1m),
@@ -200,12 +202,14 @@ def run(workdir: Path) -> dict[str, Any]:
         proxied = f"redis://127.0.0.1:{proxy.port}/0"
         counted = start_api("api_worker", proxied, workdir, "api-proxied")
         stack.callback(counted.stop)
+        spare = asyncio.run(_issue(settings, 90_000_000, 51))  # the phases before flushed
+        (token,) = _tokens(counted.url, spare[50:])
         with httpx.Client(base_url=counted.url, timeout=10) as http:
             results["round_trips_redeem"] = measure.http_turns(proxy, lambda i: http.post(
                 "/v1/codes/redeem", json={"code": spare[i + 1]},
                 headers={"X-Forwarded-For": f"10.250.0.{i + 2}"}))
             results["round_trips_me"] = measure.http_turns(proxy, lambda i: http.get(
-                "/v1/me", headers={"Authorization": f"Bearer {tokens[0]}"}))
+                "/v1/me", headers={"Authorization": f"Bearer {token}"}))
         results["round_trips_issue"] = measure.issue_turns(
             proxy, measure.settings_for(proxied), 40_000_000)
         counted.stop()

@@ -75,6 +75,19 @@ def memory_per_code(settings: Settings, client: redis.Redis, count: int,
     return (after - before) / count, codes, count / elapsed
 
 
+def persistence_idle(client: redis.Redis, timeout: float = 180) -> None:
+    """Wait until Redis is not rewriting its append-only file (a million new keys start
+    a rewrite: a forked child on the same cores would be measured with the redeems)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not any(int(info.get(name, 0)) for name in (
+                "aof_rewrite_in_progress", "aof_rewrite_scheduled", "rdb_bgsave_in_progress")):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("Redis kept rewriting its files for 3 minutes")
+
+
 def _issue_part(settings: Settings, first_uid: int, count: int) -> list[str]:
     async def run() -> list[str]:
         store = Store.from_settings(settings)
