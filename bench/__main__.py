@@ -27,6 +27,7 @@ import httpx
 from bench import deployed, load, measure, report
 from bench.services import (
     free_port,
+    server_stack,
     start_api,
     start_bot,
     start_module,
@@ -64,8 +65,6 @@ def _stack() -> dict[str, Any]:
             "uvicorn", "starlette", "h11", "httptools", "uvloop", "redis",
             "python-telegram-bot", "httpx",
         )},
-        "uvicorn_http": "h11 (api_worker's BoundedH11Protocol)",
-        "uvicorn_loop": "uvloop" if version("uvloop") else "asyncio",
         "cpus": os.cpu_count(),
     }
 
@@ -136,6 +135,7 @@ def run(workdir: Path) -> dict[str, Any]:
         _phase("bare Starlette endpoint")
         bare = start_api("bench.bare_api", redis_url, workdir, "bare-api")
         stack.callback(bare.stop)
+        results["stack"].update(server_stack(bare))  # the loop and parser it says it runs
         load.run(bare.url, "/v1/codes/redeem", _bodies(warm), seconds=WARMUP_SECONDS,
                  connections=CONNECTIONS, workdir=workdir)
         bare_run = load.run(bare.url, "/v1/codes/redeem", _bodies(spend), seconds=SECONDS,
