@@ -6,8 +6,11 @@ side on one sandbox and one Redis, alternating which goes first.
 Each round starts a bare python-telegram-bot bot (`bench.bare_bot`) and the product bot
 (`bot_worker`, BOT_SEND_RATE=100000), one after the other, each answering `--updates`
 users who send `/start` at once (`bench.measure.bot_replies_per_s`), and prints both
-rates and their ratio. `--profile DIR` records the product bot with py-spy (`--native`,
-py-spy's raw collapsed stacks per round in DIR), when py-spy is installed.
+rates and their ratio, and the CPU each process spent per reply (the bot, the sandbox
+and Redis share the machine's cores, so all three count). `--profile DIR` records the
+bots with py-spy (`--native`, raw collapsed stacks per round in DIR), when
+py-spy is installed; py-spy slows what it samples, so rates of a profiled run are not
+comparable.
 `--baseline DIR` adds, in every round, the product bot as checked out in DIR (e.g. a
 `git worktree` of an earlier commit), so a change is measured against what it changes
 in the same run.
@@ -16,6 +19,7 @@ in the same run.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -61,6 +65,12 @@ def _start_baseline(checkout: Path, sandbox: TelegramSandbox, redis_url: str,
     return bot, token
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU `pid` has spent so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _py_spy() -> str | None:
     return shutil.which("py-spy") or next(
         (str(p) for p in [Path(sys.executable).parent / "py-spy"] if p.exists()), None
@@ -96,8 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         sandbox = start_sandbox(workdir)
         stack.callback(sandbox.stop)
         ratios: list[float] = []
+        assert redis.proc is not None and sandbox.proc is not None
+        others = {"sandbox": sandbox.proc.pid, "redis": redis.proc.pid}
         for round_ in range(args.rounds):
             rates: dict[str, float] = {}
+            cpu: dict[str, str] = {}
             order = [BARE, PRODUCT] + ([BASELINE] if args.baseline is not None else [])
             order = order[round_ % len(order):] + order[:round_ % len(order)]
             for n, module in enumerate(order):
@@ -107,13 +120,19 @@ def main(argv: list[str] | None = None) -> None:
                     env = PRODUCT_ENV if module == PRODUCT else {}
                     bot, token = start_bot(module, sandbox, redis_url, workdir, **env)
                 spy = None
-                if module != BARE and args.profile is not None:
+                if args.profile is not None:
                     out = args.profile / f"{module}-{round_ + 1}.txt"
                     spy = _record(bot.proc.pid, out)
                 try:
                     first = 100_000_000 + round_ * 1_000_000 + n * 100_000
+                    pids = {"bot": bot.proc.pid, **others}
+                    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
                     rates[module] = measure.bot_replies_per_s(
                         sandbox, token, first, args.updates)
+                    replies = args.updates + 50  # and the warm-up's
+                    cpu[module] = " ".join(
+                        f"{name} {(_cpu_seconds(pid) - before[name]) * 1000 / replies:.2f}"
+                        for name, pid in pids.items())
                 finally:
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
@@ -128,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                 line += (f"  baseline {rates[BASELINE]:.1f}/s  "
                          f"ratio {rates[BASELINE] / rates[BARE]:.3f}")
             print(f"{line}  (first: {order[0]})", flush=True)
+            for module in order:
+                print(f"    CPU ms per reply, {module}: {cpu[module]}", flush=True)
         ratios.sort()
         print(f"median ratio {ratios[len(ratios) // 2]:.3f} over {len(ratios)} rounds")
 

@@ -14,8 +14,9 @@ they are confirmed; `UpdatesRequest` drops them from the answer before
 python-telegram-bot builds objects of them (most of a busy bot's CPU went to
 building the same updates again and again). When a poll brings nothing new the
 poller waits instead of asking again at once: for something in hand to finish
-or, when the answer was full (`LIMIT` updates, so nothing newer can come before
-the offset moves), for the offset to move by `REFILL`.
+(and `REPOLL_GAP` at least) or, when the answer was full (`LIMIT` updates, so
+nothing newer can come before the offset moves), for the offset to move by
+`REFILL`.
 
 Telegram is the final judge: a getUpdates answered 409 means someone else
 polls; this process gives its lease back and waits at least a lease length
@@ -62,6 +63,9 @@ IDLE_WAIT = 1.0
 LIMIT = 100
 # after a full answer with nothing new, the offset moves this far before the next poll
 REFILL = LIMIT // 4
+# after any other answer with nothing new, at least this long (s) before the next poll
+# (a backlog's tail would otherwise bring back what is in hand once per finished update)
+REPOLL_GAP = 0.1
 ALLOWED_UPDATES = ["message", "channel_post", "callback_query"]
 
 
@@ -222,6 +226,7 @@ class Poller:
                     await batch.advanced(offset + REFILL, wait)
                 else:
                     await batch.settled(wait)
+                    await pause(stop, REPOLL_GAP)
 
     async def _renew(self, lost: asyncio.Event) -> None:
         while True:
