@@ -22,10 +22,24 @@ TOKEN_PREFIX = "tgl_"
 _SEPARATORS = re.compile(r"[\s\-]+")
 
 
+# HMAC-SHA256 keyed with each secret seen, ready to copy: a copy skips preparing the key
+_KEYED: dict[str, hmac.HMAC] = {}
+
+
+def keyed(secret: Secret, message: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 of `message` keyed with `secret`."""
+    key = secret.reveal()
+    base = _KEYED.get(key)
+    if base is None:
+        base = _KEYED[key] = hmac.new(key.encode(), digestmod=hashlib.sha256)
+    mac = base.copy()
+    mac.update(message)
+    return mac
+
+
 def digest(secret: Secret, purpose: str, value: str) -> str:
     """The keyed hash of `value`; `purpose` keeps codes and tokens apart."""
-    message = f"{purpose}:{value}".encode()
-    return hmac.new(secret.reveal().encode(), message, hashlib.sha256).hexdigest()
+    return keyed(secret, f"{purpose}:{value}".encode()).hexdigest()
 
 
 def slot_code(secret: Secret, user_id: int, window: int, slot: int, length: int) -> str:
@@ -38,7 +52,7 @@ def slot_code(secret: Secret, user_id: int, window: int, slot: int, length: int)
     a PRF; 128 bits reduced mod 10^length leave no usable bias).
     """
     message = f"code-slot:{user_id}:{window}:{slot}".encode()
-    mac = hmac.new(secret.reveal().encode(), message, hashlib.sha256)
+    mac = keyed(secret, message)
     return f"{int.from_bytes(mac.digest()[:16], 'big') % 10**length:0{length}d}"
 
 
@@ -47,7 +61,7 @@ def short_digest(secret: Secret, purpose: str, value: str, length: int = 22) -> 
     bits): what a code's key and an update's mark are named by, short because there is
     one per live code."""
     message = f"{purpose}:{value}".encode()
-    mac = hmac.new(secret.reveal().encode(), message, hashlib.sha256).digest()
+    mac = keyed(secret, message).digest()
     return base64.urlsafe_b64encode(mac).decode()[:length]
 
 

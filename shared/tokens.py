@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
 
-from shared.hashing import TOKEN_PREFIX, random_hex
+from shared.hashing import TOKEN_PREFIX, keyed, random_hex
 from shared.settings import ApiClient, Secret
 
 _VERSION = 1
@@ -46,11 +45,19 @@ class Claims:
     client: str  # 16 hex digits: `client_tag` of the API client that obtained it
 
 
+_TAGS: dict[tuple[str, str], str] = {}
+
+
 def client_tag(secret: Secret, client: ApiClient | None) -> str:
-    """Which API client a token belongs to: a keyed hash of its name ("" when open)."""
+    """Which API client a token belongs to: a keyed hash of its name ("" when open);
+    the same few clients ask on every request, so each tag is made once."""
     name = "" if client is None else client.name
-    mac = hmac.new(secret.reveal().encode(), f"token-client:{name}".encode(), hashlib.sha256)
-    return mac.hexdigest()[:16]
+    found = _TAGS.get((secret.reveal(), name))
+    if found is None:
+        found = keyed(secret, f"token-client:{name}".encode()).hexdigest()[:16]
+        if len(_TAGS) < 1024:  # clients come from the settings: a handful
+            _TAGS[(secret.reveal(), name)] = found
+    return found
 
 
 def new_token_id() -> str:
@@ -58,8 +65,7 @@ def new_token_id() -> str:
 
 
 def _mac(secret: Secret, payload: bytes) -> bytes:
-    key = secret.reveal().encode()
-    return hmac.new(key, b"access-token:" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return keyed(secret, b"access-token:" + payload).digest()[:_MAC_BYTES]
 
 
 def seal(secret: Secret, claims: Claims) -> str:
