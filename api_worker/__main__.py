@@ -49,6 +49,7 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api_worker.app import create_app
+from api_worker.logs import lighten_records
 from api_worker.waiters import Waiters
 from shared.settings import SettingsError, load_settings
 
@@ -75,14 +76,16 @@ def _fail(message: str, status: int) -> NoReturn:
 
 def log_config(level: str) -> dict[str, Any]:
     """Everything to stdout in one format; uvicorn's loggers pass through the root. The
-    formatter redacts query strings and login request ids (`api_worker.logs`)."""
+    formatter redacts query strings and login request ids, the handler flushes once per
+    event-loop turn, records skip what no line shows (`api_worker.logs`)."""
+    lighten_records()
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": {"()": "api_worker.logs.RedactingFormatter", "fmt": FORMAT}},
         "handlers": {
             "stdout": {
-                "class": "logging.StreamHandler",
+                "class": "api_worker.logs.TickFlushingHandler",
                 "formatter": "plain",
                 "stream": "ext://sys.stdout",
             }

@@ -15,15 +15,13 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api_worker import codes, demo, login_requests, openapi, ops, tokens
 from api_worker.auth import warn_if_open
-from api_worker.body import TextUrls
-from api_worker.errors import EXCEPTION_HANDLERS, CatchAll
-from api_worker.metrics import RequestTimer
+from api_worker.errors import EXCEPTION_HANDLERS
+from api_worker.front import Front, direct
 from api_worker.waiters import Waiters
 from shared.logins import Logins, decisions
 from shared.settings import Settings, SettingsError, load_settings
@@ -42,6 +40,23 @@ def _head_only_where_safe(routes: list[BaseRoute]) -> list[BaseRoute]:
     for route in routes:
         if isinstance(route, Route) and route.endpoint in _DELIVERS_ONCE and route.methods:
             route.methods.discard("HEAD")
+    return routes
+
+
+class Api(Starlette):
+    """Starlette with `Front` as its whole middleware stack (the URL check, the error
+    model and request metrics in one layer), around the router."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return Front(self.router, self.exception_handlers)
+
+
+def _direct(routes: list[BaseRoute]) -> list[BaseRoute]:
+    """Each route's endpoint called as it is (`api_worker.front.direct`): `Front`
+    handles what it raises."""
+    for route in routes:
+        assert isinstance(route, Route) and asyncio.iscoroutinefunction(route.endpoint)
+        route.app = direct(route.endpoint)
     return routes
 
 
@@ -75,18 +90,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The API app for `settings` (default: loaded from the environment and `.env`)."""
     settings = settings if settings is not None else load_settings()
     demo_routes = demo.routes(settings) if settings.demo_page else []
-    app = Starlette(
+    app = Api(
         routes=_head_only_where_safe(
             [
-                *codes.routes,
-                *tokens.routes,
-                *login_requests.routes,
-                *ops.routes,
-                *openapi.routes,
-                *demo_routes,
+                *_direct(
+                    [*codes.routes, *tokens.routes, *login_requests.routes, *ops.routes,
+                     *openapi.routes]
+                ),
+                *demo_routes,  # some with middleware of their own
             ]
         ),
-        middleware=[Middleware(RequestTimer), Middleware(CatchAll), Middleware(TextUrls)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=_lifespan,
     )

@@ -15,7 +15,8 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from api_worker.errors import InvalidRequest, NotJson, TooLarge, error_response
 
@@ -90,6 +91,8 @@ def _declared_json(content_type: str) -> bool:
 
 
 def _utf8(encoded: bytes) -> bool:
+    if encoded.isascii() and b"%" not in encoded:  # nothing encoded: ASCII text as it is
+        return True
     try:
         unquote_to_bytes(encoded).decode("utf-8")
     except UnicodeDecodeError:
@@ -97,23 +100,15 @@ def _utf8(encoded: bytes) -> bool:
     return True
 
 
-class TextUrls:
-    """ASGI middleware: a request whose path or query, percent-decoded, is not UTF-8
-    gets 400 `invalid_request` (the server would otherwise read it with U+FFFD in
-    place of the bad bytes, a different text than the client sent)."""
+def text_url(scope: Scope) -> bool:
+    """Whether the request's path and query, percent-decoded, are UTF-8 text (the server
+    would otherwise read other bytes with U+FFFD in their place, a different text than
+    the client sent); `api_worker.front.Front` answers `url_not_text()` if not."""
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
+    return _utf8(raw_path) and _utf8(scope.get("query_string", b"").replace(b"+", b" "))
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
-            query = scope.get("query_string", b"").replace(b"+", b" ")
-            if not (_utf8(raw_path) and _utf8(query)):
-                response = error_response(
-                    400, "invalid_request", "The URL holds percent-encoded bytes that are "
-                    "not UTF-8 text."
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def url_not_text() -> Response:
+    return error_response(
+        400, "invalid_request", "The URL holds percent-encoded bytes that are not UTF-8 text."
+    )

@@ -3,7 +3,8 @@
 Every error a client sees is `{"error": "<code>", "message": "<text>"}`.
 Handlers raise `ApiError` subclasses or the store's exceptions; this module
 maps them (and routing's 404/405) to responses. Anything else is logged with
-its traceback and answered 500 `internal`, never with the traceback.
+its traceback and answered 500 `internal`, never with the traceback
+(`api_worker.front.Front` applies both).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from collections.abc import Mapping
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
+from starlette.types import ExceptionHandler
 
-from api_worker.logs import route_label
 from shared.store import InvalidCode, RateLimited, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -141,33 +141,3 @@ EXCEPTION_HANDLERS: dict[type[Exception], ExceptionHandler] = {
     Unavailable: _unavailable,
     HTTPException: _http_error,
 }
-
-
-class CatchAll:
-    """Log any unexpected exception with its traceback; answer 500 `internal`."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def _send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, _send)
-        except Exception:
-            logger.exception(
-                "unexpected error answering %s %s", scope["method"], route_label(scope)
-            )
-            if started:  # too late for a clean answer; the server closes the connection
-                return
-            response = error_response(500, "internal", "An unexpected error occurred.")
-            await response(scope, receive, send)

@@ -10,7 +10,6 @@ process writes its histogram there and every scrape sums all of them.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable
 
 from prometheus_client import (
@@ -25,7 +24,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from api_worker import context
 from api_worker.logs import route_label
@@ -80,35 +79,18 @@ async def endpoint(request: Request) -> Response:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class RequestTimer:
-    """ASGI middleware observing every HTTP request's duration."""
+class Timings:
+    """Every HTTP request's duration, observed once (`api_worker.front.Front`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         # the histogram's series by (route, method, status), as `labels()` finds them
         # (at a third of a request's metrics cost, each time)
         self._series: dict[tuple[str, str, int], Histogram] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        start = time.perf_counter()
-
-        async def _send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, _send)
-        finally:
-            elapsed = time.perf_counter() - start
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            key = (route_label(scope), method, int(status))
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = REQUEST_DURATION.labels(*key[:2], str(key[2]))
-            series.observe(elapsed)
+    def observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        method = scope["method"]
+        key = (route_label(scope), method if method in _METHODS else "OTHER", int(status))
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = REQUEST_DURATION.labels(*key[:2], str(key[2]))
+        series.observe(elapsed)

@@ -382,7 +382,7 @@ PATHS: Json = {
     },
 }
 
-# any URL can carry bytes that are not UTF-8 (api_worker.body.TextUrls): 400 everywhere
+# any URL can carry bytes that are not UTF-8 (api_worker.body.text_url): 400 everywhere
 for _operations in PATHS.values():
     for _operation in _operations.values():
         _operation["responses"].setdefault("400", _ref("responses", "InvalidUrl"))
