@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 from collections.abc import AsyncGenerator, Awaitable, Generator, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar, cast
@@ -41,6 +42,7 @@ from redis.asyncio.connection import AbstractConnection, SSLConnection, parse_ur
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
@@ -123,6 +125,25 @@ _BODIES: dict[str, bytes] = {}
 _REGISTRY = "_tglogin_scripts"
 
 
+class Script(AsyncScript):
+    """A registered script, called as redis-py's (`await script(keys=..., args=...,
+    client=...)`), without its cost on a pipeline of this module: queued there it goes
+    as EVAL with its text at once (redis-py's call imports a module and queues the
+    script for a `SCRIPT EXISTS` check that these pipelines skip, each time)."""
+
+    async def __call__(
+        self,
+        keys: Any = None,
+        args: Any = None,
+        client: Any = None,
+    ) -> Any:
+        body = _BODIES.get(self.sha)
+        if body is not None and type(client) in _OWN_PIPELINES \
+                and not getattr(client, "watching", False):
+            return client.execute_command("EVAL", body, len(keys or ()), *keys or (), *args or ())
+        return await super().__call__(keys, args, client)
+
+
 class Scripts:
     """The Lua scripts of one client, each registered once.
 
@@ -172,9 +193,17 @@ _UNBATCHED = frozenset(
 
 def _batchable(command: _Command) -> bool:
     name = command[0][0]
-    if isinstance(name, bytes):
-        name = name.decode("ascii", "replace")
-    return str(name).partition(" ")[0].upper() not in _UNBATCHED
+    known = _BATCHABLE.get(name)
+    if known is None:
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+        known = text.partition(" ")[0].upper() not in _UNBATCHED
+        if len(_BATCHABLE) < 1024:  # command names, a few dozen
+            _BATCHABLE[name] = known
+    return known
+
+
+# whether a command of this name may join a batch, as _batchable found it
+_BATCHABLE: dict[Any, bool] = {}
 
 
 class _Batcher:
@@ -233,11 +262,9 @@ class _Batcher:
         since: float,
     ) -> None:
         client = self._client
-        pipe = Pipeline(client.connection_pool, client.response_callbacks, False, None)
-        pipe.command_stack = commands
         left = client.deadline - (asyncio.get_running_loop().time() - since)
         try:
-            answers = await _bounded(left, pipe.execute(raise_on_error=False))
+            answers = await _bounded(left, self._execute(commands))
         except BaseException as exc:
             for future, _, _ in callers:
                 if not future.done():
@@ -248,6 +275,58 @@ class _Batcher:
         for future, start, end in callers:
             if not future.done():  # not cancelled meanwhile
                 future.set_result(answers[start:end])
+
+
+    async def _execute(self, commands: list[_Command]) -> list[Any]:
+        """The answers to `commands`, sent as one pipeline on one pooled connection, a
+        command's error in its own place: what redis-py's Pipeline.execute does with
+        `raise_on_error=False` for a non-transactional pipeline, without its layers
+        (about a microsecond and a half a command). A broken connection is connected
+        again and the pipeline sent again, within the client's retries, as redis-py does.
+        """
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return cast(list[Any], await connection.retry.call_with_retry(
+                lambda: self._exchange(connection, commands),
+                lambda error: connection.disconnect(),
+            ))
+        finally:
+            await pool.release(connection)
+
+    async def _exchange(
+        self, connection: AbstractConnection, commands: list[_Command]
+    ) -> list[Any]:
+        await connection.send_packed_command(
+            connection.pack_commands([args for args, _ in commands])
+        )
+        callbacks = self._client.response_callbacks
+        answers: list[Any] = []
+        for args, options in commands:
+            try:
+                answer = await connection.read_response(
+                    disable_decoding=NEVER_DECODE in options
+                )
+            except ResponseError as exc:
+                if EMPTY_RESPONSE not in options:
+                    answers.append(exc)
+                    continue
+                answer = options[EMPTY_RESPONSE]
+            else:
+                callback = callbacks.get(args[0])
+                if callback is not None:
+                    answer = callback(answer, **{
+                        name: value for name, value in options.items()
+                        if name not in _NOT_FOR_CALLBACKS
+                    }) if options else callback(answer)
+                    if inspect.isawaitable(answer):
+                        answer = await answer
+            answers.append(answer)
+        return answers
+
+
+# options of a queued command that are not its answer's callback's (redis-py drops them)
+_NOT_FOR_CALLBACKS = frozenset({NEVER_DECODE, EMPTY_RESPONSE, "keys"})
 
 
 def _own_copy(exc: BaseException) -> BaseException:
@@ -288,7 +367,7 @@ class _Bounded(Redis):
         return await _bounded(self.deadline, call)
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
-        registered = super().register_script(script)
+        registered = Script(self, script)
         _BODIES[registered.sha] = _utf8(script)  # for this client's pipelines
         return registered
 
@@ -380,7 +459,7 @@ class _BoundedCluster(RedisCluster):
             raise RedisConnectionError(str(exc)) from exc
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
-        registered = super().register_script(script)
+        registered = Script(self, script)
         _BODIES[registered.sha] = _utf8(script)  # for this client's pipelines
         return registered
 
@@ -420,6 +499,9 @@ class _BoundedClusterPipeline(ClusterPipeline):
         call = super().execute(raise_on_error, allow_redirections)
         return await _bounded(client.deadline, client.in_turn(call))
 
+
+# the pipelines whose queued scripts go as EVAL with their text (Script)
+_OWN_PIPELINES = frozenset({_BoundedPipeline, _BoundedClusterPipeline})
 
 # set in the task of a Cluster call holding a turn (calls it makes take none)
 _IN_TURN: contextvars.ContextVar[bool] = contextvars.ContextVar("in_turn", default=False)
