@@ -73,6 +73,12 @@ _PRIVATE = filters.ChatType.PRIVATE & filters.UpdateType.MESSAGE
 _SHARED = (filters.ChatType.GROUPS | filters.ChatType.CHANNEL) & _NEW
 
 
+# connections sending replies: Telegram takes 30 messages a second from a bot, so at
+# 0.2 s a send, 6 in flight keep up; more only cost, because the HTTP pool checks each
+# idle connection for every request it places
+SEND_CONNECTIONS = 16
+
+
 def build_application(settings: Settings) -> BotApplication:
     """The bot, ready for `run`: handlers registered, store opened on start."""
     updates_request = UpdatesRequest(connection_pool_size=2)
@@ -84,8 +90,9 @@ def build_application(settings: Settings) -> BotApplication:
         # confirms a fetched batch to Telegram before handling it
         .updater(None)
         .rate_limiter(SharedRateLimiter())
-        # replies go out side by side (each chat's in order, see dispatch.py)
-        .connection_pool_size(64)
+        # replies go out side by side (each chat's in order, see dispatch.py) on
+        # SEND_CONNECTIONS connections
+        .connection_pool_size(SEND_CONNECTIONS)
         .pool_timeout(10.0)
         # a second connection for getUpdates: the final confirming call on a stop
         # may overlap the long poll being cancelled
