@@ -268,9 +268,16 @@ class BoundedProtocol(HttpToolsProtocol):
             self._head_began()
 
     def on_headers_complete(self) -> None:
+        # bytes received since the head began (its own and maybe a body's, less at most
+        # a held partial method's): well within the bound, so is the head, and its size
+        # need not be counted
+        received = self._head_bytes + METHOD_LIMIT if self._head_timer is not None \
+            else HEAD_LIMIT + 1
         self._head_done()
         method, self._method = self._method, None
-        if len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > HEAD_LIMIT:
+        if received > HEAD_LIMIT and len(self.url) + sum(
+            len(n) + len(v) + 4 for n, v in self.headers
+        ) > HEAD_LIMIT:
             self._refusal = f"The request head is larger than {HEAD_LIMIT // 1024} KiB."
             raise ValueError(self._refusal)  # llhttp stops: data_received answers 400
         super().on_headers_complete()

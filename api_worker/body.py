@@ -74,7 +74,9 @@ async def json_object(request: Request, *, empty_is_object: bool = False) -> dic
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    if not is_text(value):
+    # in ASCII text only a \u escape can spell a lone surrogate (json.loads lets
+    # UTF-8 and UTF-16 bodies carry encoded ones)
+    if (not raw.isascii() or b"\\u" in raw) and not is_text(value):
         raise InvalidRequest(
             "The request body holds a string that is not valid Unicode text "
             "(a lone surrogate such as \\ud800)."

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from api_worker import context
 from api_worker.auth import bearer_token, invalid_token, require_client
-from api_worker.codes import NO_STORE
+from api_worker.codes import TokenResponse
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ async def me(request: Request) -> Response:
     user = await context.store(request).token_user(bearer_token(request), client)
     if user is None:
         raise invalid_token()
-    return JSONResponse({"user": user}, headers=NO_STORE)
+    return TokenResponse({"user": user})
 
 
 async def revoke(request: Request) -> Response:

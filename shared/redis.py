@@ -30,7 +30,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Generator, Iterable, Iterator, Mapping
 from importlib import resources
 from typing import Any, TypeVar, cast
 
@@ -200,6 +200,13 @@ def _batchable(command: _Command) -> bool:
         if len(_BATCHABLE) < 1024:  # command names, a few dozen
             _BATCHABLE[name] = known
     return known
+
+
+def _all_batchable(commands: list[_Command]) -> bool:
+    for command in commands:
+        if not _batchable(command):
+            return False
+    return True
 
 
 # whether a command of this name may join a batch, as _batchable found it
@@ -403,7 +410,8 @@ class _BoundedPipeline(Pipeline):
         return self.execute_command("EVAL", body, numkeys, *keys_and_args)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        self.scripts = {s for s in self.scripts if s.sha not in _BODIES}
+        if self.scripts:
+            self.scripts = {s for s in self.scripts if s.sha not in _BODIES}
         stack = self.command_stack
         if (
             self.batcher is None
@@ -412,7 +420,7 @@ class _BoundedPipeline(Pipeline):
             or self.watching
             or self.scripts
             or not stack
-            or not all(_batchable(command) for command in stack)
+            or not _all_batchable(stack)
         ):
             return await _bounded(self.deadline, super().execute(raise_on_error))
         self.command_stack = []
@@ -420,6 +428,15 @@ class _BoundedPipeline(Pipeline):
         if raise_on_error:
             self.raise_first_error(stack, answers)
         return answers
+
+    async def reset(self) -> None:  # type: ignore[override]
+        if self.connection is None and not self.watching:  # a batched or unused pipeline
+            self.command_stack = []
+            if self.scripts:
+                self.scripts = set()
+            self.explicit_transaction = False
+            return
+        await super().reset()  # type: ignore[no-untyped-call]
 
 
 class _BoundedCluster(RedisCluster):
@@ -530,7 +547,8 @@ def _packing_with_hiredis(kind: type[AbstractConnection]) -> type[AbstractConnec
     packing = _PACKING_WITH_HIREDIS.get(kind)
     if packing is None:
         packing = _PACKING_WITH_HIREDIS[kind] = type(
-            kind.__name__, (kind,), {"pack_command": _pack_with_hiredis}
+            kind.__name__, (kind,),
+            {"pack_command": _pack_with_hiredis, "pack_commands": _pack_all_with_hiredis},
         )
     return packing
 
@@ -538,14 +556,32 @@ def _packing_with_hiredis(kind: type[AbstractConnection]) -> type[AbstractConnec
 _PACKING_WITH_HIREDIS: dict[type[AbstractConnection], type[AbstractConnection]] = {}
 
 
-def _pack_with_hiredis(self: AbstractConnection, *args: Any) -> list[bytes]:
+def _split_name(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A command name of two words ("SCRIPT FLUSH", b"CONFIG GET") as two arguments."""
     name = args[0]
-    if isinstance(name, str | bytes) and " " in str(name):  # "SCRIPT FLUSH", b"CONFIG GET"
-        args = (*name.split(), *args[1:])
+    if isinstance(name, str | bytes) and " " in str(name):
+        return (*name.split(), *args[1:])
+    return args
+
+
+def _pack_with_hiredis(self: AbstractConnection, *args: Any) -> list[bytes]:
+    args = _split_name(args)
     try:
         return [hiredis.pack_command(args)]
     except TypeError:  # memoryview, bytearray: redis-py's own packer takes them
         packed: list[bytes] = AbstractConnection.pack_command(self, *args)
+        return packed
+
+
+def _pack_all_with_hiredis(
+    self: AbstractConnection, commands: Iterable[tuple[Any, ...]]
+) -> list[bytes]:
+    """A pipeline's commands packed by hiredis as one buffer (ours are small)."""
+    commands = list(commands)
+    try:
+        return [b"".join([hiredis.pack_command(_split_name(args)) for args in commands])]
+    except TypeError:  # memoryview, bytearray: redis-py's own packer takes them
+        packed: list[bytes] = AbstractConnection.pack_commands(self, commands)
         return packed
 
 
