@@ -81,7 +81,21 @@ class RedactingFormatter(logging.Formatter):
             path = args[2]
             if isinstance(path, str) and "?" in path:
                 record.args = (*args[:2], redact_query(path), *args[3:])
-        return redact_ids(super().format(record))
+        if record.exc_info or record.exc_text or record.stack_info or self._plain is None:
+            return redact_ids(super().format(record))
+        # logging.Formatter.format for a line with no traceback, in one step
+        record.message = record.getMessage()
+        if self._uses_time:
+            record.asctime = self.formatTime(record, self.datefmt)
+        return redact_ids(self._plain % record.__dict__)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        style = self._style
+        # the %-format, when `format` may apply it directly (no defaults to merge)
+        self._plain: str | None = style._fmt if type(style) is logging.PercentStyle \
+            and not getattr(style, "_defaults", None) else None
+        self._uses_time = self.usesTime()
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """logging's own text (`2026-01-31 12:00:00,123`), its strftime done once a second."""
