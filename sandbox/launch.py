@@ -3,7 +3,10 @@
 - no `.env`: write one with a fresh random AUTH_SECRET;
 - no REDIS_URL: run a private Redis-compatible server, data under var/redis;
 - no TELEGRAM_BOT_TOKEN: run the local Telegram sandbox and point the bot at it
-  (in webhook mode the sandbox posts updates to the bot on BOT_PORT).
+  (in webhook mode the sandbox posts updates to the bot on BOT_PORT);
+- OpenID Connect clients (OIDC_CLIENTS or OIDC_CLIENTS_FILE) but no
+  OIDC_SIGNING_KEY_FILE: a signing key made once under var/oidc/ (0600) and kept for
+  the next runs; no OIDC_ISSUER: the local API's URL.
 
 It prints where to open the chat page and the API once they answer. A program
 that crashes or is killed is restarted (`sandbox.supervision` watches them);
@@ -31,6 +34,7 @@ from types import FrameType
 from dotenv import dotenv_values
 
 from sandbox.supervision import Credentials, Supervisor, Watcher, tcp_socket, write_ctl_config
+from shared.oidc_keys import write_new_key_file
 from shared.settings import SettingsError, load_settings
 
 SANDBOX_TOKEN = "7000000001:SANDBOX-local-token-not-a-real-bot-0000"
@@ -38,6 +42,7 @@ DEFAULT_SANDBOX_PORT = "8081"
 DEFAULT_BOT_PORT = "8001"
 WEBHOOK_PATH = "/telegram/webhook"
 STARTUP_TIMEOUT = 60.0
+OIDC_KEY_FILE = Path("oidc", "signing-key.pem")  # under var/, when make run makes it
 
 
 def _say(line: str) -> None:
@@ -125,6 +130,8 @@ def build_environment(root: Path) -> dict[str, str]:
     for name in ("API_PROCESSES", "BOT_PROCESSES", "SANDBOX_PORT"):
         if not env[name].isdigit() or int(env[name]) < 1:
             raise SettingsError(name, f"must be a positive whole number, got {env[name]!r}")
+    if _oidc_configured(env):
+        _oidc_defaults(env, root, var)
     settings = load_settings(env, env_file=root / ".env", require_bot_token=True)
     env["API_HOST"] = settings.api_host
     env["API_PORT"] = str(settings.api_port)
@@ -147,6 +154,28 @@ def build_environment(root: Path) -> dict[str, str]:
     # API processes share their Prometheus metrics through files here
     env["PROMETHEUS_MULTIPROC_DIR"] = str(var / "metrics")
     return env
+
+
+def _oidc_configured(env: dict[str, str]) -> bool:
+    return bool(env.get("OIDC_CLIENTS", "").strip() or env.get("OIDC_CLIENTS_FILE", "").strip())
+
+
+def _oidc_defaults(env: dict[str, str], root: Path, var: Path) -> None:
+    """OIDC_SIGNING_KEY_FILE and OIDC_ISSUER where the operator gave none: a key made
+    once under var/ (as AUTH_SECRET is made once into .env: every API process signs
+    with it, and tokens signed before a restart still verify), and the local API's
+    URL, which a browser on this machine reaches."""
+    if not env.get("OIDC_SIGNING_KEY_FILE", "").strip():
+        key_file = var / OIDC_KEY_FILE
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.parent.chmod(0o700)
+        write_new_key_file(key_file)
+        env["OIDC_SIGNING_KEY_FILE"] = str(key_file)
+    if not env.get("OIDC_ISSUER", "").strip():
+        # where the API listens: the settings read without the provider's, which need it
+        plain = {**env, "OIDC_CLIENTS": "", "OIDC_CLIENTS_FILE": ""}
+        api = load_settings(plain, env_file=root / ".env", require_bot_token=True)
+        env["OIDC_ISSUER"] = f"http://{_url_host(api.api_host)}:{api.api_port}"
 
 
 def busy_port(env: dict[str, str]) -> str | None:
@@ -266,6 +295,11 @@ def _announce(env: dict[str, str], urls: dict[str, str]) -> None:
         )
     if env["TGLOGIN_PRIVATE_REDIS"] == "true":
         _say(f"private Redis: {env['REDIS_URL']}")
+    if _oidc_configured(env):
+        _say(
+            f"OpenID Connect clients checked: issuer {env['OIDC_ISSUER']}, signing keys in "
+            f"{env['OIDC_SIGNING_KEY_FILE']} (the provider's endpoints are not served yet)"
+        )
 
 
 if __name__ == "__main__":

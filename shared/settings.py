@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 from redis.connection import parse_url
+
+from shared.oidc_keys import KeyFileError, SigningKeys
 
 DEFAULT_API_BASE_URL = "https://api.telegram.org/bot"
 # an API key must be long enough that guessing it is hopeless
@@ -26,6 +30,7 @@ _TEXT_VARIABLES = (
     "AUTH_SECRET", "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_BASE_URL", "TELEGRAM_BOT_USERNAME",
     "REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "API_KEYS", "API_HOST",
     "WEBHOOK_URL", "WEBHOOK_SECRET", "BOT_HOST",
+    "OIDC_ISSUER", "OIDC_CLIENTS", "OIDC_CLIENTS_FILE", "OIDC_SIGNING_KEY_FILE",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -70,6 +75,42 @@ class ApiClient:
 
     name: str
     key: Secret
+
+
+@dataclass(frozen=True)
+class OidcClient:
+    """One OpenID Connect client (relying party) of OIDC_CLIENTS."""
+
+    client_id: str
+    # what the bot shows the user ("Log in to <name>?"), control characters removed
+    name: str
+    # compared exactly, as registered
+    redirect_uris: tuple[str, ...]
+    # None: a public client (PKCE required); else a confidential one, authenticated by
+    # client_secret_basic or client_secret_post
+    client_secret: Secret | None = None
+
+    @property
+    def confidential(self) -> bool:
+        return self.client_secret is not None
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """The OpenID Connect provider: on when OIDC_CLIENTS (or OIDC_CLIENTS_FILE) is set."""
+
+    # public base URL without a trailing slash: the `iss` of every token, the prefix of
+    # every endpoint in the discovery document
+    issuer: str
+    clients: tuple[OidcClient, ...]
+    # from OIDC_SIGNING_KEY_FILE: the first key signs, all are published
+    signing_keys: SigningKeys
+
+    def client(self, client_id: str) -> OidcClient | None:
+        for client in self.clients:
+            if client.client_id == client_id:
+                return client
+        return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +162,8 @@ class Settings:
     redis_sentinel_master: str = ""
     # Cluster: REDIS_URL names one node
     redis_cluster: bool = False
+    # the OpenID Connect provider; None: off
+    oidc: OidcSettings | None = None
 
     def client_for_key(self, key: str) -> ApiClient | None:
         """The API client whose key this is, or None."""
@@ -294,6 +337,187 @@ def _webhook(values: Mapping[str, str], secret: str) -> tuple[str, str, Secret]:
     return mode, url, Secret(hook_secret)
 
 
+# -- OpenID Connect ------------------------------------------------------------------------
+
+# a client secret must be long enough that guessing it is hopeless, as an API key
+MIN_CLIENT_SECRET_LENGTH = MIN_API_KEY_LENGTH
+MAX_CLIENT_NAME = 100  # characters of a client's name; the bot puts it in a sentence
+# client ids: RFC 3986 unreserved characters, so they go into URLs, forms, Basic
+# credentials, logs and error lines as they are
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+_CLIENT_FIELDS = frozenset({"client_id", "name", "redirect_uris", "client_secret"})
+# where http:// is allowed: this machine only (RFC 8252 7.3, loopback redirects)
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_LOOPBACK_HINT = "http:// only for 127.0.0.1, localhost or [::1]"
+
+
+def _oidc_issuer(values: Mapping[str, str]) -> str:
+    """OIDC_ISSUER: an https:// base URL (http:// on loopback), without a trailing slash."""
+    raw = values.get("OIDC_ISSUER", "").strip()
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError:
+        raise SettingsError("OIDC_ISSUER", f"is not a URL: {raw!r}") from None
+    if parts.username is not None:  # never echo it: it may hold a password
+        raise SettingsError("OIDC_ISSUER", "must have no user name or password")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise SettingsError("OIDC_ISSUER", f"must be an https:// URL, got {raw!r}")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        raise SettingsError("OIDC_ISSUER", f"must be https:// ({_LOOPBACK_HINT}), got {raw!r}")
+    if parts.query or parts.fragment or raw.endswith(("?", "#")):
+        raise SettingsError("OIDC_ISSUER", "must have no query or fragment (OpenID Discovery)")
+    return raw.rstrip("/")
+
+
+def _redirect_uri(variable: str, client_id: str, uri: object) -> str:
+    where = f"client {client_id!r}:"
+    if not isinstance(uri, str) or not uri:
+        raise SettingsError(variable, f"{where} redirect_uris must be non-empty strings")
+    if any(unicodedata.category(c)[0] in "CZ" for c in uri):
+        raise SettingsError(variable, f"{where} redirect URI {uri!r} has spaces or controls")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError:
+        raise SettingsError(variable, f"{where} redirect URI {uri!r} is not a URL") from None
+    if parts.username is not None:  # never echo it: it may hold a password
+        raise SettingsError(variable, f"{where} a redirect URI must have no user name")
+    if not parts.scheme:
+        raise SettingsError(variable, f"{where} redirect URI {uri!r} must be absolute")
+    if parts.scheme not in ("https", "http"):
+        # custom schemes (com.example.app:/cb) name no host the bot could show, and any
+        # app may claim one; native apps use a loopback redirect (RFC 8252 7.3)
+        raise SettingsError(
+            variable, f"{where} redirect URI {uri!r} must be https:// ({_LOOPBACK_HINT})"
+        )
+    if not parts.hostname:
+        raise SettingsError(variable, f"{where} redirect URI {uri!r} needs a host")
+    if parts.fragment or "#" in uri:
+        raise SettingsError(variable, f"{where} redirect URI {uri!r} must have no fragment")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        raise SettingsError(
+            variable, f"{where} redirect URI {uri!r} must be https:// ({_LOOPBACK_HINT})"
+        )
+    return uri
+
+
+def _name_character(c: str) -> str:
+    category = unicodedata.category(c)
+    if c in "\t\n\r" or category in ("Zl", "Zp"):
+        return " "
+    return "" if category[0] == "C" else c  # controls, format, private use, unassigned
+
+
+def _client_name(variable: str, client_id: str, raw: object) -> str:
+    """The name without control or format characters (line breaks, bidirectional
+    overrides that could turn a name around in the bot's message), spaces collapsed."""
+    if not isinstance(raw, str):
+        raise SettingsError(variable, f"client {client_id!r}: name must be a string")
+    name = " ".join("".join(_name_character(c) for c in raw).split())
+    if not name:
+        raise SettingsError(variable, f"client {client_id!r}: name must not be empty")
+    if len(name) > MAX_CLIENT_NAME:
+        raise SettingsError(
+            variable, f"client {client_id!r}: name must be at most {MAX_CLIENT_NAME} characters"
+        )
+    return name
+
+
+def _oidc_client(variable: str, n: int, entry: object) -> OidcClient:
+    if not isinstance(entry, dict):
+        raise SettingsError(variable, f"client {n} must be a JSON object")
+    client_id = entry.get("client_id")
+    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
+        raise SettingsError(
+            variable, f"client {n}: client_id must be 1-128 characters of A-Z a-z 0-9 . _ ~ -"
+        )
+    unknown = sorted(set(entry) - _CLIENT_FIELDS)
+    if unknown:
+        raise SettingsError(
+            variable, f"client {client_id!r}: unknown field {unknown[0]!r} (known: "
+            f"{', '.join(sorted(_CLIENT_FIELDS))})"
+        )
+    name = _client_name(variable, client_id, entry.get("name"))
+    uris = entry.get("redirect_uris")
+    if not isinstance(uris, list) or not uris:
+        raise SettingsError(variable, f"client {client_id!r}: redirect_uris must be a "
+                                      "non-empty array of URLs")
+    redirect_uris = tuple(dict.fromkeys(_redirect_uri(variable, client_id, u) for u in uris))
+    secret: Secret | None = None
+    if "client_secret" in entry:
+        raw = entry["client_secret"]
+        if not isinstance(raw, str):
+            raise SettingsError(variable, f"client {client_id!r}: client_secret must be a string")
+        if len(raw) < MIN_CLIENT_SECRET_LENGTH:
+            raise SettingsError(
+                variable, f"client {client_id!r}: client_secret must be at least "
+                f"{MIN_CLIENT_SECRET_LENGTH} characters (has {len(raw)}); leave it out for a "
+                "public client",
+            )
+        secret = Secret(raw)
+    return OidcClient(client_id, name, redirect_uris, secret)
+
+
+def _oidc_clients(values: Mapping[str, str]) -> tuple[str, tuple[OidcClient, ...]]:
+    """OIDC_CLIENTS or OIDC_CLIENTS_FILE: the variable the clients came from, and them
+    (("", ()) when neither is set)."""
+    inline = values.get("OIDC_CLIENTS", "").strip()
+    path = values.get("OIDC_CLIENTS_FILE", "").strip()
+    if inline and path:
+        raise SettingsError("OIDC_CLIENTS_FILE", "cannot be combined with OIDC_CLIENTS")
+    if not inline and not path:
+        return "", ()
+    variable, text = "OIDC_CLIENTS", inline
+    if path:
+        variable = "OIDC_CLIENTS_FILE"
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(variable, f"cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(variable, "must be UTF-8 text") from None
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:  # its message quotes no text, only places
+        raise SettingsError(variable, f"is not valid JSON: {exc}") from None
+    if not isinstance(entries, list) or not entries:
+        raise SettingsError(variable, "must be a JSON array of at least one client")
+    try:
+        json.dumps(entries, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\ud800" is JSON, but no UTF-8 text
+        raise SettingsError(variable, "must be valid UTF-8 text") from None
+    clients = [_oidc_client(variable, n, entry) for n, entry in enumerate(entries, 1)]
+    seen: set[str] = set()
+    for client in clients:
+        if client.client_id in seen:
+            raise SettingsError(variable, f"client {client.client_id!r} is listed twice")
+        seen.add(client.client_id)
+    return variable, tuple(clients)
+
+
+def _oidc(values: Mapping[str, str]) -> OidcSettings | None:
+    """The provider's settings, or None when no client is configured."""
+    issuer = _oidc_issuer(values)
+    variable, clients = _oidc_clients(values)
+    if not clients:
+        return None
+    if not issuer:
+        raise SettingsError("OIDC_ISSUER", f"is required with {variable}: the public base URL")
+    key_file = values.get("OIDC_SIGNING_KEY_FILE", "").strip()
+    if not key_file:
+        raise SettingsError(
+            "OIDC_SIGNING_KEY_FILE", f"is required with {variable}: a PEM file of RSA keys"
+        )
+    try:
+        keys = SigningKeys.from_file(key_file)
+    except KeyFileError as exc:
+        raise SettingsError("OIDC_SIGNING_KEY_FILE", str(exc)) from None
+    return OidcSettings(issuer=issuer, clients=clients, signing_keys=keys)
+
+
 def _bool(values: Mapping[str, str], name: str) -> bool:
     raw = values.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -381,4 +605,5 @@ def load_settings(
         redis_sentinels=sentinels,
         redis_sentinel_master=sentinel_master,
         redis_cluster=cluster,
+        oidc=_oidc(values),
     )

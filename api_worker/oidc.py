@@ -1,0 +1,134 @@
+"""OpenID Connect provider: the discovery document and the JWKS.
+
+Both are built once per process from the settings (the issuer, the signing keys) and
+served as they are: JSON, `Cache-Control: public`, a strong `ETag` answered 304 on a
+matching `If-None-Match`, readable from any origin (a browser app fetches them before
+it logs anyone in; they hold nothing private), HEAD wherever GET.
+
+Every URL in the discovery document is the issuer followed by the path this process
+serves it at: an issuer with a path (`https://example.com/login`) needs a proxy that
+sends `/login/...` here as `/...`.
+
+Not published yet: the authorization, token, userinfo and revocation endpoints are
+the next part of issue 9, and a discovery document naming endpoints that do not
+answer would be false (a client configured from it fails only when a user tries to
+log in). `routes(settings)` therefore serves nothing until PUBLISHED is true, and says
+so at start when OIDC_CLIENTS is set; `provider_routes` are the routes themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from shared.oidc_keys import ALGORITHM
+from shared.settings import OidcSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+# true once every endpoint the discovery document names answers (issue 9)
+PUBLISHED = False
+
+DISCOVERY_PATH = "/.well-known/openid-configuration"
+JWKS_PATH = "/oauth/jwks"
+AUTHORIZE_PATH = "/oauth/authorize"
+TOKEN_PATH = "/oauth/token"
+USERINFO_PATH = "/oauth/userinfo"
+REVOKE_PATH = "/oauth/revoke"
+# clients fetch both again after an hour at most: a key added to the file is seen by
+# every client within an hour (README "OpenID Connect", rotating keys)
+MAX_AGE = 3600
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+SCOPES = ("openid", "profile")
+CLAIMS = (
+    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
+    "name", "preferred_username", "locale", "telegram_id",
+)
+UI_LOCALES = ("en", "ru")  # the authorization page's languages
+
+
+def discovery(oidc: OidcSettings) -> dict[str, Any]:
+    """The OpenID Provider Metadata (OpenID Connect Discovery 1.0, RFC 8414)."""
+    issuer = oidc.issuer
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": issuer + AUTHORIZE_PATH,
+        "token_endpoint": issuer + TOKEN_PATH,
+        "userinfo_endpoint": issuer + USERINFO_PATH,
+        "revocation_endpoint": issuer + REVOKE_PATH,
+        "jwks_uri": issuer + JWKS_PATH,
+        "scopes_supported": list(SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "claims_supported": list(CLAIMS),
+        "ui_locales_supported": list(UI_LOCALES),
+        # RFC 9207: the authorization response carries `iss`, against mix-up attacks
+        "authorization_response_iss_parameter_supported": True,
+        # neither request objects nor the claims parameter; request_uri defaults to true
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "claims_parameter_supported": False,
+    }
+
+
+def _document(body: dict[str, Any]) -> Endpoint:
+    """A GET (and HEAD) endpoint answering `body` as fixed JSON, cache-friendly."""
+    content = json.dumps(body, separators=(",", ":")).encode()
+    etag = '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
+    headers = {
+        "Cache-Control": f"public, max-age={MAX_AGE}",
+        "ETag": etag,
+        "Access-Control-Allow-Origin": "*",
+    }
+
+    async def endpoint(request: Request) -> Response:
+        if _matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(content, media_type="application/json", headers=headers)
+
+    return endpoint
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 13.1.2: weak comparison against each listed tag, or `*`."""
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags
+
+
+def provider_routes(oidc: OidcSettings) -> list[BaseRoute]:
+    """The routes of the provider as built so far: discovery and the JWKS."""
+    return [
+        Route(DISCOVERY_PATH, _document(discovery(oidc)), methods=["GET"]),
+        Route(JWKS_PATH, _document(oidc.signing_keys.jwks()), methods=["GET"]),
+    ]
+
+
+def routes(settings: Settings) -> list[BaseRoute]:
+    """What `create_app` mounts: nothing while OIDC is off or not yet PUBLISHED."""
+    if settings.oidc is None:
+        return []
+    if not PUBLISHED:
+        logger.warning(
+            "OIDC_CLIENTS is set and valid (%d clients, signing key %s), but this version "
+            "does not serve OpenID Connect yet: nothing is published",
+            len(settings.oidc.clients), settings.oidc.signing_keys.signing_kid,
+        )
+        return []
+    return provider_routes(settings.oidc)
