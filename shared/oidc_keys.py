@@ -117,6 +117,11 @@ class SigningKeys:
         return tuple(str(jwk["kid"]) for jwk in self._jwks["keys"])
 
     @property
+    def algorithm(self) -> str:
+        """What every token is signed with (the discovery document says it)."""
+        return ALGORITHM
+
+    @property
     def signing_kid(self) -> str:
         return str(self._signing.kid)
 
