@@ -77,18 +77,6 @@ def _bodies(codes: list[str]) -> list[str]:
     return [json.dumps({"code": code}) for code in codes]
 
 
-def _tokens(api_url: str, codes: list[str]) -> list[str]:
-    async def redeem_all() -> list[str]:
-        async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
-            async def one(i: int, code: str) -> str:
-                answer = await http.post("/v1/codes/redeem", json={"code": code},
-                                         headers={"X-Forwarded-For": f"10.200.{i >> 8}.{i & 255}"})
-                assert answer.status_code == 200, answer.text
-                return str(answer.json()["access_token"])
-            return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(codes))))
-    return asyncio.run(redeem_all())
-
-
 def run(workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"generator": load.generator(), "stack": _stack()}
     if results["generator"] == "wrk":
@@ -160,7 +148,7 @@ def run(workdir: Path) -> dict[str, Any]:
 
         _phase("product /v1/me")
         fresh = asyncio.run(_issue(settings, 20_000_000, 500))
-        tokens = _tokens(api.url, fresh)
+        tokens = measure.redeem_for_tokens(api.url, fresh)
         me_run = load.run(api.url, "/v1/me", tokens, seconds=SECONDS, connections=CONNECTIONS,
                           workdir=workdir, method="GET")
         results.update({"me_rps": round(me_run.rps), "me_p50_ms": me_run.p50_ms,
@@ -203,7 +191,7 @@ def run(workdir: Path) -> dict[str, Any]:
         counted = start_api("api_worker", proxied, workdir, "api-proxied")
         stack.callback(counted.stop)
         spare = asyncio.run(_issue(settings, 90_000_000, 51))  # the phases before flushed
-        (token,) = _tokens(counted.url, spare[50:])
+        (token,) = measure.redeem_for_tokens(counted.url, spare[50:])
         with httpx.Client(base_url=counted.url, timeout=10) as http:
             results["round_trips_redeem"] = measure.http_turns(proxy, lambda i: http.post(
                 "/v1/codes/redeem", json={"code": spare[i + 1]},

@@ -19,7 +19,6 @@ same settings and log level, to keep-alive clients:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sys
@@ -29,9 +28,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench import load
+from bench.measure import redeem_for_tokens
 from bench.services import AUTH_SECRET, Process, free_port, server_stack, start_api, start_redis
 from shared.settings import load_settings
 from shared.store import User
@@ -61,16 +59,7 @@ def tokens(api_url: str, redis_url: str, users: int = USERS) -> list[str]:
     settings = load_settings(env={"AUTH_SECRET": AUTH_SECRET, "REDIS_URL": redis_url},
                              env_file="/nonexistent")
     codes = [issue_code(settings, _user(n)) for n in range(users)]
-
-    async def redeem_all() -> list[str]:
-        async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
-            async def one(i: int, code: str) -> str:
-                answer = await http.post("/v1/codes/redeem", json={"code": code},
-                                         headers={"X-Forwarded-For": f"10.201.{i >> 8}.{i & 255}"})
-                assert answer.status_code == 200, answer.text
-                return str(answer.json()["access_token"])
-            return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(codes))))
-    return asyncio.run(redeem_all())
+    return redeem_for_tokens(api_url, codes, subnet=201)
 
 
 def start_deployed(workdir: Path, redis_url: str, **env: str) -> tuple[Process, Path]:

@@ -14,11 +14,11 @@ import httpx
 import redis
 
 from bench.load import address, percentile
-from bench.redis_proxy import TurnCounter
 from bench.services import AUTH_SECRET, TelegramSandbox
 from shared.logins import Logins
 from shared.settings import Settings, load_settings
 from shared.store import Store, User
+from tests.fixtures.turns import TurnCounter
 
 CONCURRENCY = 64
 
@@ -48,6 +48,21 @@ async def issue_codes(store: Store, first_uid: int, count: int) -> list[str]:
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return codes
+
+
+def redeem_for_tokens(api_url: str, codes: list[str], subnet: int = 200) -> list[str]:
+    """The access tokens `codes` redeem for through the API at `api_url`, each from its
+    own X-Forwarded-For address in 10.`subnet`.0.0/16."""
+    async def redeem_all() -> list[str]:
+        async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+            async def one(i: int, code: str) -> str:
+                answer = await http.post(
+                    "/v1/codes/redeem", json={"code": code},
+                    headers={"X-Forwarded-For": f"10.{subnet}.{i >> 8}.{i & 255}"})
+                assert answer.status_code == 200, answer.text
+                return str(answer.json()["access_token"])
+            return list(await asyncio.gather(*(one(i, c) for i, c in enumerate(codes))))
+    return asyncio.run(redeem_all())
 
 
 def used_memory(client: redis.Redis) -> int:

@@ -6,11 +6,8 @@ On a real server, one stopped with SIGSTOP, and behind a proxy counting round tr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,74 +15,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from shared.redis import Unavailable, connect, scripts, unavailable_on_error
-from tests.fixtures.common import free_port
-from tests.fixtures.redis import RedisServer, kill
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.turns import TurnCounter
 from tests.shared.test_redis_layer import BOUND, settings_for
 
 CALLERS = 200  # more than the pool's 64 connections
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of this test's own, which it may stop with SIGSTOP (resumed after)."""
-    server = RedisServer(port=free_port(), data_dir=tmp_path / "own")
-    server.start()
-    try:
-        yield server
-    finally:
-        kill(server)
-
-
-class TurnCounter:
-    """A TCP proxy in front of Redis counting turns: bursts of bytes from a client after
-    the server last answered it. One command, pipeline or batch is one turn."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.turns = 0
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        answered = [True]
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                if answered[0]:
-                    self.turns += 1
-                    answered[0] = False
-                up_writer.write(data)
-                await up_writer.drain()
-
-        async def downstream() -> None:
-            while data := await up_reader.read(65536):
-                answered[0] = True
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        self._tasks.update(tasks)
-        with contextlib.suppress(Exception):
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        for w in (writer, up_writer):
-            w.close()
 
 
 def test_concurrent_callers_get_their_own_answers_and_their_own_errors(redis_url: str) -> None:
@@ -177,7 +111,7 @@ def test_concurrent_commands_share_round_trips_and_a_connection(
 
     async def body() -> dict[bool, tuple[int, int]]:
         proxy = TurnCounter(redis_server.port)
-        url = await proxy.start()
+        url = f"redis://127.0.0.1:{await proxy.start()}/0"
         seen: dict[bool, tuple[int, int]] = {}
         try:
             for batched in (True, False):

@@ -44,17 +44,6 @@ async def timed(call: Callable[[], Awaitable[Any]]) -> tuple[str, float]:
     return "ok", time.monotonic() - started
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of this test's own, which it may stop with SIGSTOP (resumed after)."""
-    server = RedisServer(port=free_port(), data_dir=tmp_path / "own")
-    server.start()
-    try:
-        yield server
-    finally:
-        kill(server)
-
-
 def test_scripts_are_registered_once_and_survive_a_flushed_cache(redis_url: str) -> None:
     async def body() -> None:
         client = connect(settings_for(redis_url))
