@@ -39,7 +39,7 @@ from shared.counters import Counter
 from shared.hashing import normalize_code, short_digest, slot_code
 from shared.limits import Attempt, AttemptBudget, RateLimited, retry_after
 from shared.redis import Unavailable, scripts, unavailable_on_error
-from shared.settings import ApiClient, Settings
+from shared.settings import ApiClient, Settings, code_windows
 from shared.tokens import Claims, client_tag, new_token_id, seal
 
 logger = logging.getLogger(__name__)
@@ -149,12 +149,12 @@ class Codes:
     def _slots(self, uid: int, now: int) -> list[tuple[int, int, str]]:
         """(window, slot, code) of every slot that may hold a live code of the user: this
         issue window's and those before it as far back as a code's key lives."""
-        settings, window_ms = self.settings, self._window_ms()
-        window = now // window_ms
-        back = -(-self._lifetime_ms() // window_ms)
+        settings = self.settings
+        window = now // self._window_ms()
+        windows = code_windows(settings.code_ttl_seconds, settings.issue_window_seconds)
         return [
             (w, slot, slot_code(settings.auth_secret, uid, w, slot, settings.code_length))
-            for w in range(window, window - back - 1, -1)
+            for w in range(window, window - windows, -1)
             for slot in range(settings.issue_limit)
         ]
 

@@ -531,6 +531,31 @@ def _bool(values: Mapping[str, str], name: str) -> bool:
     raise SettingsError(name, f"must be 1 or 0, got {raw!r}")
 
 
+# an issue reads every slot that may hold a user's code (shared.codes): at most this many
+MAX_CODE_SLOTS = 2000
+
+
+def code_windows(code_ttl_seconds: int, issue_window_seconds: int) -> int:
+    """How many issue windows, the current one and those before it, may hold a code of a
+    user that still counts: its key lives max(code TTL, window) from its issue."""
+    return -(-max(code_ttl_seconds, issue_window_seconds) // issue_window_seconds) + 1
+
+
+def _issue_limit(values: Mapping[str, str]) -> tuple[int, int]:
+    ttl = _int(values, "CODE_TTL_SECONDS", 300, 10, 86400)
+    limit = _int(values, "CODE_ISSUE_LIMIT", 5, 1, 1000)
+    window = _int(values, "CODE_ISSUE_WINDOW_SECONDS", 600, 1, 86400)
+    slots = limit * code_windows(ttl, window)
+    if slots > MAX_CODE_SLOTS:
+        raise SettingsError(
+            "CODE_ISSUE_WINDOW_SECONDS",
+            f"is too short for CODE_TTL_SECONDS={ttl} and CODE_ISSUE_LIMIT={limit}: an issue "
+            f"would read {slots} code slots (at most {MAX_CODE_SLOTS}); use a window nearer "
+            "the code's lifetime or a lower limit",
+        )
+    return limit, window
+
+
 def load_settings(
     env: Mapping[str, str] | None = None,
     *,
@@ -572,6 +597,8 @@ def load_settings(
     redis_url = _redis_url(values)
     sentinels, sentinel_master, cluster = _redis_topology(values, redis_url)
 
+    issue_limit, issue_window = _issue_limit(values)
+
     return Settings(
         auth_secret=Secret(secret),
         redis_url=redis_url,
@@ -587,8 +614,8 @@ def load_settings(
         api_keys=_api_keys(values.get("API_KEYS", "")),
         api_host=_api_host(values),
         api_port=api_port,
-        issue_limit=_int(values, "CODE_ISSUE_LIMIT", 5, 1, 1000),
-        issue_window_seconds=_int(values, "CODE_ISSUE_WINDOW_SECONDS", 600, 1, 86400),
+        issue_limit=issue_limit,
+        issue_window_seconds=issue_window,
         redeem_fail_limit=_int(values, "REDEEM_FAIL_LIMIT", 10, 1, 100000),
         redeem_fail_window_seconds=_int(values, "REDEEM_FAIL_WINDOW_SECONDS", 600, 1, 86400),
         redeem_fail_alarm_per_minute=_int(

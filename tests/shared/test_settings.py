@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Secret, SettingsError, load_settings
+from shared.settings import MAX_CODE_SLOTS, Secret, SettingsError, code_windows, load_settings
 
 SECRET = "x" * 32
 KEY_ONE, KEY_TWO = "key-one-0123456789abcdefgh", "key-two-0123456789abcdefgh"
@@ -42,6 +42,9 @@ def test_defaults_follow_the_contract() -> None:
         ({"API_KEYS": "shop:"}, "API_KEYS"),
         ({"DEMO_PAGE": "maybe"}, "DEMO_PAGE"),
         ({"TELEGRAM_API_BASE_URL": "ftp://x"}, "TELEGRAM_API_BASE_URL"),
+        # an issue would read 100 x (86400 / 60 + 1) slots of the user's codes
+        ({"CODE_TTL_SECONDS": "86400", "CODE_ISSUE_WINDOW_SECONDS": "60",
+          "CODE_ISSUE_LIMIT": "100"}, "CODE_ISSUE_WINDOW_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -183,3 +186,15 @@ def test_api_keys_shorter_than_24_characters_are_refused() -> None:
     settings = load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": "shop:" + "k" * 24},
                              env_file="/nonexistent")
     assert [c.name for c in settings.api_keys] == ["shop"]
+
+
+def test_the_slots_an_issue_reads_are_bounded() -> None:
+    """An issue reads each slot that may hold a live code of the user: the limit times
+    the windows a code's key spans, and the current one."""
+    def slots(**env: str) -> int:
+        s = load_settings(env={"AUTH_SECRET": SECRET, **env}, env_file="/nonexistent")
+        return s.issue_limit * code_windows(s.code_ttl_seconds, s.issue_window_seconds)
+
+    assert slots() == 5 * 2  # 300 s codes, 600 s windows: this window and the last
+    assert slots(CODE_ISSUE_WINDOW_SECONDS="60") == 5 * 6
+    assert slots(CODE_ISSUE_LIMIT="1000") == MAX_CODE_SLOTS  # the largest limit still fits
