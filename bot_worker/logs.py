@@ -55,8 +55,20 @@ def configure(level: str, token: str) -> None:
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(RedactToken(token))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    lighten_records()
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # python-telegram-bot logs every Bot API call with its parameters at DEBUG,
     # and a sendMessage's text is a login code: never below INFO
     logging.getLogger("telegram").setLevel(max(logging.INFO, logging.getLevelName(level)))
+
+
+def lighten_records() -> None:
+    """Records no longer look up the caller's file and line, thread, process or
+    multiprocessing names: FORMAT shows none of them (logging's documented
+    optimisation; each record no longer calls os.getpid() and friends). Tracebacks
+    are unaffected."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

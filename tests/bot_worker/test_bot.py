@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
+from bot_worker import messages
 from shared import keys
 from shared.settings import Settings, load_settings
 from shared.store import Redemption
@@ -93,6 +95,28 @@ def test_russian_and_english_replies(bot: BotProcess) -> None:
     en = bot.ask("/code", NOLANG)
     assert "Your login code" in en["text"]
     assert buttons(en)[0]["text"] == "Copy code"
+
+
+def test_code_reply_is_the_message_reply_text_sent(bot: BotProcess) -> None:
+    """The code's reply goes out as plain JSON (handlers._send_code): the same text, code
+    entity and copy button `Message.reply_text` sent, no quote of the user's message, and
+    one sendMessage to that chat."""
+    for user, head, button in (
+        (ANN, "Your login code: ", "Copy code"),
+        (IVAN, "Ваш код для входа: ", "Скопировать код"),
+    ):
+        since = time.time()
+        reply = bot.ask("/code", user)
+        code = code_of(reply)
+        lang = messages.lang_of(str(user.get("language_code")))
+        assert reply["text"] == messages.code_issued(lang, code, 300).text
+        assert reply["entities"] == [{"type": "code", "offset": len(head), "length": len(code)}]
+        assert reply["reply_markup"] == {
+            "inline_keyboard": [[{"text": button, "copy_text": {"text": code}}]]
+        }
+        assert "reply_to_message" not in reply
+        sent = bot.sandbox.calls(bot.token, "sendMessage", since=since)
+        assert [c["status"] for c in sent if c["chat_id"] == user["id"]] == [200]
 
 
 def test_issue_limit_refuses_with_the_wait_and_no_code(
