@@ -76,7 +76,7 @@ _SHARED = (filters.ChatType.GROUPS | filters.ChatType.CHANNEL) & _NEW
 # connections sending replies: Telegram takes 30 messages a second from a bot, so at
 # 0.2 s a send, 6 in flight keep up; more only cost, because the HTTP pool checks each
 # idle connection for every request it places
-SEND_CONNECTIONS = 16
+SEND_CONNECTIONS = 8
 
 
 def build_application(settings: Settings) -> BotApplication:
