@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api_worker import codes, demo, login_requests, openapi, ops, tokens
+from api_worker import codes, demo, login_requests, oidc, openapi, ops, tokens
 from api_worker.auth import warn_if_open
 from api_worker.errors import EXCEPTION_HANDLERS
 from api_worker.front import Front, direct
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             [
                 *_direct(
                     [*codes.routes, *tokens.routes, *login_requests.routes, *ops.routes,
-                     *openapi.routes]
+                     *openapi.routes, *oidc.routes(settings)]
                 ),
                 *demo_routes,  # some with middleware of their own
             ]

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from authlib.oauth2 import rfc8414, rfc9207
 from authlib.oidc.discovery import OpenIDProviderMetadata
@@ -19,7 +20,7 @@ from api_worker import oidc
 from api_worker.app import Api, create_app
 from api_worker.errors import EXCEPTION_HANDLERS
 from shared.settings import OidcSettings
-from tests.fixtures.api import TestClient, api_settings
+from tests.fixtures.api import ApiStarter, TestClient, api_settings
 from tests.fixtures.common import run_module
 from tests.fixtures.oidc import ISSUER, key_file, oidc_env, pem
 
@@ -237,3 +238,27 @@ def test_a_bad_client_secret_stops_the_bot_too_without_showing_it(tmp_path: Path
             in result.stderr
         assert secret not in result.stderr + result.stdout
 
+
+def test_the_api_starts_with_oidc_configured_and_says_it_is_not_served(
+    start_api: ApiStarter, tmp_path: Path
+) -> None:
+    """A real process: valid configuration starts it; the warning names the key's id."""
+    api = start_api(**oidc_env(tmp_path))
+    output = api.output()
+    assert "does not serve OpenID Connect yet" in output
+    assert "PRIVATE KEY" not in output
+    assert httpx.get(f"{api.url}/.well-known/openid-configuration").status_code == 404
+
+
+def test_once_published_create_app_serves_them(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch the next slice turns: the same routes through the whole app."""
+    monkeypatch.setattr(oidc, "PUBLISHED", True)
+    settings = api_settings(redis_url, **oidc_env(tmp_path))
+    assert settings.oidc is not None
+    with TestClient(create_app(settings), base_url=ISSUER) as client:
+        document = client.get("/.well-known/openid-configuration").json()
+        assert document["issuer"] == ISSUER
+        assert client.get("/oauth/jwks").json() == settings.oidc.signing_keys.jwks()
+        assert client.head("/oauth/jwks").status_code == 200
