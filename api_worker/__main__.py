@@ -212,6 +212,11 @@ class BoundedProtocol(HttpToolsProtocol):
         """uvicorn's, with the head's size bound, any token as a method, and the reason
         for a 400 kept."""
         self._unset_keepalive_if_required()
+        if not self._in_message:
+            # bytes between requests end the keep-alive pause, whatever they are (line
+            # breaks before a request line reach no llhttp callback): the deadline of
+            # the next head runs from them
+            self._head_began()
         if self._head_timer is not None:
             self._head_bytes += len(data)
         if self._at_start:

@@ -122,6 +122,21 @@ def test_a_next_request_begun_and_never_finished_is_closed(start_api: ApiStarter
         assert _closed_by_server(conn) == b""
 
 
+
+@pytest.mark.parametrize("between", [b"\r\n", b"\r\n\r\n\r\n", b"\n"])
+def test_blank_lines_between_requests_do_not_keep_a_connection_open(
+    start_api: ApiStarter, between: bytes
+) -> None:
+    """Line breaks before a request line are no request (llhttp skips them without a
+    callback), but they end the keep-alive pause: the head deadline runs from them."""
+    api = start_api(API_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT))
+    with _connect(api.port) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+        first = b""
+        while b'{"status":"ok"}' not in first:
+            first += conn.recv(65536)
+        conn.sendall(between)
+        assert _closed_by_server(conn) == b""
 SMUGGLED = b"GET /v1/me HTTP/1.1\r\nHost: api\r\n\r\n"
 
 
