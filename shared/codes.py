@@ -225,12 +225,20 @@ class Codes:
                                              client=pipe)
                     pipe.set(keys.code(self._hash(code)), value, px=self._lifetime_ms(), nx=True)
                     pipe.hincrby(keys.stats(), Counter.CODES_ISSUED, 1)
-                    *_, written, _ = await pipe.execute()
-            if written:
+                    pipe.hget(keys.user(uid), "g")
+                    *_, written, _, now_generation = await pipe.execute()
+            if written and int(now_generation or 0) == generation:
                 return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
-            # the slot was taken since it was read (the same user asking twice at once)
+            # the slot was taken since it was read (the same user asking twice at once), or
+            # a /logout came between the two steps: the code would never redeem (its
+            # tokens' generation is over), so it is voided and the issue begins again
             with unavailable_on_error():
-                await self.redis.hincrby(keys.stats(), Counter.CODES_ISSUED, -1)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    if written:
+                        await self._void(keys=[keys.code(self._hash(code))], args=[uid],
+                                         client=pipe)
+                    pipe.hincrby(keys.stats(), Counter.CODES_ISSUED, -1)
+                    await pipe.execute()
         raise Unavailable(f"no free slot after {ISSUE_TRIES} tries")
 
     async def void_all(self, uid: int) -> None:
@@ -307,6 +315,8 @@ class Codes:
                     pipe.hdel(user_key, token_id)
                     pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, -1)
                     await pipe.execute()
+            if consumed:  # a code the user's own /logout ended: no guess, nothing spent
+                raise InvalidCode
             await self._fail(attempt)
         user = unpack_record(uid, stored.record)
         token = make_token(settings, uid, stored.generation, client, token_id, now)

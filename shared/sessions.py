@@ -71,12 +71,14 @@ class Sessions:
     async def logout(self, user_id: int) -> int:
         """End every access token of a user and void the user's code; how many tokens
         were live."""
-        await self.codes.void_all(user_id)
+        # the generation first: a code an issue writes after it reads the new one and is
+        # voided there; one written before is found by void_all
         with unavailable_on_error():
             ended = await self._logout(
                 keys=[keys.user(user_id)],
                 args=[int(time.time()), self.settings.token_ttl_seconds],
             )
+        await self.codes.void_all(user_id)
         return int(ended)
 
     # -- deep-link approvals ----------------------------------------------------------------

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from shared import keys
-from shared.codes import make_token, now_ms
+from shared.codes import StoredCode, make_token, now_ms
 from shared.hashing import short_digest, slot_code
 from shared.logins import Logins
 from shared.settings import ApiClient, Secret
@@ -209,3 +209,27 @@ def test_logout_in_the_bot_ends_the_tokens_of_every_client(redis_url: str) -> No
         assert [await store.token_user(t, c) for t, c in tokens] == [None, None, None]
 
     run_on_store(make_settings(redis_url), body)
+
+
+def test_a_code_issued_during_a_logout_is_either_void_or_redeems(redis_url: str) -> None:
+    """A /code and a /logout at the same moment: the code the user is shown is voided by
+    the logout, or it is made at the generation after it and redeems; never a live code
+    made at the ended generation, which no redeem could turn into a token."""
+
+    async def body(store: Store) -> None:
+        for round_ in range(40):
+            issued, _ = await asyncio.gather(store.issue_code(ANN), store.revoke_user(ANN["id"]))
+            assert issued is not None
+            value = await store.redis.get(keys.code(short_digest(Secret(SECRET), "code",
+                                                                 issued.code)))
+            generation = int(await store.redis.hget(keys.user(ANN["id"]), "g") or 0)
+            stored = StoredCode.parse(value)
+            assert stored is not None
+            if stored.state == "L":
+                assert stored.generation == generation, round_
+                redeemed = await store.redeem_code(issued.code, f"10.0.9.{round_}")
+                assert await store.token_user(redeemed.access_token) == ANN
+            else:
+                assert stored.state == "R", round_
+
+    run_on_store(make_settings(redis_url, CODE_ISSUE_LIMIT="500"), body)
