@@ -144,7 +144,9 @@ class TickFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
             return
         loop = asyncio._get_running_loop()
-        if loop is None:
+        if loop is None or record.levelno >= logging.WARNING:
+            # warnings, errors and ALARMs go out at once: a process killed with -9 or a
+            # loop stuck in that turn must not take them along
             self.flush()
         elif self._flush_on is not loop:  # none queued on this loop yet
             self._flush_on = loop

@@ -50,6 +50,25 @@ def test_lines_of_one_loop_turn_are_flushed_together_at_the_next() -> None:
     assert stream.getvalue().splitlines() == [f"line {n}" for n in range(100)]
 
 
+def test_warnings_and_errors_are_flushed_at_once_inside_a_loop() -> None:
+    """A process killed with -9, or a loop stuck in its turn, must not take its
+    warnings, errors and ALARMs along."""
+    stream = CountingStream()
+    logger = _logger(stream)
+
+    async def turn() -> list[int]:
+        seen = []
+        logger.info("info waits for the turn's end")
+        seen.append(stream.flushes)
+        logger.warning("a warning goes out now")
+        seen.append(stream.flushes)
+        logger.error("so does an error")
+        seen.append(stream.flushes)
+        return seen
+
+    assert asyncio.run(turn()) == [0, 1, 2]
+
+
 def test_outside_a_loop_every_line_is_flushed_at_once() -> None:
     stream = CountingStream()
     logger = _logger(stream)
