@@ -1,19 +1,18 @@
-"""Access tokens: signed, so that making one needs no write after the code or the
-approval it comes from is consumed.
+"""Access tokens: signed, so that making one needs no write of its own.
 
 A token carries who it is for, which API client obtained it, when it expires,
 the user's session generation when it was made, and a random id; an
-HMAC-SHA256 (keyed with AUTH_SECRET, cut to 128 bits) seals them. Nothing
-about a token is in Redis while it lives, so issuing one is part of the same
-atomic step that consumes its code. What Redis holds per user decides whether
-a well-sealed token still counts (`shared.codes` and the scripts):
+HMAC-SHA256 (keyed with AUTH_SECRET, cut to 128 bits) seals them. What Redis
+holds about a token is its id in the user's hash (`keys.user`), which decides
+with the rest of that hash whether a well-sealed token still counts
+(`shared.sessions` and the scripts):
 
-- the generation `g` in the user's record: `/logout` raises it, which ends
-  every token made before, including one made at the same moment (the
-  consume that makes a token reads `g` in the same atomic step);
-- a sorted set of revoked token ids (until they would have expired anyway);
-- a sorted set of the ids of live tokens, only so `/logout` can say how many
-  sessions it ended.
+- the generation `g`: `/logout` raises it, which ends every token made before;
+  a redeem lists its token only if the generation is still the one its code was
+  issued at, in one atomic step;
+- per token id its expiry, or "-<expiry>" once revoked (until it would have
+  expired anyway); the live ids also let `/logout` say how many sessions it
+  ended.
 """
 
 from __future__ import annotations

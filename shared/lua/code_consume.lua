@@ -1,5 +1,6 @@
 -- Redeem a code: its live state becomes redeemed, once, while it has not expired.
--- KEYS[1] the code (string "<state><user id>|<expiry ms>|<update mark>|<record>")
+-- KEYS[1] the code (string "<state><user id>|<expiry ms>|<update mark>|<generation>|
+--         <record>", see shared/keys.py)
 -- ARGV[1] now (ms)   ARGV[2] the user id the lookup found in it
 -- Returns the code's value when this call redeemed it, else false (unknown, expired,
 -- replaced, already redeemed, or no longer that user's).

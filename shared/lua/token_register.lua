@@ -5,7 +5,8 @@
 -- ARGV[1] token id   ARGV[2] its expiry (unix s)   ARGV[3] now (unix s)
 -- ARGV[4] how long the user's hash lives (s)   ARGV[5] the user record ("" keeps it)
 -- ARGV[6] the generation it must be made at ("" for the current one)
--- Returns {1, generation} when listed, {0, generation} when the generation moved on.
+-- Returns {1, generation} when the token counts (listed, unless 256 are), {0, generation}
+-- when the generation moved on.
 local generation = redis.call("HGET", KEYS[1], "g") or "0"
 if ARGV[6] ~= "" and ARGV[6] ~= generation then
   return {0, generation}
@@ -24,7 +25,11 @@ if redis.call("HLEN", KEYS[1]) > 8 then
     end
   end
 end
-redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+-- at most 256 ids listed (every scan here stays short): past that a token still counts,
+-- /logout ends it by the generation, it is only not counted in the number it reports
+if redis.call("HLEN", KEYS[1]) < 258 then
+  redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+end
 if ARGV[5] ~= "" then
   redis.call("HSET", KEYS[1], "r", ARGV[5])
 end

@@ -233,3 +233,19 @@ def test_a_code_issued_during_a_logout_is_either_void_or_redeems(redis_url: str)
                 assert stored.state == "R", round_
 
     run_on_store(make_settings(redis_url, CODE_ISSUE_LIMIT="500"), body)
+
+
+def test_a_user_with_hundreds_of_tokens_keeps_a_bounded_hash(redis_url: str) -> None:
+    """Past 256 listed ids a token is not listed, so every script on the user's hash stays
+    short; it still counts, and /logout ends it with the rest (the count says 256)."""
+
+    async def body(store: Store) -> None:
+        generation = await store.sessions.enter(ANN)
+        tokens = [await store.sessions.token_for_approval(ANN, generation, SHOP)
+                  for _ in range(300)]
+        assert await store.redis.hlen(keys.user(ANN["id"])) <= 258  # ids, r and g
+        assert await store.token_user(tokens[-1], SHOP) == ANN
+        assert await store.revoke_user(ANN["id"]) == 256
+        assert [await store.token_user(t, SHOP) for t in (tokens[0], tokens[-1])] == [None, None]
+
+    run_on_store(make_settings(redis_url), body)
