@@ -27,7 +27,8 @@ if redis.call("HLEN", KEYS[1]) > 8 then
 end
 -- at most 256 ids listed (every scan here stays short): past that a token still counts,
 -- /logout ends it by the generation, it is only not counted in the number it reports
-if redis.call("HLEN", KEYS[1]) < 258 then
+local others = redis.call("HEXISTS", KEYS[1], "r") + redis.call("HEXISTS", KEYS[1], "g")
+if redis.call("HLEN", KEYS[1]) - others < 256 then
   redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
 end
 if ARGV[5] ~= "" then
