@@ -72,6 +72,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     try:
         try:
             await store.ping()
+            await store.warn_if_evicting()
         except Unavailable as exc:
             # not a startup failure: requests get 503 until Redis is back
             logger.warning("Redis is unreachable at start (%s); answering 503 until it is", exc)

@@ -321,4 +321,5 @@ async def _publish_username(store: Store, username: str) -> None:
             delay = min(delay * 2, PUBLISH_RETRY_MAX)
         else:
             logger.info("published bot username @%s", username)
+            await store.warn_if_evicting()
             return

@@ -86,6 +86,24 @@ class Store:
     async def ping(self) -> None:
         await redis_ping(self.redis)
 
+    async def warn_if_evicting(self) -> None:
+        """Log a warning when Redis may evict keys under memory pressure: tglogin's
+        guarantees rest on every key living its TTL (an evicted revocation lets a token
+        count again; an evicted code lets the same slot give its digits again). Quiet
+        when Redis will not say (CONFIG disabled, as on some managed services)."""
+        try:
+            with unavailable_on_error():
+                found = await self.redis.config_get("maxmemory-policy")
+        except Unavailable:
+            return
+        policy = str(found.get("maxmemory-policy", "noeviction"))
+        if policy != "noeviction":
+            logger.warning(
+                "Redis may evict keys (maxmemory-policy %s): a revoked token could count "
+                "again and a user's code repeat an earlier one; set maxmemory-policy "
+                "noeviction", policy,
+            )
+
     # -- codes and tokens (see shared.codes and shared.sessions) ------------------------
 
     async def issue_code(self, user: User, update_key: str | None = None) -> IssuedCode | None:

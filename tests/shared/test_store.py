@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -332,5 +333,28 @@ def test_concurrent_guesses_stop_at_the_limit(redis_url: str) -> None:
         )
         assert sum(isinstance(o, InvalidCode) for o in outcomes) == 10
         assert sum(isinstance(o, RateLimited) for o in outcomes) == 50
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_a_redis_that_may_evict_keys_is_warned_about(
+    redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every key must live its TTL (revocations, codes' slots): a maxmemory-policy that
+    evicts is logged at start; noeviction is quiet."""
+
+    async def body(store: Store) -> None:
+        with caplog.at_level(logging.WARNING, logger="shared.store"):
+            await store.warn_if_evicting()
+            assert not caplog.records
+            with redis_server.client() as client:
+                client.config_set("maxmemory-policy", "volatile-lru")
+            try:
+                await store.warn_if_evicting()
+            finally:
+                with redis_server.client() as client:
+                    client.config_set("maxmemory-policy", "noeviction")
+        (warning,) = caplog.records
+        assert "volatile-lru" in warning.getMessage() and "noeviction" in warning.getMessage()
 
     run_on_store(make_settings(redis_url), body)
