@@ -322,12 +322,17 @@ class _Batcher:
             else:
                 callback = callbacks.get(args[0])
                 if callback is not None:
-                    answer = callback(answer, **{
-                        name: value for name, value in options.items()
-                        if name not in _NOT_FOR_CALLBACKS
-                    }) if options else callback(answer)
-                    if inspect.isawaitable(answer):
-                        answer = await answer
+                    try:
+                        answer = callback(answer, **{
+                            name: value for name, value in options.items()
+                            if name not in _NOT_FOR_CALLBACKS
+                        }) if options else callback(answer)
+                        if inspect.isawaitable(answer):
+                            answer = await answer
+                    except Exception as exc:
+                        # that caller's error; the answers after it are still read, so
+                        # none is left on the connection for the next batch
+                        answer = exc
             answers.append(answer)
         return answers
 
@@ -367,7 +372,7 @@ class _Bounded(Redis):
         command = (args, options)
         if self.batcher is not None and _batchable(command):
             (answer,) = await self.batcher.submit([command])
-            if isinstance(answer, ResponseError):
+            if isinstance(answer, Exception):  # Redis's error, or its answer's callback's
                 raise answer
             return answer
         call = super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
@@ -427,6 +432,9 @@ class _BoundedPipeline(Pipeline):
         answers = await self.batcher.submit(stack)
         if raise_on_error:
             self.raise_first_error(stack, answers)
+            for answer in answers:  # an answer's callback failed (redis-py raises it too)
+                if isinstance(answer, Exception) and not isinstance(answer, ResponseError):
+                    raise answer
         return answers
 
     async def reset(self) -> None:  # type: ignore[override]

@@ -235,3 +235,34 @@ def test_closing_a_client_lets_its_batched_callers_have_their_answers(redis_url:
         assert await asyncio.wait_for(asyncio.gather(*sent, *queued), 10) == ["v"] * 40
 
     asyncio.run(body())
+
+
+def test_a_failing_answer_callback_fails_its_caller_only_and_leaves_no_answer_behind(
+    redis_url: str,
+) -> None:
+    """An answer's callback that raises is that caller's error: the rest of the batch's
+    answers are still read, so the next batch on the connection reads its own."""
+
+    async def body() -> None:
+        client = connect(settings_for(redis_url))
+        client.set_response_callback("GET", lambda answer: int(answer) if answer else answer)
+        try:
+            await client.set("number", "7")
+            await client.set("word", "seven")
+
+            async def number(n: int) -> Any:
+                return await client.get("number")
+
+            async def word(n: int) -> Any:
+                with pytest.raises(ValueError):
+                    await client.get("word")
+                return "raised"
+
+            for _ in range(3):  # later batches run on the same connections
+                found = await asyncio.gather(*(word(n) if n % 3 == 0 else number(n)
+                                               for n in range(90)))
+                assert found == ["raised" if n % 3 == 0 else 7 for n in range(90)]
+        finally:
+            await client.aclose()
+
+    asyncio.run(body())
