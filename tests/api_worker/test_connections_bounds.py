@@ -51,6 +51,14 @@ def _closed_by_server(conn: socket.socket) -> bytes:
     raise AssertionError(f"the server kept the connection open for {CLOSED_WITHIN} s")
 
 
+def _answered(conn: socket.socket) -> None:
+    """One keep-alive request on `conn`, read to the end of its answer."""
+    conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
+    first = b""
+    while b'{"status":"ok"}' not in first:
+        first += conn.recv(65536)
+
+
 def test_a_connection_that_sends_no_complete_head_is_closed(start_api: ApiStarter) -> None:
     api = start_api(API_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT))
     silent = _connect(api.port)
@@ -114,13 +122,9 @@ def test_a_slow_but_timely_head_and_a_long_held_poll_are_answered(
 def test_a_next_request_begun_and_never_finished_is_closed(start_api: ApiStarter) -> None:
     api = start_api(API_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT))
     with _connect(api.port) as conn:
-        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
-        first = b""
-        while b'{"status":"ok"}' not in first:
-            first += conn.recv(65536)
+        _answered(conn)
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # the keep-alive pause is over
         assert _closed_by_server(conn) == b""
-
 
 
 @pytest.mark.parametrize("between", [b"\r\n", b"\r\n\r\n\r\n", b"\n"])
@@ -131,12 +135,11 @@ def test_blank_lines_between_requests_do_not_keep_a_connection_open(
     callback), but they end the keep-alive pause: the head deadline runs from them."""
     api = start_api(API_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT))
     with _connect(api.port) as conn:
-        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: api\r\n\r\n")
-        first = b""
-        while b'{"status":"ok"}' not in first:
-            first += conn.recv(65536)
+        _answered(conn)
         conn.sendall(between)
         assert _closed_by_server(conn) == b""
+
+
 SMUGGLED = b"GET /v1/me HTTP/1.1\r\nHost: api\r\n\r\n"
 
 

@@ -13,23 +13,9 @@ from sandbox.launch import build_environment
 from shared.oidc_keys import SigningKeys
 from shared.settings import SettingsError
 from tests.fixtures.oidc import CLI, SHOP, key_file
+from tests.sandbox.test_launch import launch_env as launch_env
 
-SECRET = "launch-secret-" + "z" * 32
-LAUNCH_VARIABLES = (
-    "REDIS_URL", "TELEGRAM_BOT_TOKEN", "API_PROCESSES", "BOT_PROCESSES", "PORT", "BOT_MODE",
-    "BOT_HOST", "BOT_PORT", "WEBHOOK_URL", "API_HOST", "API_PORT",
-    "OIDC_ISSUER", "OIDC_CLIENTS", "OIDC_CLIENTS_FILE", "OIDC_SIGNING_KEY_FILE",
-)
 CLIENTS = json.dumps([SHOP, CLI])
-
-
-@pytest.fixture
-def launch_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """The launcher's process environment with none of the variables it fills in."""
-    for name in LAUNCH_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AUTH_SECRET", SECRET)
-    return monkeypatch
 
 
 def test_without_clients_no_key_is_made(tmp_path: Path, launch_env: pytest.MonkeyPatch) -> None:
