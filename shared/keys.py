@@ -58,6 +58,23 @@ LOGIN_CREATES = PREFIX + "login:creates:"
 # pub/sub channel (not a key): each message is the poll-id hash of a request just decided
 LOGIN_DECIDED = PREFIX + "login:decided"
 
+# OpenID Connect (`shared.oidc_grants`): tagged by the user, like USER, so a grant's
+# code, its token family and the user's hash (session generation, token ids) change
+# in one script. Named by keyed hashes of the code and the family id, never by them.
+# an authorization code -> hash {c client id, r redirect URI, p PKCE S256 challenge,
+# n nonce ("" none), s scope, a auth_time, u user record, g session generation, e expiry
+# ms}; TTL OIDC_CODE_TTL_SECONDS (+1). Once redeemed or refused only {f: the family hash
+# it started, or "-"} is kept, TTL the settings' TOKEN_TTL_SECONDS (as long as that
+# family can live), so a reuse is refused and revokes the family
+OIDC_CODE = PREFIX + "oidc:code:"
+# a refresh-token family -> hash {c client id, n rotation number of the current refresh
+# token, g session generation, s scope, a auth_time, u user record, t<token id> -> expiry
+# s of each access token it issued}; TTL TOKEN_TTL_SECONDS from the last rotation;
+# deleted when revoked (reuse) or found ended by /logout
+OIDC_FAMILY = PREFIX + "oidc:fam:"
+# how long an authorization code counts (issue 9: at most 60 s)
+OIDC_CODE_TTL_SECONDS = 60
+
 # Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
 # lease, the ledger and the flood-limit scripts each run in one Cluster slot.
 BOT = PREFIX + "bot:"
@@ -97,6 +114,14 @@ def code(code_hash: str) -> str:
 
 def user(user_id: int) -> str:
     return USER + _user_tag(user_id)
+
+
+def oidc_code(user_id: int, code_hash: str) -> str:
+    return OIDC_CODE + _user_tag(user_id) + code_hash
+
+
+def oidc_family(user_id: int, family_hash: str) -> str:
+    return OIDC_FAMILY + _user_tag(user_id) + family_hash
 
 
 def stats(shard: int | None = None) -> str:
