@@ -46,7 +46,7 @@ from shared.codes import User, pack_record, unpack_record
 from shared.hashing import keyed, short_digest
 from shared.redis import scripts, unavailable_on_error
 from shared.settings import Secret, Settings
-from shared.tokens import Claims, new_token_id, seal, unseal
+from shared.tokens import Claims, new_token_id, seal, tag, unseal
 
 # an OIDC access token counts this long (s); a refresh gets a new one
 ACCESS_TTL_SECONDS = 3600
@@ -106,18 +106,10 @@ def _unb64(text: str) -> bytes | None:
     return raw if _b64(raw) == text else None  # one value, one spelling
 
 
-_TAGS: dict[tuple[str, str], str] = {}
-
-
 def oidc_client_tag(secret: Secret, client_id: str) -> str:
     """The client tag of an OIDC client's access tokens: apart from the API clients'
     (`shared.tokens.client_tag`), whose hash has another purpose."""
-    found = _TAGS.get((secret.reveal(), client_id))
-    if found is None:
-        found = keyed(secret, f"oidc-token-client:{client_id}".encode()).hexdigest()[:16]
-        if len(_TAGS) < 1024:  # clients come from the settings: a handful
-            _TAGS[(secret.reveal(), client_id)] = found
-    return found
+    return tag(secret, "oidc-token-client", client_id)
 
 
 class OidcGrants:

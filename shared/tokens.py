@@ -44,19 +44,24 @@ class Claims:
     client: str  # 16 hex digits: `client_tag` of the API client that obtained it
 
 
-_TAGS: dict[tuple[str, str], str] = {}
+_TAGS: dict[tuple[str, str, str], str] = {}
+
+
+def tag(secret: Secret, kind: str, name: str) -> str:
+    """The client tag sealed into a token: a keyed hash of the client's `name`, apart
+    for each `kind` of client; the same few clients ask on every request, so each tag
+    is made once."""
+    found = _TAGS.get((secret.reveal(), kind, name))
+    if found is None:
+        found = keyed(secret, f"{kind}:{name}".encode()).hexdigest()[:16]
+        if len(_TAGS) < 1024:  # clients come from the settings: a handful
+            _TAGS[(secret.reveal(), kind, name)] = found
+    return found
 
 
 def client_tag(secret: Secret, client: ApiClient | None) -> str:
-    """Which API client a token belongs to: a keyed hash of its name ("" when open);
-    the same few clients ask on every request, so each tag is made once."""
-    name = "" if client is None else client.name
-    found = _TAGS.get((secret.reveal(), name))
-    if found is None:
-        found = keyed(secret, f"token-client:{name}".encode()).hexdigest()[:16]
-        if len(_TAGS) < 1024:  # clients come from the settings: a handful
-            _TAGS[(secret.reveal(), name)] = found
-    return found
+    """Which API client a token belongs to ("" names the open API's)."""
+    return tag(secret, "token-client", "" if client is None else client.name)
 
 
 def new_token_id() -> str:
