@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from redis.asyncio import Redis
 
@@ -92,6 +92,16 @@ class StoredCode:
         return self.state == LIVE and self.expires_ms > now
 
 
+class Slot(NamedTuple):
+    """One slot of a user's codes, as Redis has it."""
+
+    window: int
+    code: str
+    key: str
+    mine: StoredCode | None  # the code stored there, if it is the user's
+    taken: bool  # a key is there (the user's, or another user's with the same digits)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -146,36 +156,31 @@ class Codes:
         the issue limit."""
         return max(self.settings.code_ttl_seconds, self.settings.issue_window_seconds) * 1000
 
-    def _slots(self, uid: int, now: int) -> list[tuple[int, int, str]]:
-        """(window, slot, code) of every slot that may hold a live code of the user: this
-        issue window's and those before it as far back as a code's key lives."""
+    async def _read_slots(self, uid: int, now: int) -> tuple[list[Slot], int]:
+        """Every slot that may hold a live code of the user (this issue window's and
+        those before it as far back as a code's key lives) as Redis has it, and the
+        user's session generation."""
         settings = self.settings
         window = now // self._window_ms()
         windows = code_windows(settings.code_ttl_seconds, settings.issue_window_seconds)
-        return [
-            (w, slot, slot_code(settings.auth_secret, uid, w, slot, settings.code_length))
+        codes = [
+            (w, slot_code(settings.auth_secret, uid, w, slot, settings.code_length))
             for w in range(window, window - windows, -1)
             for slot in range(settings.issue_limit)
         ]
-
-    async def _read_slots(
-        self, uid: int, now: int
-    ) -> tuple[list[tuple[int, int, str, StoredCode | None, bool]], int]:
-        """Each slot as (window, slot, code, the code stored there if the user's, taken),
-        and the user's session generation."""
-        slots = self._slots(uid, now)
+        code_keys = [keys.code(self._hash(code)) for _, code in codes]
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                for _, _, code in slots:
-                    pipe.get(keys.code(self._hash(code)))
+                for key in code_keys:
+                    pipe.get(key)
                 pipe.hget(keys.user(uid), "g")
                 *values, generation = await pipe.execute()
         read = []
-        for (window, slot, code), value in zip(slots, values, strict=True):
+        for (w, code), key, value in zip(codes, code_keys, values, strict=True):
             stored = StoredCode.parse(value) if value is not None else None
             if stored is not None and stored.user_id != uid:
                 stored = None
-            read.append((window, slot, code, stored, value is not None))
+            read.append(Slot(w, code, key, stored, value is not None))
         return read, int(generation or 0)
 
     # -- bot side -------------------------------------------------------------------------
@@ -196,16 +201,17 @@ class Codes:
             now = now_ms()
             read, generation = await self._read_slots(uid, now)
             if update_key is not None:
-                for _, _, code, stored, _ in read:
-                    if stored is not None and stored.update_mark == mark:
-                        if stored.live(now):
-                            return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
+                for slot in read:
+                    if slot.mine is not None and slot.mine.update_mark == mark:
+                        if slot.mine.live(now):
+                            return IssuedCode(code=slot.code,
+                                              ttl_seconds=settings.code_ttl_seconds)
                         return None
             ttl_ms, window_ms = settings.code_ttl_seconds * 1000, self._window_ms()
             # issues in the last window (a sliding one), by when each was made
-            issued = sorted(stored.expires_ms - ttl_ms for _, _, _, stored, _ in read
-                            if stored is not None and stored.expires_ms - ttl_ms > now - window_ms)
-            free = [code for w, _, code, _, taken in read if w == now // window_ms and not taken]
+            issued = sorted(slot.mine.expires_ms - ttl_ms for slot in read if slot.mine is not None
+                            and slot.mine.expires_ms - ttl_ms > now - window_ms)
+            free = [slot for slot in read if slot.window == now // window_ms and not slot.taken]
             if len(issued) >= settings.issue_limit or not free:
                 with unavailable_on_error():
                     await self.redis.hincrby(keys.stats(), Counter.CODES_ISSUE_LIMITED, 1)
@@ -214,29 +220,27 @@ class Codes:
                 else:  # the slots left in this window hold other users' codes
                     wait = (now // window_ms + 1) * window_ms - now
                 raise RateLimited(retry_after(wait))
-            code = free[0]
+            new = free[0]
             value = (f"{LIVE}{uid}|{now + settings.code_ttl_seconds * 1000}|{mark}|"
                      f"{generation}|{pack_record(user)}")
             with unavailable_on_error():
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for _, _, old, stored, _ in read:
-                        if stored is not None and stored.live(now):
-                            await self._void(keys=[keys.code(self._hash(old))], args=[uid],
-                                             client=pipe)
-                    pipe.set(keys.code(self._hash(code)), value, px=self._lifetime_ms(), nx=True)
+                    for slot in read:
+                        if slot.mine is not None and slot.mine.live(now):
+                            await self._void(keys=[slot.key], args=[uid], client=pipe)
+                    pipe.set(new.key, value, px=self._lifetime_ms(), nx=True)
                     pipe.hincrby(keys.stats(), Counter.CODES_ISSUED, 1)
                     pipe.hget(keys.user(uid), "g")
                     *_, written, _, now_generation = await pipe.execute()
             if written and int(now_generation or 0) == generation:
-                return IssuedCode(code=code, ttl_seconds=settings.code_ttl_seconds)
+                return IssuedCode(code=new.code, ttl_seconds=settings.code_ttl_seconds)
             # the slot was taken since it was read (the same user asking twice at once), or
             # a /logout came between the two steps: the code would never redeem (its
             # tokens' generation is over), so it is voided and the issue begins again
             with unavailable_on_error():
                 async with self.redis.pipeline(transaction=False) as pipe:
                     if written:
-                        await self._void(keys=[keys.code(self._hash(code))], args=[uid],
-                                         client=pipe)
+                        await self._void(keys=[new.key], args=[uid], client=pipe)
                     pipe.hincrby(keys.stats(), Counter.CODES_ISSUED, -1)
                     await pipe.execute()
         raise Unavailable(f"no free slot after {ISSUE_TRIES} tries")
@@ -245,13 +249,13 @@ class Codes:
         """Void every live code of a user (`/logout`)."""
         now = now_ms()
         read, _ = await self._read_slots(uid, now)
-        live = [code for _, _, code, stored, _ in read if stored is not None and stored.live(now)]
+        live = [slot.key for slot in read if slot.mine is not None and slot.mine.live(now)]
         if not live:
             return
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
-                for code in live:
-                    await self._void(keys=[keys.code(self._hash(code))], args=[uid], client=pipe)
+                for key in live:
+                    await self._void(keys=[key], args=[uid], client=pipe)
                 await pipe.execute()
 
     # -- API side -------------------------------------------------------------------------
