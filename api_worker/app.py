@@ -24,6 +24,7 @@ from api_worker.errors import EXCEPTION_HANDLERS
 from api_worker.front import Front, direct
 from api_worker.waiters import Waiters
 from shared.logins import Logins, decisions
+from shared.oidc_grants import OidcGrants
 from shared.settings import Settings, SettingsError, load_settings
 from shared.store import Store, Unavailable
 
@@ -67,6 +68,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     store = Store.from_settings(settings)
     app.state.store = store
     app.state.logins = Logins(store)
+    if settings.oidc is not None:
+        app.state.oidc_grants = OidcGrants(store.redis, settings)
     waiters = app.state.waiters = Waiters(partial(decisions, settings))
     listener = asyncio.create_task(waiters.run(), name="login-decision listener")
     try:

@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from api_worker.waiters import Waiters
 from shared.logins import Logins
+from shared.oidc_grants import OidcGrants
 from shared.settings import Settings
 from shared.store import Store
 
@@ -26,6 +27,11 @@ def store(request: Request) -> Store:
 
 def logins(request: Request) -> Logins:
     return cast(Logins, request.scope["app"].state["logins"])
+
+
+def oidc_grants(request: Request) -> OidcGrants:
+    """The OpenID Connect grants (only where OIDC is on: its routes are mounted then)."""
+    return cast(OidcGrants, request.scope["app"].state["oidc_grants"])
 
 
 def waiters(request: Request) -> Waiters:

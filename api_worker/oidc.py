@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from api_worker import oidc_authorize, oidc_tokens
 from shared.settings import OidcSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -112,10 +113,13 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def provider_routes(oidc: OidcSettings) -> list[BaseRoute]:
-    """The routes of the provider as built so far: discovery and the JWKS."""
+    """The routes of the provider: discovery, the JWKS, the authorization endpoint and
+    its page, the token, userinfo and revocation endpoints."""
     return [
         Route(DISCOVERY_PATH, _document(discovery(oidc)), methods=["GET"]),
         Route(JWKS_PATH, _document(oidc.signing_keys.jwks()), methods=["GET"]),
+        *oidc_authorize.routes(oidc),
+        *oidc_tokens.routes(oidc),
     ]
 
 

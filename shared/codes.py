@@ -271,30 +271,7 @@ class Codes:
         is one script on the code's key.
         """
         settings = self.settings
-        code = normalize_code(raw_code)
-        well_formed = code.isascii() and code.isdigit() and len(code) == settings.code_length
-        code_key = keys.code(self._hash(code)) if well_formed else ""
-        attempt = self.budget.attempt(address)
-        now = now_ms()
-        with unavailable_on_error():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self.budget.queue_admit(pipe, attempt, now)
-                if well_formed:
-                    pipe.get(code_key)
-                found = await pipe.execute()
-        admission = (int(found[0][0]), int(found[0][1]))
-        value = found[1] if well_formed else None
-        if admission[0] != 0:
-            if admission[0] == 1:
-                await self._count(Counter.REDEEMS_RATE_LIMITED)
-            await self.budget.wait_for_room(attempt, admission, now)
-            if well_formed:  # admitted after a wait: look again, the code may be gone
-                with unavailable_on_error():
-                    value = await self.redis.get(code_key)
-        now = now_ms()
-        stored = StoredCode.parse(value) if value is not None else None
-        if stored is None or not stored.live(now):
-            await self._fail(attempt)
+        attempt, code_key, stored, now = await self._find(raw_code, address)
         uid = stored.user_id
         token_id = new_token_id()
         expires = now // 1000 + settings.token_ttl_seconds
@@ -319,12 +296,67 @@ class Codes:
                     pipe.hdel(user_key, token_id)
                     pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, -1)
                     await pipe.execute()
-            if consumed:  # a code the user's own /logout ended: no guess, nothing spent
-                raise InvalidCode
-            await self._fail(attempt)
+            await self._lost(attempt, consumed)
         user = unpack_record(uid, stored.record)
         token = make_token(settings, uid, stored.generation, client, token_id, now)
         return Redemption(user=user, access_token=token, expires_in=settings.token_ttl_seconds)
+
+    async def take(self, raw_code: str, address: str) -> tuple[User, int]:
+        """Consume `raw_code` once, as `redeem` does, without making an access token: its
+        user and the session generation the code was issued at (the OpenID Connect
+        authorization page turns them into an authorization code). The same
+        per-address budget and errors as `redeem`."""
+        attempt, code_key, stored, now = await self._find(raw_code, address)
+        uid = stored.user_id
+        with unavailable_on_error():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._consume(keys=[code_key], args=[now, uid], client=pipe)
+                pipe.hget(keys.user(uid), "g")
+                await self.budget.queue_settle(pipe, attempt, failed=False)
+                pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, 1)
+                consumed, generation, _, _ = await pipe.execute()
+        if not consumed or int(generation or 0) != stored.generation:
+            await self._count(Counter.CODES_REDEEMED, -1)
+            await self._lost(attempt, consumed)
+        return unpack_record(uid, stored.record), stored.generation
+
+    async def _find(self, raw_code: str, address: str) -> tuple[Attempt, str, StoredCode, int]:
+        """Admit an attempt from `address` and read the code: the attempt, the code's key,
+        what it holds and the time (ms). RateLimited, or InvalidCode (a failure spent)
+        when it is not a live code."""
+        settings = self.settings
+        code = normalize_code(raw_code)
+        well_formed = code.isascii() and code.isdigit() and len(code) == settings.code_length
+        code_key = keys.code(self._hash(code)) if well_formed else ""
+        attempt = self.budget.attempt(address)
+        now = now_ms()
+        with unavailable_on_error():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self.budget.queue_admit(pipe, attempt, now)
+                if well_formed:
+                    pipe.get(code_key)
+                found = await pipe.execute()
+        admission = (int(found[0][0]), int(found[0][1]))
+        value = found[1] if well_formed else None
+        if admission[0] != 0:
+            if admission[0] == 1:
+                await self._count(Counter.REDEEMS_RATE_LIMITED)
+            await self.budget.wait_for_room(attempt, admission, now)
+            if well_formed:  # admitted after a wait: look again, the code may be gone
+                with unavailable_on_error():
+                    value = await self.redis.get(code_key)
+        now = now_ms()
+        stored = StoredCode.parse(value) if value is not None else None
+        if stored is None or not stored.live(now):
+            await self._fail(attempt)
+        return attempt, code_key, stored, now
+
+    async def _lost(self, attempt: Attempt, consumed: object) -> NoReturn:
+        """InvalidCode after the consume: another redeem won (a failure is spent), or the
+        user's own /logout since the issue ended the code (no guess: nothing spent)."""
+        if consumed:
+            raise InvalidCode
+        await self._fail(attempt)
 
     async def _fail(self, attempt: Attempt) -> NoReturn:
         """Spend one of the address's failures, count it for the alarm; InvalidCode."""
@@ -332,9 +364,9 @@ class Codes:
         await self.count_failure(Counter.REDEEMS_FAILED)
         raise InvalidCode
 
-    async def _count(self, counter: Counter) -> None:
+    async def _count(self, counter: Counter, by: int = 1) -> None:
         with unavailable_on_error():
-            await self.redis.hincrby(keys.stats(), counter, 1)
+            await self.redis.hincrby(keys.stats(), counter, by)
 
     async def count_failure(self, counter: Counter) -> None:
         """Count a failure (a wrong code, a wrong API key) in `counter` and for the

@@ -17,10 +17,12 @@ since then ends it too; Redis never holds a token.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import re
+import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,6 +44,11 @@ from shared.store import (
 )
 
 logger = logging.getLogger(__name__)
+
+# the `c` (client) of an authorization page's requests: never an API client's key hash
+AUTHORIZATION_CLIENT = "oidc"
+# the numbers an authorization page shows for the user to pick in the bot
+MATCH_LOW, MATCH_HIGH = 10, 99
 
 # what new_id() makes, and what Telegram allows in a /start payload
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,64}")
@@ -81,11 +88,44 @@ class PollResult:
 
 
 @dataclass(frozen=True)
+class Authorization:
+    """What an OpenID Connect authorization page asks the bot for, kept with the request
+    until its outcome turns into an authorization code."""
+
+    client_id: str
+    client_name: str
+    host: str  # the site's host, from the redirect URI: the bot shows it
+    redirect_uri: str
+    code_challenge: str
+    nonce: str | None
+    scope: str
+    state: str | None
+
+
+@dataclass(frozen=True)
+class CreatedAuthorization:
+    login: CreatedLogin
+    match: int  # the number the page shows, and the bot asks the user to pick
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    status: Status
+    expires_in: int | None = None  # pending or denied
+    user: User | None = None  # approved: who, at which session generation
+    generation: int = 0
+    authorization: Authorization | None = None
+
+
+@dataclass(frozen=True)
 class Prompt:
     """What the bot shows for a payload: whom the login is for and where it stands."""
 
     client_name: str  # "" when the API is open (no API_KEYS)
     status: Status
+    # an authorization page's request: the site's host, and the number to pick
+    host: str = ""
+    match: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +153,7 @@ class Logins:
         self.settings = store.settings
         self._decide = scripts(store.redis).get("login_decide.lua")
         self._poll = scripts(store.redis).get("login_poll.lua")
+        self._take = scripts(store.redis).get("login_take.lua")
         self._hash = store.hash
 
     def id_hash(self, login_id: str) -> str:
@@ -129,6 +170,36 @@ class Logins:
 
         Raises RateLimited (too many from `address`), NoBotUsername, Unavailable.
         """
+        record: dict[str, str] = {
+            "c": client_id(self.settings, client),
+            "n": client.name if client is not None else "",
+        }
+        if state is not None:
+            record["s"] = state
+        return await self._create(record, address)
+
+    async def create_authorization(
+        self, authorization: Authorization, address: str
+    ) -> CreatedAuthorization:
+        """A pending request made by the OpenID Connect authorization page: the bot
+        names the client and the site's host, and asks the user to pick `match` (the
+        number the page shows) among three. Only `poll_authorization` reads it.
+
+        Raises RateLimited (the same per-address budget as `create`), NoBotUsername,
+        Unavailable.
+        """
+        match = secrets.randbelow(MATCH_HIGH - MATCH_LOW + 1) + MATCH_LOW
+        record = {
+            "c": AUTHORIZATION_CLIENT,
+            "n": authorization.client_name,
+            "h": authorization.host,
+            "m": str(match),
+            "s": json.dumps(dataclasses.asdict(authorization), separators=(",", ":")),
+        }
+        created = await self._create(record, address)
+        return CreatedAuthorization(login=created, match=match)
+
+    async def _create(self, record: dict[str, str], address: str) -> CreatedLogin:
         settings = self.settings
         ttl = settings.login_request_ttl_seconds
         # an IPv6 /64 in any spelling is one address, as for every per-address limit
@@ -145,15 +216,9 @@ class Logins:
                 raise NoBotUsername
             login_id, payload = new_id(), new_id()
             id_hash = self.id_hash(login_id)
-            record: dict[Any, Any] = {
-                "c": client_id(settings, client),
-                "n": client.name if client is not None else "",
-                "st": "pending",
-            }
-            if state is not None:
-                record["s"] = state
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(keys.login(id_hash), mapping=record)
+                fields: dict[Any, Any] = {**record, "st": "pending"}
+                pipe.hset(keys.login(id_hash), mapping=fields)
                 pipe.expire(keys.login(id_hash), ttl)
                 pipe.set(keys.login_link(self._hash("link", payload)), id_hash, ex=ttl)
                 pipe.hincrby(keys.stats(), Counter.LOGIN_REQUESTS_CREATED, 1)
@@ -166,30 +231,64 @@ class Logins:
         """The request's status for its own client, or None (unknown, expired, another
         client's, already delivered). An approval comes back once, with a new access
         token; the request is gone after that."""
-        if not _TOKEN_SHAPE.fullmatch(login_id):
-            return None
-        with unavailable_on_error():
-            found = await self._poll(
-                keys=[keys.login(self.id_hash(login_id))],
-                args=[client_id(self.settings, client)],
-            )
-            status = str(found[0])
-            if status == "gone":
-                return None
-            if status != "approved":
-                return PollResult(
-                    status="pending" if status == "pending" else "denied",
-                    expires_in=retry_after(int(found[1])),
-                )
-        user: User = json.loads(found[1])
+        found = await self._read(login_id, client_id(self.settings, client))
+        if found is None or isinstance(found, PollResult):
+            return found
+        user, generation, state = found
         # the approval is taken: from here the token is only sealed, nothing can fail
-        token = await self.store.sessions.token_for_approval(user, int(found[4]), client)
+        token = await self.store.sessions.token_for_approval(user, generation, client)
         redemption = Redemption(
             user=public_user(user), access_token=token,
             expires_in=self.settings.token_ttl_seconds,
         )
-        state = str(found[3]) if int(found[2]) else None
         return PollResult(status="approved", redemption=redemption, state=state)
+
+    async def poll_authorization(self, login_id: str) -> AuthorizationResult | None:
+        """An authorization page's request: pending or denied (with what it asked for),
+        or approved once (with the user and the session generation they approved at);
+        None when unknown, expired, taken already, or not an authorization's."""
+        found = await self._read(login_id, AUTHORIZATION_CLIENT)
+        if found is None:
+            return None
+        if isinstance(found, PollResult):
+            return AuthorizationResult(status=found.status, expires_in=found.expires_in)
+        user, generation, state = found
+        return AuthorizationResult(
+            status="approved", user=user, generation=generation,
+            authorization=Authorization(**json.loads(state or "{}")),
+        )
+
+    async def take_authorization(self, login_id: str) -> Authorization | None:
+        """Take a pending authorization page's request out of the bot's reach (a code
+        was typed on the page instead): what it asked for, or None when it is unknown,
+        expired, decided, or not an authorization's. A tap on its link after this finds
+        it expired."""
+        if not _TOKEN_SHAPE.fullmatch(login_id):
+            return None
+        with unavailable_on_error():
+            taken = await self._take(
+                keys=[keys.login(self.id_hash(login_id))], args=[AUTHORIZATION_CLIENT]
+            )
+        return None if not taken else Authorization(**json.loads(str(taken)))
+
+    async def _read(
+        self, login_id: str, client: str
+    ) -> PollResult | tuple[User, int, str | None] | None:
+        if not _TOKEN_SHAPE.fullmatch(login_id):
+            return None
+        with unavailable_on_error():
+            found = await self._poll(keys=[keys.login(self.id_hash(login_id))], args=[client])
+        status = str(found[0])
+        if status == "gone":
+            return None
+        if status != "approved":
+            return PollResult(
+                status="pending" if status == "pending" else "denied",
+                expires_in=retry_after(int(found[1])),
+            )
+        user: User = json.loads(found[1])
+        state = str(found[3]) if int(found[2]) else None
+        return user, int(found[4]), state
 
     # -- bot side -----------------------------------------------------------------------
 
@@ -206,10 +305,15 @@ class Logins:
             id_hash = await self._link_target(payload)
             if id_hash is None:
                 return None
-            status, name = await self.redis.hmget(keys.login(id_hash), ["st", "n"])
+            status, name, host, match = await self.redis.hmget(
+                keys.login(id_hash), ["st", "n", "h", "m"]
+            )
         if status not in _STATUSES:
             return None
-        return Prompt(client_name=str(name or ""), status=_STATUSES[status])
+        return Prompt(
+            client_name=str(name or ""), status=_STATUSES[status], host=str(host or ""),
+            match=int(match) if match else None,
+        )
 
     async def decide(self, payload: str, user: User, approve: bool) -> Decision | None:
         """Approve or deny as `user`; only the first decision counts. None when the

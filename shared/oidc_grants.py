@@ -139,10 +139,11 @@ class OidcGrants:
 
     async def create(
         self, client_id: str, redirect_uri: str, code_challenge: str, nonce: str | None,
-        user: User, auth_time: int, scope: str,
+        user: User, auth_time: int, scope: str, generation: int | None = None,
     ) -> str:
         """A new authorization code for `user`, approved at `auth_time`, for this client,
-        redirect URI and S256 `code_challenge`."""
+        redirect URI and S256 `code_challenge`. With `generation` (the user's session
+        generation when they approved), `InvalidGrant` if a /logout has moved it since."""
         if not _CHALLENGE.fullmatch(code_challenge):
             raise ValueError("code_challenge must be an S256 challenge (43 base64url chars)")
         uid = int(user["id"])
@@ -152,11 +153,14 @@ class OidcGrants:
         key = keys.oidc_code(uid, short_digest(self.secret, "oidc-code", code))
         expiry = int(time.time() * 1000) + keys.OIDC_CODE_TTL_SECONDS * 1000
         with unavailable_on_error():
-            await self._create(
+            stored = await self._create(
                 keys=[key, keys.user(uid)],
                 args=[client_id, redirect_uri, code_challenge, nonce or "", scope, auth_time,
-                      pack_record(user), expiry, keys.OIDC_CODE_TTL_SECONDS + 1],
+                      pack_record(user), expiry, keys.OIDC_CODE_TTL_SECONDS + 1,
+                      "" if generation is None else generation],
             )
+        if not int(stored):
+            raise InvalidGrant()
         return code
 
     async def redeem(

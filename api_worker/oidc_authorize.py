@@ -1,0 +1,11 @@
+"""OpenID Connect: the authorization endpoint and its page (being built)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from shared.settings import OidcSettings
+
+
+def routes(oidc: OidcSettings) -> list[BaseRoute]:
+    return []
