@@ -8,6 +8,9 @@ Handlers talk to Redis only through `shared.store.Store` (kept in
 from __future__ import annotations
 
 import logging
+import re
+import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from telegram import (
@@ -24,17 +27,21 @@ from telegram.ext import ContextTypes
 from bot_worker import messages
 from bot_worker.dispatch import handling_errors, key_of, may_pass
 from bot_worker.messages import Lang
-from shared.logins import Decision, Logins
+from shared.logins import MATCH_HIGH, MATCH_LOW, Decision, Logins, Prompt
 from shared.store import USER_FIELDS, RateLimited, Store, Unavailable
 
 logger = logging.getLogger(__name__)
 
 STORE = "store"
 LOGINS = "logins"
-# callback_data of the Approve and Deny buttons: prefix + the deep-link payload (never
-# the request id, which only the API client knows); 3 + 22 bytes, within Telegram's 64
-APPROVE, DENY = "la:", "ld:"
-LOGIN_CALLBACKS = r"^l[ad]:"
+# callback_data of a login prompt's buttons: prefix + the deep-link payload (never the
+# request id, which only the API client knows). Approve and Deny: 3 + 22 bytes; a number
+# button of an authorization page's request: "lp:<n>:" + payload, 6 + 22; all within
+# Telegram's 64
+APPROVE, DENY, PICK = "la:", "ld:", "lp:"
+LOGIN_CALLBACKS = r"^l[adp]:"
+_PICKED = re.compile(r"([0-9]{1,2}):(.*)", re.DOTALL)
+_random = secrets.SystemRandom()
 # Telegram refuses answerCallbackQuery texts longer than this
 CALLBACK_ANSWER_MAX = 200
 SEND_MESSAGE = "sendMessage"
@@ -150,13 +157,56 @@ async def login_link(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     if prompt.status != "pending":
         await message.reply_text(messages.login_already_decided(lang, prompt.status == "approved"))
         return
-    approve = InlineKeyboardButton(messages.approve_button(lang), callback_data=APPROVE + payload)
-    deny = InlineKeyboardButton(messages.deny_button(lang), callback_data=DENY + payload)
-    keyboard = InlineKeyboardMarkup([[approve, deny]])
-    await message.reply_text(
-        messages.login_prompt(lang, prompt.client_name), reply_markup=keyboard
-    )
+    text, keyboard = _login_prompt(lang, payload, prompt)
+    await message.reply_text(text, reply_markup=keyboard)
     logger.info("asked user %d to approve a login", user.id)
+
+
+def _login_prompt(lang: Lang, payload: str, prompt: Prompt) -> tuple[str, InlineKeyboardMarkup]:
+    """The question and its buttons: Approve and Deny; or, for an authorization page's
+    request, three numbers to pick the page's one from, and Deny below them."""
+    deny = InlineKeyboardButton(messages.deny_button(lang), callback_data=DENY + payload)
+    if prompt.match is None:
+        approve = InlineKeyboardButton(
+            messages.approve_button(lang), callback_data=APPROVE + payload
+        )
+        return messages.login_prompt(lang, prompt.client_name), InlineKeyboardMarkup(
+            [[approve, deny]]
+        )
+    numbers = [
+        InlineKeyboardButton(str(n), callback_data=f"{PICK}{n}:{payload}")
+        for n in match_choices(prompt.match)
+    ]
+    text = messages.authorization_prompt(lang, prompt.client_name, prompt.host)
+    return text, InlineKeyboardMarkup([numbers, [deny]])
+
+
+def match_choices(match: int) -> list[int]:
+    """The three numbers offered for `match`: it and two distinct decoys from the same
+    range, in a random order. From `secrets`, so nothing about the page's number can be
+    told from the decoys or the position."""
+    choices = _random.sample([n for n in range(MATCH_LOW, MATCH_HIGH + 1) if n != match], 2)
+    choices.insert(secrets.randbelow(3), match)
+    return choices
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A prompt button's callback data read back."""
+
+    approve: bool
+    pick: int | None  # the number button's number
+    payload: str
+
+
+def parse_tap(data: str) -> Tap | None:
+    """What a button says, or None for a number button that is not one of ours."""
+    if data.startswith(PICK):
+        picked = _PICKED.fullmatch(data[len(PICK) :])
+        if picked is None:
+            return None
+        return Tap(approve=True, pick=int(picked[1]), payload=picked[2])
+    return Tap(approve=data.startswith(APPROVE), pick=None, payload=data[len(APPROVE) :])
 
 
 def _outcome(lang: Lang, decision: Decision | None) -> str:
@@ -165,13 +215,16 @@ def _outcome(lang: Lang, decision: Decision | None) -> str:
     approved = decision.status == "approved"
     if decision.outcome == "already":
         return messages.login_already_decided(lang, approved)
+    if decision.mismatch:
+        return messages.login_mismatch(lang)
     if approved:
-        return messages.logged_in(lang, decision.client_name)
-    return messages.login_denied(lang, decision.client_name)
+        return messages.logged_in(lang, decision.client_name, decision.host)
+    return messages.login_denied(lang, decision.client_name, decision.host)
 
 
 async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A tap on Approve or Deny: the first decision counts; the message says what happened."""
+    """A tap on Approve, Deny or a number: the first decision counts; the message says
+    what happened. A number other than the page's denies (`Logins.decide`)."""
     query: CallbackQuery | None = update.callback_query
     if query is None or query.data is None:
         return
@@ -180,10 +233,14 @@ async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     if query.message is None or query.message.chat.type != "private":
         await query.answer(messages.login_private_only(lang, context.bot.username), show_alert=True)
         return
-    approve = query.data.startswith(APPROVE)
-    payload = query.data[len(APPROVE) :]
+    tap = parse_tap(query.data)
+    if tap is None:  # not a button the bot made: decide nothing, change nothing
+        await query.answer(messages.login_expired(lang))
+        return
     try:
-        decision = await _logins(context).decide(payload, _user_record(user), approve)
+        decision = await _logins(context).decide(
+            tap.payload, _user_record(user), tap.approve, tap.pick
+        )
     except Unavailable as exc:
         logger.warning("cannot decide a login, Redis is unavailable: %s", exc)
         await query.answer(messages.unavailable(lang), show_alert=True)
@@ -200,10 +257,11 @@ async def login_decision(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
             raise
     if decision is not None:
         logger.info(
-            "login %s by user %d (%s)",
+            "login %s by user %d (%s%s)",
             decision.status,
             user.id,
             "decided" if decision.outcome == "decided" else "too late",
+            ", not the page's number" if decision.mismatch else "",
         )
 
 

@@ -152,16 +152,57 @@ def deny_button(lang: Lang) -> str:
     return "Отклонить" if lang == "ru" else "Deny"
 
 
-def logged_in(lang: Lang, client: str) -> str:
-    if lang == "ru":
-        return f"Вы вошли в «{client}»." if client else "Вы вошли на сайт."
-    return f"You are logged in to {client or 'the website'}."
+def _at(lang: Lang, host: str) -> str:
+    """The site's host after the client's name, when the request names one."""
+    if not host:
+        return ""
+    return f" на {host}" if lang == "ru" else f" at {host}"
 
 
-def login_denied(lang: Lang, client: str) -> str:
+def logged_in(lang: Lang, client: str, host: str = "") -> str:
     if lang == "ru":
-        return f"Вход в «{client}» отклонён." if client else "Вход на сайт отклонён."
-    return f"Login to {client or 'the website'} denied."
+        return f"Вы вошли в «{client}»{_at(lang, host)}." if client else "Вы вошли на сайт."
+    return f"You are logged in to {client or 'the website'}{_at(lang, host)}."
+
+
+def login_denied(lang: Lang, client: str, host: str = "") -> str:
+    if lang == "ru":
+        if client:
+            return f"Вход в «{client}»{_at(lang, host)} отклонён."
+        return "Вход на сайт отклонён."
+    return f"Login to {client or 'the website'}{_at(lang, host)} denied."
+
+
+# -- OpenID Connect authorization: number matching ------------------------------------
+# The authorization page shows a number; the bot offers three and approves only on the
+# right one. A phishing page that relays our link cannot show the user our number, so a
+# user who picks by guess (or denies) stops it.
+
+
+def authorization_prompt(lang: Lang, client: str, host: str) -> str:
+    if lang == "ru":
+        return (
+            f"Войти в «{client}» на {host}?\n\n"
+            "Выберите число, которое показано на странице входа. "
+            "Если вы не начинали вход только что или не видите числа, нажмите «Отклонить»."
+        )
+    return (
+        f"Log in to {client} at {host}?\n\n"
+        "Pick the number shown on the login page. "
+        "If you did not start a login just now, or see no number, tap Deny."
+    )
+
+
+def login_mismatch(lang: Lang) -> str:
+    if lang == "ru":
+        return (
+            "Это не то число, что было на странице, поэтому вход отклонён. "
+            "Если вы входили сами, начните вход на сайте заново."
+        )
+    return (
+        "That was not the number on the page, so the login was denied. "
+        "If you were logging in, start again on the site."
+    )
 
 
 def login_already_decided(lang: Lang, approved: bool) -> str:

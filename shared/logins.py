@@ -18,6 +18,7 @@ since then ends it too; Redis never holds a token.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import json
 import logging
@@ -130,11 +131,27 @@ class Prompt:
 
 @dataclass(frozen=True)
 class Decision:
-    """`decided`: this tap decided it (as `status`); `already`: an earlier one did."""
+    """`decided`: this tap decided it (as `status`); `already`: an earlier one did.
+
+    `mismatch`: this tap asked to approve an authorization page's request without the
+    number the page shows (a wrong pick, or none), so it counted as a denial; the bot
+    says so, since the user may be on a phishing page relaying the link.
+    """
 
     outcome: Literal["decided", "already"]
     status: Status
     client_name: str
+    host: str = ""  # an authorization page's request: the site's host
+    mismatch: bool = False
+
+
+class _Decided(enum.IntEnum):
+    """login_decide.lua's first answer."""
+
+    GONE = -1
+    ALREADY = 0
+    NOW = 1
+    REPEATED = 2  # the same user's same decision again: a redelivered tap
 
 
 def client_id(settings: Settings, client: ApiClient | None) -> str:
@@ -315,9 +332,18 @@ class Logins:
             match=int(match) if match else None,
         )
 
-    async def decide(self, payload: str, user: User, approve: bool) -> Decision | None:
+    async def decide(
+        self, payload: str, user: User, approve: bool, pick: int | None = None
+    ) -> Decision | None:
         """Approve or deny as `user`; only the first decision counts. None when the
-        request is unknown or expired. Wakes the API processes waiting on it."""
+        request is unknown or expired. Wakes the API processes waiting on it.
+
+        `pick` is the number the user chose among the bot's three. A request with a
+        match number (an authorization page's) is approved only when `pick` is that
+        number; any other approval of it, with a wrong pick or none, denies it, in the
+        same atomic step, so a relayed link cannot be retried until the right number
+        comes up. Requests without a match number ignore `pick`.
+        """
         decision = "approved" if approve else "denied"
         with unavailable_on_error():
             id_hash = await self._link_target(payload)
@@ -326,7 +352,7 @@ class Logins:
             # the token this approval leads to is sealed with the user's session
             # generation now: a /logout from here on ends it too
             generation = await self.store.sessions.enter(user) if approve else 0
-            outcome, status, name = await self._decide(
+            outcome, status, name, host, mismatch = await self._decide(
                 keys=[keys.login(id_hash)],
                 args=[
                     decision,
@@ -336,18 +362,22 @@ class Logins:
                     keys.LOGIN_DECIDED,
                     id_hash,
                     generation,
+                    "" if pick is None else str(pick),
                 ],
             )
-            if int(outcome) == 1:
-                counter = (Counter.LOGIN_REQUESTS_APPROVED if approve
+            decided = _Decided(int(outcome))
+            if decided is _Decided.NOW:
+                counter = (Counter.LOGIN_REQUESTS_APPROVED if status == "approved"
                            else Counter.LOGIN_REQUESTS_DENIED)
                 await self.redis.hincrby(keys.stats(), counter, 1)
-        if int(outcome) == -1:
+        if decided is _Decided.GONE:
             return None
         return Decision(
-            outcome="decided" if int(outcome) in (1, 2) else "already",
+            outcome="decided" if decided in (_Decided.NOW, _Decided.REPEATED) else "already",
             status="approved" if status == "approved" else "denied",
             client_name=str(name),
+            host=str(host),
+            mismatch=bool(int(mismatch)),
         )
 
 

@@ -116,3 +116,38 @@ def test_command_menus_name_the_same_commands() -> None:
     en = [name for name, _ in messages.commands("en")]
     ru = [name for name, _ in messages.commands("ru")]
     assert en == ru == ["code", "logout", "help"]
+
+
+def test_number_matching_texts() -> None:
+    for lang in ("en", "ru"):
+        prompt = messages.authorization_prompt(lang, "Shop", "shop.example")
+        assert "Shop" in prompt and "shop.example" in prompt
+        assert messages.deny_button(lang) in prompt  # it names the button to tap
+        for text in (prompt, messages.login_mismatch(lang)):
+            assert len(text) <= 200  # answerCallbackQuery's limit
+    assert messages.authorization_prompt("en", "Shop", "shop.example").startswith(
+        "Log in to Shop at shop.example?"
+    )
+    assert messages.authorization_prompt("ru", "Shop", "shop.example").startswith(
+        "Войти в «Shop» на shop.example?"
+    )
+    assert messages.login_mismatch("en").startswith("That was not the number on the page")
+    assert "отклонён" in messages.login_mismatch("ru")
+
+
+@pytest.mark.parametrize(
+    ("host", "texts"),
+    [("", ("You are logged in to Shop.", "Вы вошли в «Shop».",
+           "Login to Shop denied.", "Вход в «Shop» отклонён.")),
+     ("shop.example", ("You are logged in to Shop at shop.example.",
+                       "Вы вошли в «Shop» на shop.example.",
+                       "Login to Shop at shop.example denied.",
+                       "Вход в «Shop» на shop.example отклонён."))],
+)
+def test_outcomes_name_the_host_when_there_is_one(
+    host: str, texts: tuple[str, str, str, str]
+) -> None:
+    assert (
+        messages.logged_in("en", "Shop", host), messages.logged_in("ru", "Shop", host),
+        messages.login_denied("en", "Shop", host), messages.login_denied("ru", "Shop", host),
+    ) == texts

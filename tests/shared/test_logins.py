@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from shared import keys
-from shared.logins import Logins, NoBotUsername, client_id, decisions
+from shared.logins import (
+    MATCH_HIGH,
+    MATCH_LOW,
+    Authorization,
+    CreatedAuthorization,
+    Logins,
+    NoBotUsername,
+    client_id,
+    decisions,
+)
 from shared.settings import ApiClient, Secret, Settings, load_settings
 from shared.store import RateLimited
 from tests.fixtures.common import free_port
@@ -21,6 +30,11 @@ ANN = {"id": 1001, "username": "ann", "first_name": "Ann", "last_name": None, "l
 BOB = {**ANN, "id": 1002, "username": "bob", "first_name": "Bob"}
 SHOP = ApiClient(name="shop.example", key=Secret("shop-key-0123456789abcdefgh"))
 BLOG = ApiClient(name="blog.example", key=Secret("blog-key-0123456789abcdefgh"))
+PAGE = Authorization(
+    client_id="shop", client_name="Shop", host="shop.example",
+    redirect_uri="https://shop.example/cb", code_challenge="c" * 43, nonce=None,
+    scope="openid", state="st",
+)
 
 
 def make_settings(redis_url: str, **env: str) -> Settings:
@@ -206,3 +220,92 @@ def test_decisions_feed_over_a_unix_socket(tmp_path: Path) -> None:
         run_on_logins(settings, body)
     finally:
         server.stop()
+
+
+# -- number matching: an authorization page's requests -----------------------------------
+
+
+def other_number(match: int) -> int:
+    return MATCH_LOW if match != MATCH_LOW else MATCH_HIGH
+
+
+async def authorize(logins: Logins) -> CreatedAuthorization:
+    created = await logins.create_authorization(PAGE, "10.0.0.1")
+    assert MATCH_LOW <= created.match <= MATCH_HIGH
+    prompt = await logins.prompt(created.login.payload)
+    assert prompt is not None
+    assert (prompt.client_name, prompt.host, prompt.match) == ("Shop", "shop.example",
+                                                               created.match)
+    return created
+
+
+def test_the_page_number_approves(redis_url: str) -> None:
+    async def body(logins: Logins) -> None:
+        created = await authorize(logins)
+        decision = await logins.decide(created.login.payload, ANN, True, created.match)
+        assert decision is not None
+        assert (decision.outcome, decision.status, decision.mismatch) == (
+            "decided", "approved", False,
+        )
+        assert (decision.client_name, decision.host) == ("Shop", "shop.example")
+        result = await logins.poll_authorization(created.login.id)
+        assert result is not None and result.status == "approved"
+        assert result.user is not None and result.user["id"] == ANN["id"]
+        assert result.authorization == PAGE
+        assert (await logins.store.counters())["login_requests_approved"] == 1
+
+    run_on_logins(make_settings(redis_url), body)
+
+
+@pytest.mark.parametrize("wrong", ["other", "none"])
+def test_any_other_approval_denies_for_good(redis_url: str, wrong: str) -> None:
+    """A wrong number, or an Approve with no number (a forged callback), denies: the
+    right number after it is too late, so a relaying page gets no second try."""
+
+    async def body(logins: Logins) -> None:
+        created = await authorize(logins)
+        pick = other_number(created.match) if wrong == "other" else None
+        decision = await logins.decide(created.login.payload, ANN, True, pick)
+        assert decision is not None
+        assert (decision.outcome, decision.status, decision.mismatch) == (
+            "decided", "denied", True,
+        )
+        again = await logins.decide(created.login.payload, ANN, True, pick)  # redelivered
+        assert again == decision
+        late = await logins.decide(created.login.payload, ANN, True, created.match)
+        assert late is not None and (late.outcome, late.status) == ("already", "denied")
+        result = await logins.poll_authorization(created.login.id)
+        assert result is not None and result.status == "denied" and result.user is None
+        counters = await logins.store.counters()
+        assert counters["login_requests_denied"] == 1
+        assert counters.get("login_requests_approved", 0) == 0
+
+    run_on_logins(make_settings(redis_url), body)
+
+
+def test_deny_on_a_numbered_request_is_a_plain_denial(redis_url: str) -> None:
+    async def body(logins: Logins) -> None:
+        created = await authorize(logins)
+        decision = await logins.decide(created.login.payload, ANN, False)
+        assert decision is not None
+        assert (decision.outcome, decision.status, decision.mismatch) == (
+            "decided", "denied", False,
+        )
+        result = await logins.poll_authorization(created.login.id)
+        assert result is not None and result.status == "denied"
+
+    run_on_logins(make_settings(redis_url), body)
+
+
+def test_a_pick_means_nothing_to_a_request_without_a_number(redis_url: str) -> None:
+    async def body(logins: Logins) -> None:
+        created = await logins.create(SHOP, None, "10.0.0.1")
+        prompt = await logins.prompt(created.payload)
+        assert prompt is not None and prompt.match is None and prompt.host == ""
+        decision = await logins.decide(created.payload, ANN, True, 42)
+        assert decision is not None
+        assert (decision.outcome, decision.status, decision.mismatch, decision.host) == (
+            "decided", "approved", False, "",
+        )
+
+    run_on_logins(make_settings(redis_url), body)
