@@ -74,6 +74,10 @@ OIDC_CODE = PREFIX + "oidc:code:"
 OIDC_FAMILY = PREFIX + "oidc:fam:"
 # how long an authorization code counts (issue 9: at most 60 s)
 OIDC_CODE_TTL_SECONDS = 60
+# per client address (an IPv6 /64 counts as one): refused requests at the token and
+# revocation endpoints (invalid_client, invalid_grant) in the current window;
+# TTL API_KEY_FAIL_WINDOW_SECONDS from the first
+OIDC_FAILS = PREFIX + "oidc:fails:"
 
 # Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
 # lease, the ledger and the flood-limit scripts each run in one Cluster slot.
@@ -145,6 +149,10 @@ def redeem_pending(address_hash: str) -> str:
 
 def key_fails(address_hash: str) -> str:
     return KEY_FAILS + address_hash
+
+
+def oidc_fails(address_hash: str) -> str:
+    return OIDC_FAILS + address_hash
 
 
 def fail_rate(unix_minute: int) -> str:

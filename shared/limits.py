@@ -9,13 +9,15 @@ earlier ones settle, never refused; and a refused attempt spends nothing and
 does not extend the window, which starts with the first failure. The address
 is the canonical `shared.addresses.limit_subject` (an IPv6 /64 is one).
 
-`FailureCounter` is the plain form for wrong API keys: each one counts, and
-at the limit the address gets 429 until the window ends.
+`FailureCounter` is the plain form for wrong API keys and the OpenID Connect
+token and revocation endpoints' refusals (each under its own keys): each one
+counts, and at the limit the address gets 429 until the window ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -125,16 +127,21 @@ class AttemptBudget:
 
 
 class FailureCounter:
-    """Failures per address in a fixed window that starts with the first one."""
+    """Failures per address in a fixed window that starts with the first one, counted
+    under `key(address hash)` (default: the wrong API keys')."""
 
-    def __init__(self, redis: Redis, settings: Settings, limit: int, window: int) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, limit: int, window: int,
+        key: Callable[[str], str] = keys.key_fails,
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.limit = limit
         self.window = window
+        self._key_of = key
 
     def _key(self, address: str) -> str:
-        return keys.key_fails(address_hash(self.settings, address))
+        return self._key_of(address_hash(self.settings, address))
 
     async def check(self, address: str) -> None:
         """RateLimited when `address` is at the limit (checking spends nothing)."""

@@ -16,6 +16,13 @@ Rules of this module (issue 9, item 5; OAuth 2.0 Security BCP, RFC 9700):
   tokens: the same generation, the same revocation list in the user's hash, the same
   /logout count. Only their client tag differs (`oidc_client_tag`, a keyed hash in its
   own namespace), so an OIDC token never counts for an API client or the other way.
+  The tag also says whether the grant's scope holds `profile` (a namespace of its own),
+  so userinfo answers the profile claims only to a token granted them, with nothing
+  more in the token or in Redis.
+- Revocation (RFC 7009): `revoke_refresh` ends a refresh token's whole family (its
+  access tokens too, RFC 7009 2.1), `revoke_access` one access token (marked revoked in
+  the user's hash, as `shared.sessions` revokes an API token); both change nothing for
+  a token of another client and say so (`Revoked.OTHER_CLIENT`).
 - A refresh token is sealed too (`tgr_`: user id, family id, rotation number, a MAC
   keyed with AUTH_SECRET); Redis holds the family under a keyed hash of its id and the
   current rotation number, nothing from which a token could be made.
@@ -70,6 +77,14 @@ class _Answer(IntEnum):
     REUSED = 2  # spent or rotated before: revoke the family
 
 
+class Revoked(IntEnum):
+    """What a revocation did."""
+
+    NOTHING = 0  # no such token counts (unknown, malformed, expired, revoked, ended)
+    ENDED = 1
+    OTHER_CLIENT = 2  # an unexpired token of another client: left as it is
+
+
 class InvalidGrant(Exception):
     """OAuth `invalid_grant`: the code or refresh token is unknown, expired, spent,
     revoked, or not for this client, redirect URI or verifier (never said which)."""
@@ -106,10 +121,26 @@ def _unb64(text: str) -> bytes | None:
     return raw if _b64(raw) == text else None  # one value, one spelling
 
 
-def oidc_client_tag(secret: Secret, client_id: str) -> str:
+def oidc_client_tag(secret: Secret, client_id: str, profile: bool = False) -> str:
     """The client tag of an OIDC client's access tokens: apart from the API clients'
-    (`shared.tokens.client_tag`), whose hash has another purpose."""
-    return tag(secret, "oidc-token-client", client_id)
+    (`shared.tokens.client_tag`), whose hash has another purpose; and apart for tokens
+    whose grant's scope holds `profile`."""
+    return tag(secret, "oidc-token-client-profile" if profile else "oidc-token-client",
+               client_id)
+
+
+def has_profile(scope: str) -> bool:
+    """Whether a grant's scope asks for the profile claims (OIDC Core 5.4)."""
+    return "profile" in scope.split()
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who an access token that counts was issued to, for whom, for what."""
+
+    client_id: str
+    user: User
+    profile: bool  # its grant's scope holds `profile`
 
 
 class OidcGrants:
@@ -122,6 +153,7 @@ class OidcGrants:
         self._redeem = registry.get("oidc_code_redeem.lua")
         self._refresh = registry.get("oidc_refresh.lua")
         self._revoke = registry.get("oidc_family_revoke.lua")
+        self._revoke_token = registry.get("token_revoke.lua")
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -241,13 +273,26 @@ class OidcGrants:
         return self._grant(uid, client_id, family_id, int(next_rotation), int(generation),
                            token_id, expires, scope, auth_time, record, nonce=None)
 
-    async def _revoke_family(self, uid: int, family_hash: str) -> int:
+    async def _revoke_family(
+        self, uid: int, family_hash: str, client_id: str = ""
+    ) -> Revoked:
+        """End a family (of `client_id` only, when given) and its access tokens."""
         with unavailable_on_error():
-            ended = await self._revoke(
+            status, _ = await self._revoke(
                 keys=[keys.oidc_family(uid, family_hash), keys.user(uid)],
-                args=[int(time.time())],
+                args=[int(time.time()), client_id],
             )
-        return int(ended)
+        return Revoked(int(status))
+
+    async def revoke_refresh(self, refresh_token: str, client_id: str) -> Revoked:
+        """RFC 7009 for a refresh token of `client_id`: its family ends, the access
+        tokens it issued with it. A rotated one ends the family too (its holder asks
+        for it to end). Another client's family is left as it is."""
+        unsealed = self._unseal_refresh(refresh_token)
+        if unsealed is None:
+            return Revoked.NOTHING
+        uid, family_id, _ = unsealed
+        return await self._revoke_family(uid, self._family_hash(family_id), client_id)
 
     # -- access tokens ----------------------------------------------------------------------
 
@@ -256,7 +301,7 @@ class OidcGrants:
         token_id: str, expires: int, scope: Any, auth_time: Any, record: Any,
         *, nonce: str | None,
     ) -> Grant:
-        tag = oidc_client_tag(self.secret, client_id)
+        tag = oidc_client_tag(self.secret, client_id, has_profile(str(scope)))
         access = seal(self.secret, Claims(uid, expires, generation, token_id, tag))
         return Grant(
             user=unpack_record(uid, str(record)), client_id=client_id, scope=str(scope),
@@ -265,19 +310,28 @@ class OidcGrants:
             refresh_token=self._seal_refresh(uid, family_id, rotation),
         )
 
-    async def access_user(
+    def _sealed(
         self, token: str, client_ids: tuple[str, ...]
-    ) -> tuple[str, User] | None:
-        """The client and user of an OIDC access token that still counts (sealed by us,
-        unexpired, for one of `client_ids`, at the user's generation, not revoked)."""
+    ) -> tuple[str, bool, Claims] | None:
+        """(client id, profile, claims) of an unexpired OIDC access token we sealed for
+        one of `client_ids`; no Redis asked."""
         claims = unseal(self.secret, token)
         if claims is None or claims.expires <= time.time():
             return None
-        client_id = next((c for c in client_ids
-                          if hmac.compare_digest(oidc_client_tag(self.secret, c),
-                                                 claims.client)), None)
-        if client_id is None:
+        for client_id in client_ids:
+            for profile in (False, True):
+                if hmac.compare_digest(oidc_client_tag(self.secret, client_id, profile),
+                                       claims.client):
+                    return client_id, profile, claims
+        return None
+
+    async def access(self, token: str, client_ids: tuple[str, ...]) -> Access | None:
+        """What an OIDC access token that still counts is for (sealed by us, unexpired,
+        for one of `client_ids`, at the user's generation, not revoked); else None."""
+        sealed = self._sealed(token, client_ids)
+        if sealed is None:
             return None
+        client_id, profile, claims = sealed
         with unavailable_on_error():
             record, generation, state = await self.redis.hmget(
                 keys.user(claims.user_id), ["r", "g", claims.token_id]
@@ -286,7 +340,34 @@ class OidcGrants:
             return None
         if state is not None and str(state).startswith("-"):
             return None  # unlisted (past 256) counts, as in `shared.sessions`
-        return client_id, unpack_record(claims.user_id, str(record))
+        return Access(client_id, unpack_record(claims.user_id, str(record)), profile)
+
+    async def access_user(
+        self, token: str, client_ids: tuple[str, ...]
+    ) -> tuple[str, User] | None:
+        """The client and user of an OIDC access token that still counts (`access`)."""
+        found = await self.access(token, client_ids)
+        return None if found is None else (found.client_id, found.user)
+
+    async def revoke_access(
+        self, token: str, client_id: str, client_ids: tuple[str, ...]
+    ) -> Revoked:
+        """RFC 7009 for an access token of `client_id` (one of `client_ids`, the
+        configured clients): it stops counting at once, marked revoked in the user's
+        hash until it would have expired (as `shared.sessions` revokes an API token).
+        Another configured client's token is left as it is; anything else is NOTHING."""
+        sealed = self._sealed(token, client_ids)
+        if sealed is None:
+            return Revoked.NOTHING
+        owner, _, claims = sealed
+        if owner != client_id:
+            return Revoked.OTHER_CLIENT
+        with unavailable_on_error():
+            ended = await self._revoke_token(
+                keys=[keys.user(claims.user_id)],
+                args=[claims.token_id, claims.generation, claims.expires, int(time.time())],
+            )
+        return Revoked.ENDED if int(ended) else Revoked.NOTHING
 
 
 def _uid_of(key: str) -> int:

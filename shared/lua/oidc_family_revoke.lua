@@ -3,7 +3,17 @@
 -- (as token_revoke.lua marks one), so it stops counting too.
 -- KEYS[1] the family   KEYS[2] the user (hash, as in token_register.lua)
 -- ARGV[1] now (unix s)
--- Returns how many access tokens it ended.
+-- ARGV[2] the client asking (RFC 7009 revocation), or "" for any (a reuse found by a
+-- redeem or a refresh)
+-- Returns {1, how many access tokens it ended}; {0, 0} when there is no such family
+-- (unknown, expired, revoked or ended by /logout); {2, 0} when it is another client's
+-- (nothing is changed).
+if redis.call("EXISTS", KEYS[1]) == 0 then
+  return {0, 0}
+end
+if ARGV[2] ~= "" and redis.call("HGET", KEYS[1], "c") ~= ARGV[2] then
+  return {2, 0}
+end
 local now = tonumber(ARGV[1])
 local ended = 0
 local fields = redis.call("HGETALL", KEYS[1])
@@ -18,4 +28,4 @@ for i = 1, #fields, 2 do
   end
 end
 redis.call("DEL", KEYS[1])
-return ended
+return {1, ended}

@@ -10,7 +10,14 @@ import time
 import pytest
 
 from shared import keys
-from shared.oidc_grants import ACCESS_TTL_SECONDS, Grant, InvalidGrant, OidcGrants, s256
+from shared.oidc_grants import (
+    ACCESS_TTL_SECONDS,
+    Grant,
+    InvalidGrant,
+    OidcGrants,
+    Revoked,
+    s256,
+)
 from shared.store import Store
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.store import run_on_store
@@ -244,6 +251,69 @@ def test_logout_ends_every_family_and_its_access_tokens(redis_url: str) -> None:
     run_on_store(make_settings(redis_url), body)
 
 
+def test_revoking_a_refresh_token_ends_its_family_for_its_client_only(
+    redis_url: str,
+) -> None:
+    async def body(store: Store) -> None:
+        grants = OidcGrants(store.redis, store.settings)
+        first = await _login(grants)
+        second = await grants.refresh(first.refresh_token, SHOP)
+        other = await _login(grants)
+        assert await grants.revoke_refresh(second.refresh_token, "blog") == Revoked.OTHER_CLIENT
+        assert await _counts(grants, second)
+        # the rotated one is enough: its holder asks for the family to end
+        assert await grants.revoke_refresh(first.refresh_token, SHOP) == Revoked.ENDED
+        for grant in (first, second):
+            assert not await _counts(grants, grant)
+        with pytest.raises(InvalidGrant):
+            await grants.refresh(second.refresh_token, SHOP)
+        assert await grants.revoke_refresh(second.refresh_token, SHOP) == Revoked.NOTHING
+        for wrong in ("", "tgr_", second.refresh_token[:-2], second.access_token):
+            assert await grants.revoke_refresh(wrong, SHOP) == Revoked.NOTHING
+        assert await _counts(grants, other)
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_revoking_an_access_token_ends_it_alone(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        grants = OidcGrants(store.redis, store.settings)
+        grant = await _login(grants)
+        revoke = grants.revoke_access
+        assert await revoke(grant.access_token, "blog", CLIENTS) == Revoked.OTHER_CLIENT
+        assert await _counts(grants, grant)
+        assert await revoke(grant.access_token, SHOP, CLIENTS) == Revoked.ENDED
+        assert not await _counts(grants, grant)
+        assert await revoke(grant.access_token, SHOP, CLIENTS) == Revoked.NOTHING  # again
+        renewed = await grants.refresh(grant.refresh_token, SHOP)  # the family lives on
+        assert await _counts(grants, renewed)
+        # an API token, a refresh token, garbage: none is an OIDC access token
+        api = await store.redeem_code((await store.issue_code(ANN)).code, "192.0.2.1")
+        for token in (api.access_token, grant.refresh_token, "x"):
+            assert await revoke(token, SHOP, CLIENTS) == Revoked.NOTHING
+        assert await store.token_user(api.access_token) is not None
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_access_says_whether_the_profile_scope_was_granted(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        grants = OidcGrants(store.redis, store.settings)
+        for scope, profile in (("openid", False), ("openid profile", True),
+                               ("profile openid", True), ("openid profiles", False)):
+            code = await grants.create(SHOP, CALLBACK, CHALLENGE, None, ANN, 1, scope)
+            grant = await grants.redeem(code, SHOP, CALLBACK, VERIFIER)
+            access = await grants.access(grant.access_token, CLIENTS)
+            assert access is not None and access.profile is profile, scope
+            assert (access.client_id, access.user) == (SHOP, ANN)
+            refreshed = await grants.refresh(grant.refresh_token, SHOP)
+            again = await grants.access(refreshed.access_token, CLIENTS)
+            assert again is not None and again.profile is profile
+            assert await grants.access_user(grant.access_token, CLIENTS) == (SHOP, ANN)
+
+    run_on_store(make_settings(redis_url), body)
+
+
 def test_nothing_plain_in_redis_and_every_key_expires(redis_url: str) -> None:
     async def body(store: Store) -> None:
         grants = OidcGrants(store.redis, store.settings)
@@ -313,5 +383,9 @@ def test_every_operation_runs_on_a_real_cluster(cluster_env: dict[str, str]) -> 
             await grants.refresh(first.refresh_token, SHOP)
         assert await store.revoke_user(ANN["id"]) == 1
         assert not await _counts(grants, third)
+        fourth = await _login(grants)
+        assert await grants.revoke_access(fourth.access_token, SHOP, CLIENTS) == Revoked.ENDED
+        assert await grants.revoke_refresh(fourth.refresh_token, SHOP) == Revoked.ENDED
+        assert not await _counts(grants, fourth)
 
     run_on_store(settings, body)
