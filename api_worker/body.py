@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -114,3 +114,23 @@ def url_not_text() -> Response:
     return error_response(
         400, "invalid_request", "The URL holds percent-encoded bytes that are not UTF-8 text."
     )
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+async def form_pairs(request: Request) -> list[tuple[str, str]]:
+    """The body as `application/x-www-form-urlencoded` name-value pairs in order (OAuth
+    forms, RFC 6749 appendix B), at most 4 KiB of UTF-8 text; InvalidRequest otherwise.
+    Pairs, not a dict: OAuth refuses a parameter sent twice, so the caller must see it."""
+    raw = await read_limited(request)
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != FORM:
+        raise InvalidRequest(f"Send the body as a form with 'Content-Type: {FORM}'.")
+    if not _utf8(raw):
+        raise InvalidRequest("The form holds percent-encoded bytes that are not UTF-8 text.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The form is not UTF-8 text.") from None
+    return parse_qsl(text, keep_blank_values=True, errors="strict")

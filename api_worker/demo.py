@@ -12,11 +12,10 @@ only when DEMO_PAGE=1.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 from starlette.middleware import Middleware
@@ -30,6 +29,7 @@ from api_worker import context
 from api_worker.auth import API_KEY_HEADER
 from api_worker.body import json_object
 from api_worker.errors import ApiError, InvalidRequest, NotFound
+from api_worker.sandbox_link import sandbox_link
 from shared.hashing import digest
 from shared.settings import Settings
 
@@ -56,8 +56,6 @@ _FRIENDLY = {
     "unavailable": "Logging in is temporarily unavailable. Please try again in a moment.",
     "unauthorized": "This website is not allowed to use the login service (check API_KEYS).",
 }
-# whether the Bot API at an origin is the local Telegram sandbox, by origin
-_sandbox_origins: dict[str, bool] = {}
 
 
 class DemoError(ApiError):
@@ -139,30 +137,6 @@ def _ok(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, headers=_NO_STORE)
 
 
-# -- the Telegram sandbox: a link that opens the chat there ---------------------------------
-
-
-async def _sandbox_link(request: Request, deep_link: str) -> str | None:
-    """`<sandbox>/?start=<payload>` when the bot talks to the local Telegram sandbox."""
-    base = urlsplit(context.settings(request).telegram_api_base_url)
-    try:
-        loopback = ipaddress.ip_address(base.hostname or "").is_loopback
-    except ValueError:
-        loopback = base.hostname == "localhost"
-    if not loopback:
-        return None
-    origin = f"{base.scheme}://{base.netloc}"
-    if origin not in _sandbox_origins:
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                answer = await client.get(f"{origin}/control/bots")
-            _sandbox_origins[origin] = answer.status_code == 200
-        except httpx.HTTPError:
-            return None  # ask again next time
-    payload = parse_qs(urlsplit(deep_link).query).get("start", [""])[0]
-    return f"{origin}/?start={quote(payload)}" if _sandbox_origins[origin] and payload else None
-
-
 # -- routes ---------------------------------------------------------------------------------
 
 
@@ -201,7 +175,7 @@ async def start_telegram(request: Request) -> Response:
             "deep_link": created["deep_link"],
             "start_command": created["start_command"],
             "expires_in": created["expires_in"],
-            "sandbox_link": await _sandbox_link(request, created["deep_link"]),
+            "sandbox_link": await sandbox_link(context.settings(request), created["deep_link"]),
         }
     )
 

@@ -8,7 +8,6 @@ poll is held until the bot decides (woken through Redis pub/sub, see
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -106,29 +105,13 @@ async def status(request: Request) -> Response:
     client = await require_client(request)
     wait = _wait(request)
     login_id: str = request.path_params["id"]
-    logins, waiters = context.logins(request), context.waiters(request)
-    id_hash = logins.id_hash(login_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        # watch first, then read: a decision after the read wakes us, one before shows in it
-        with waiters.watch(id_hash) as changed:
-            result = await logins.poll(login_id, client)
-            if result is None:
-                raise NotFound("No such login request (unknown, expired or already delivered).")
-            remaining = deadline - loop.time()
-            if result.status != "pending" or remaining <= 0 or waiters.closed:
-                break
-            logger.debug("login poll held for up to %.1f s", remaining)
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
-                pass  # read once more: the answer carries the freshest expires_in
-            else:
-                if not waiters.subscribed and not waiters.closed:
-                    # woken because the listener lost Redis: a read now would wait out
-                    # REDIS_TIMEOUT once more, so the poll answers within one
-                    raise ServiceUnavailable("Redis stopped answering; try again shortly.")
+    logins = context.logins(request)
+    result = await context.waiters(request).hold(
+        logins.id_hash(login_id), lambda: logins.poll(login_id, client),
+        lambda found: found is not None and found.status == "pending", wait,
+    )
+    if result is None:
+        raise NotFound("No such login request (unknown, expired or already delivered).")
     if result.status == "approved":
         assert result.redemption is not None
         logger.info("login approval delivered for user %s", result.redemption.user["id"])

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
+from typing import TypeVar
 
+from api_worker.errors import ServiceUnavailable
 from shared.store import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST = 0.1  # seconds before the first resubscribe attempt
 RETRY_MAX = 2.0
 
+T = TypeVar("T")
 Feed = Callable[[], AsyncGenerator[str | None, None]]
 
 
@@ -51,6 +54,32 @@ class Waiters:
             events.discard(event)
             if not events:
                 self._events.pop(id_hash, None)
+
+    async def hold(
+        self, id_hash: str, read: Callable[[], Awaitable[T]], pending: Callable[[T], bool],
+        seconds: float,
+    ) -> T:
+        """What `read` answers once it is no longer `pending`, or after `seconds` (a long
+        poll): read again each time the request may have changed. ServiceUnavailable
+        when the listener loses Redis meanwhile (a read then would wait out
+        REDIS_TIMEOUT once more, so the poll answers within one)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            # watch first, then read: a change after the read wakes us, one before shows
+            with self.watch(id_hash) as changed:
+                found = await read()
+                remaining = deadline - loop.time()
+                if not pending(found) or remaining <= 0 or self._closed:
+                    return found
+                logger.debug("login poll held for up to %.1f s", remaining)
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    pass  # read once more: the answer carries the freshest expires_in
+                else:
+                    if not self.subscribed and not self._closed:
+                        raise ServiceUnavailable("Redis stopped answering; try again shortly.")
 
     @property
     def closed(self) -> bool:

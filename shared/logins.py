@@ -112,10 +112,10 @@ class CreatedAuthorization:
 @dataclass(frozen=True)
 class AuthorizationResult:
     status: Status
+    authorization: Authorization
     expires_in: int | None = None  # pending or denied
     user: User | None = None  # approved: who, at which session generation
     generation: int = 0
-    authorization: Authorization | None = None
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,10 @@ class Logins:
         if found is None:
             return None
         if isinstance(found, PollResult):
-            return AuthorizationResult(status=found.status, expires_in=found.expires_in)
+            return AuthorizationResult(
+                status=found.status, expires_in=found.expires_in,
+                authorization=Authorization(**json.loads(found.state or "{}")),
+            )
         user, generation, state = found
         return AuthorizationResult(
             status="approved", user=user, generation=generation,
@@ -301,7 +304,7 @@ class Logins:
         if status != "approved":
             return PollResult(
                 status="pending" if status == "pending" else "denied",
-                expires_in=retry_after(int(found[1])),
+                expires_in=retry_after(int(found[1])), state=str(found[2]),
             )
         user: User = json.loads(found[1])
         state = str(found[3]) if int(found[2]) else None

@@ -3,8 +3,8 @@
 -- ARGV[1] the asking client's key hash ("" when the API is open)
 -- Returns one of:
 --   {"gone"}                                unknown, expired, another client's
---   {"pending", ttl ms}
---   {"denied", ttl ms}
+--   {"pending", ttl ms, state or ""}
+--   {"denied", ttl ms, state or ""}   (an authorization page redirects with its state)
 --   {"approved", user JSON, has state (0/1), state, generation}   and the request is
 --   deleted (the token is sealed from these: nothing else to write)
 local found = redis.call("HMGET", KEYS[1], "st", "c", "u", "s", "g")
@@ -19,4 +19,4 @@ if status == "approved" then
   end
   return {"approved", user, 0, "", generation or "0"}
 end
-return {status, redis.call("PTTL", KEYS[1])}
+return {status, redis.call("PTTL", KEYS[1]), state or ""}
