@@ -65,6 +65,7 @@ def _direct(routes: list[BaseRoute]) -> list[BaseRoute]:
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     warn_if_open(settings)
+    oidc.announce(settings)
     store = Store.from_settings(settings)
     app.state.store = store
     app.state.logins = Logins(store)

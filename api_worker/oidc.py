@@ -1,4 +1,4 @@
-"""OpenID Connect provider: the discovery document and the JWKS.
+"""OpenID Connect provider: the discovery document, the JWKS, and the routes of the flow.
 
 Both are built once per process from the settings (the issuer, the signing keys) and
 served as they are: JSON, `Cache-Control: public`, a strong `ETag` answered 304 on a
@@ -9,11 +9,9 @@ Every URL in the discovery document is the issuer followed by the path this proc
 serves it at: an issuer with a path (`https://example.com/login`) needs a proxy that
 sends `/login/...` here as `/...`.
 
-Not published yet: the authorization, token, userinfo and revocation endpoints are
-the next part of issue 9, and a discovery document naming endpoints that do not
-answer would be false (a client configured from it fails only when a user tries to
-log in). `routes(settings)` therefore serves nothing until PUBLISHED is true, and says
-so at start when OIDC_CLIENTS is set; `provider_routes` are the routes themselves.
+The flow itself: `api_worker.oidc_authorize` (the authorization endpoint and its page)
+and `api_worker.oidc_tokens` (token, userinfo, revocation). `routes(settings)` mounts
+all of it when OIDC_CLIENTS (or OIDC_CLIENTS_FILE) is set, nothing otherwise.
 """
 
 from __future__ import annotations
@@ -35,12 +33,9 @@ logger = logging.getLogger(__name__)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
-# true once every endpoint the discovery document names answers (issue 9)
-PUBLISHED = False
-
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/oauth/jwks"
-AUTHORIZE_PATH = "/oauth/authorize"
+AUTHORIZE_PATH = oidc_authorize.PATH
 TOKEN_PATH = "/oauth/token"
 USERINFO_PATH = "/oauth/userinfo"
 REVOKE_PATH = "/oauth/revoke"
@@ -124,14 +119,15 @@ def provider_routes(oidc: OidcSettings) -> list[BaseRoute]:
 
 
 def routes(settings: Settings) -> list[BaseRoute]:
-    """What `create_app` mounts: nothing while OIDC is off or not yet PUBLISHED."""
-    if settings.oidc is None:
-        return []
-    if not PUBLISHED:
-        logger.warning(
-            "OIDC_CLIENTS is set and valid (%d clients, signing key %s), but this version "
-            "does not serve OpenID Connect yet: nothing is published",
-            len(settings.oidc.clients), settings.oidc.signing_keys.signing_kid,
+    """What `create_app` mounts: the provider when OIDC is on, else nothing."""
+    return [] if settings.oidc is None else provider_routes(settings.oidc)
+
+
+def announce(settings: Settings) -> None:
+    """Say at start (once logging is set up) that the provider is on, and with which key."""
+    if settings.oidc is not None:
+        logger.info(
+            "OpenID Connect provider on: issuer %s, %d clients, signing key %s",
+            settings.oidc.issuer, len(settings.oidc.clients),
+            settings.oidc.signing_keys.signing_kid,
         )
-        return []
-    return provider_routes(settings.oidc)

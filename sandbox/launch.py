@@ -297,8 +297,8 @@ def _announce(env: dict[str, str], urls: dict[str, str]) -> None:
         _say(f"private Redis: {env['REDIS_URL']}")
     if _oidc_configured(env):
         _say(
-            f"OpenID Connect clients checked: issuer {env['OIDC_ISSUER']}, signing keys in "
-            f"{env['OIDC_SIGNING_KEY_FILE']} (the provider's endpoints are not served yet)"
+            f"OpenID Connect provider: {env['OIDC_ISSUER']}/.well-known/openid-configuration "
+            f"(signing keys in {env['OIDC_SIGNING_KEY_FILE']})"
         )
 
 

@@ -164,27 +164,23 @@ def test_head_works_where_get_does_and_nothing_else_does(provider: TestClient,
     assert post.status_code == 405 and post.json()["error"] == "method_not_allowed"
 
 
-def test_the_flow_endpoints_are_not_served_yet(provider: TestClient) -> None:
-    for path in ("/oauth/authorize", "/oauth/token", "/oauth/userinfo", "/oauth/revoke"):
-        assert provider.get(path).status_code == 404
-
-
-# -- what the API serves meanwhile ----------------------------------------------------------
-
-
-def test_nothing_is_published_until_the_flow_is_built(
+def test_every_endpoint_the_document_names_answers(
     redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert not oidc.PUBLISHED
+    """Through the whole app: none of the document's URLs is a 404 (a client configured
+    from it would fail only when a user tries to log in)."""
     settings = api_settings(redis_url, **oidc_env(tmp_path))
     assert settings.oidc is not None
-    with caplog.at_level(logging.WARNING):
-        assert oidc.routes(settings) == []
-    assert "does not serve OpenID Connect yet" in caplog.text
+    with caplog.at_level(logging.INFO), TestClient(create_app(settings)) as client:
+        document = client.get("/.well-known/openid-configuration").json()
+        for name in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint",
+                     "revocation_endpoint", "jwks_uri"):
+            path = document[name].removeprefix(ISSUER)
+            assert path.startswith("/oauth/")
+            method = "POST" if name in ("token_endpoint", "revocation_endpoint") else "GET"
+            assert client.request(method, path).status_code not in (404, 405), name
+    assert "OpenID Connect provider on" in caplog.text
     assert settings.oidc.signing_keys.signing_kid in caplog.text  # which key, never the key
-    with TestClient(create_app(settings)) as client:
-        assert client.get("/.well-known/openid-configuration").status_code == 404
-        assert client.get("/oauth/jwks").status_code == 404
 
 
 def test_off_without_clients(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -239,22 +235,17 @@ def test_a_bad_client_secret_stops_the_bot_too_without_showing_it(tmp_path: Path
         assert secret not in result.stderr + result.stdout
 
 
-def test_the_api_starts_with_oidc_configured_and_says_it_is_not_served(
-    start_api: ApiStarter, tmp_path: Path
-) -> None:
-    """A real process: valid configuration starts it; the warning names the key's id."""
+def test_the_api_process_serves_the_provider(start_api: ApiStarter, tmp_path: Path) -> None:
+    """A real process: valid configuration starts it, and the provider answers."""
     api = start_api(**oidc_env(tmp_path))
-    output = api.output()
-    assert "does not serve OpenID Connect yet" in output
-    assert "PRIVATE KEY" not in output
-    assert httpx.get(f"{api.url}/.well-known/openid-configuration").status_code == 404
+    assert "PRIVATE KEY" not in api.output()
+    document = httpx.get(f"{api.url}/.well-known/openid-configuration").json()
+    assert document["issuer"] == ISSUER
+    assert httpx.get(f"{api.url}/oauth/jwks").status_code == 200
 
 
-def test_once_published_create_app_serves_them(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The switch the next slice turns: the same routes through the whole app."""
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
+def test_create_app_serves_the_documents(redis_url: str, tmp_path: Path) -> None:
+    """The same routes through the whole app."""
     settings = api_settings(redis_url, **oidc_env(tmp_path))
     assert settings.oidc is not None
     with TestClient(create_app(settings), base_url=ISSUER) as client:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from api_worker import oidc, oidc_authorize
+from api_worker import oidc_authorize
 from api_worker.app import create_app
 from shared import keys
 from shared.logins import Logins
@@ -36,9 +36,8 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def provider(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def provider(settings: Settings) -> Iterator[TestClient]:
     """The whole API with the provider mounted, as it will be served."""
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
     with TestClient(create_app(settings), base_url=ISSUER, follow_redirects=False) as client:
         yield client
 
@@ -162,12 +161,11 @@ def test_a_repeated_parameter_is_invalid_request_at_the_client(provider: TestCli
 
 
 def test_a_redirect_uri_with_a_query_keeps_it(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     client = {**SHOP, "redirect_uris": ["https://shop.example/cb?tenant=7"]}
     settings = api_settings(redis_url, TELEGRAM_BOT_USERNAME="tglogin_bot",
                             **oidc_env(tmp_path, [client]))
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
     with TestClient(create_app(settings), base_url=ISSUER, follow_redirects=False) as provider:
         response = provider.get("/oauth/authorize", headers=BROWSER, params=_params(
             redirect_uri="https://shop.example/cb?tenant=7", response_type="token"))
@@ -271,12 +269,11 @@ def test_the_page_speaks_russian_by_accept_language_or_ui_locales(provider: Test
 
 
 def test_a_client_name_cannot_inject_markup(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     client = {**SHOP, "name": '</script><script>alert(1)</script> & "Co"'}
     settings = api_settings(redis_url, TELEGRAM_BOT_USERNAME="tglogin_bot",
                             **oidc_env(tmp_path, [client]))
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
     with TestClient(create_app(settings), base_url=ISSUER) as provider:
         page, config = _page(provider, state="</script><b>")
     assert "<script>alert(1)" not in page
@@ -304,11 +301,10 @@ def test_post_to_the_authorization_endpoint_works_as_get(provider: TestClient) -
 
 
 def test_the_page_is_limited_per_address(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     settings = api_settings(redis_url, TELEGRAM_BOT_USERNAME="tglogin_bot",
                             LOGIN_REQUEST_LIMIT="2", **oidc_env(tmp_path))
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
     with TestClient(create_app(settings), base_url=ISSUER) as provider:
         _page(provider)
         _page(provider)
@@ -435,11 +431,10 @@ def test_a_typed_code_redirects_back_with_an_authorization_code(
 
 
 def test_a_wrong_typed_code_is_refused_and_limited_per_address(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     settings = api_settings(redis_url, TELEGRAM_BOT_USERNAME="tglogin_bot",
                             REDEEM_FAIL_LIMIT="2", **oidc_env(tmp_path))
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
     with TestClient(create_app(settings), base_url=ISSUER) as provider:
         _, config = _page(provider)
         for _ in range(2):

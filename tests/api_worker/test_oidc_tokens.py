@@ -1,5 +1,5 @@
 """api_worker.oidc_tokens: the token, userinfo and revocation endpoints through the whole
-app (create_app, PUBLISHED as the next slice will set it), on a real Redis. Codes are
+app (create_app), on a real Redis. Codes are
 made as the authorization endpoint makes them (`OidcGrants.create`)."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from api_worker import oidc
 from api_worker.app import create_app
 from api_worker.oidc_tokens import ID_TOKEN_TTL_SECONDS
 from shared import keys
@@ -60,16 +59,14 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
     return _settings(redis_url, tmp_path)
 
 
-def _app(settings: Settings, monkeypatch: pytest.MonkeyPatch,
-         address: str = "198.51.100.7") -> TestClient:
-    monkeypatch.setattr(oidc, "PUBLISHED", True)
+def _app(settings: Settings, address: str = "198.51.100.7") -> TestClient:
     return TestClient(create_app(settings), base_url=ISSUER, client=(address, 50000))
 
 
 @pytest.fixture
-def provider(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def provider(settings: Settings) -> Iterator[TestClient]:
     """The whole API with the provider published, from one client address."""
-    with _app(settings, monkeypatch) as client:
+    with _app(settings) as client:
         yield client
 
 
@@ -224,12 +221,12 @@ def test_the_id_token(settings: Settings, provider: TestClient) -> None:
 
 
 def test_basic_credentials_are_form_urlencoded(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     secret = "a secret: with 100% of+ the é characters " + "x" * 10
     client = {**SHOP, "client_id": "shop.eu~1", "client_secret": secret}
     settings = _settings(redis_url, tmp_path, OIDC_CLIENTS=json.dumps([client]))
-    with _app(settings, monkeypatch) as provider:
+    with _app(settings) as provider:
         code = authorization_code(settings, "shop.eu~1")
         data = {"grant_type": "authorization_code", "code": code,
                 "redirect_uri": SHOP_CALLBACK, "code_verifier": VERIFIER}
@@ -506,7 +503,7 @@ def test_another_clients_tokens_are_not_revoked(settings: Settings,
 
 
 def test_failures_per_address_get_429_and_ipv6_spellings_count_together(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     settings = _settings(redis_url, tmp_path, API_KEY_FAIL_LIMIT="3",
                          API_KEY_FAIL_WINDOW_SECONDS="600")
@@ -514,7 +511,7 @@ def test_failures_per_address_get_429_and_ipv6_spellings_count_together(
     spellings = ["2001:db8:0:1::1", "2001:DB8:0:1:0:0:0:2", "2001:db8:0:1:ffff::9",
                  "[2001:db8::1:aaaa:0:0:1]"]
     for address in spellings[:3]:  # three failures of three kinds, from one /64
-        with _app(settings, monkeypatch, address) as provider:
+        with _app(settings, address) as provider:
             if address == spellings[0]:
                 refused(provider.post(TOKEN, data={"grant_type": "authorization_code"},
                                       headers=wrong), 401, "invalid_client")
@@ -523,7 +520,7 @@ def test_failures_per_address_get_429_and_ipv6_spellings_count_together(
             else:
                 access = tokens(settings, provider)["access_token"]  # valid: costs nothing
                 refused(revoke(provider, access, client=CLI_ID), 400, "invalid_grant")
-    with _app(settings, monkeypatch, spellings[3]) as provider:
+    with _app(settings, spellings[3]) as provider:
         code = authorization_code(settings)
         for response in (exchange(provider, code), revoke(provider, "x"),
                          provider.post(TOKEN, headers=wrong, data={"grant_type": "x"})):
@@ -531,15 +528,15 @@ def test_failures_per_address_get_429_and_ipv6_spellings_count_together(
             assert 590 <= int(response.headers["retry-after"]) <= 600, body
         # userinfo is not a failure budget's business
         assert userinfo(provider, access).status_code == 200
-    with _app(settings, monkeypatch, "2001:db8:0:2::1") as provider:  # the next /64
+    with _app(settings, "2001:db8:0:2::1") as provider:  # the next /64
         assert exchange(provider, code).status_code == 200  # the code was never tried
 
 
 def test_valid_requests_never_spend_the_budget(
-    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, tmp_path: Path
 ) -> None:
     settings = _settings(redis_url, tmp_path, API_KEY_FAIL_LIMIT="2")
-    with _app(settings, monkeypatch) as provider:
+    with _app(settings) as provider:
         for _ in range(4):
             body = tokens(settings, provider)
             assert refresh(provider, body["refresh_token"]).status_code == 200
@@ -556,12 +553,12 @@ def test_valid_requests_never_spend_the_budget(
 # -- failure, methods, bodies ---------------------------------------------------------------
 
 
-def test_503_when_redis_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_503_when_redis_is_down(tmp_path: Path) -> None:
     server = RedisServer(port=free_port(), data_dir=tmp_path / "redis")
     server.start()
     try:
         settings = _settings(server.url, tmp_path, REDIS_TIMEOUT="1")
-        with _app(settings, monkeypatch) as provider:
+        with _app(settings) as provider:
             body = tokens(settings, provider)
             code = authorization_code(settings)
             server.stop()

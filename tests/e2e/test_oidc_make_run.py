@@ -20,15 +20,18 @@ def test_make_run_makes_a_key_every_api_process_reads(start_system: SystemStarte
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     kid = SigningKeys.from_file(key).signing_kid
     issuer = f"http://127.0.0.1:{system.env['API_PORT']}"
-    assert f"OpenID Connect clients checked: issuer {issuer}, signing keys in {key}" \
-        in system.output()
+    assert f"OpenID Connect provider: {issuer}/.well-known/openid-configuration " \
+        f"(signing keys in {key})" in system.output()
     assert httpx.get(f"{system.api_url}/readyz").status_code == 200
-    # both API processes read the same key (the warning names its id) and publish nothing yet
+    # both API processes read the same key (each names its id at start) and publish it
     wait_until(
         lambda: system.output().count(f"signing key {kid}") == 2, timeout=10,
         what="both API processes to report the key",
     )
-    assert httpx.get(f"{system.api_url}/.well-known/openid-configuration").status_code == 404
+    document = httpx.get(f"{system.api_url}/.well-known/openid-configuration").json()
+    assert document["issuer"] == issuer
+    jwks = httpx.get(document["jwks_uri"]).json()  # a fresh connection: either process
+    assert jwks["keys"][0]["kid"] == kid
     text = key.read_text()
     body = "".join(text.splitlines()[1:-1])
     assert "PRIVATE KEY" not in system.output() and body[:40] not in system.output()
