@@ -439,6 +439,20 @@ def test_userinfo_refuses_every_other_token(
     assert userinfo(provider, access).status_code == 200  # the real one still counts
 
 
+def test_an_oidc_access_token_is_no_token_of_the_v1_api(
+    settings: Settings, provider: TestClient
+) -> None:
+    """Tokens of the two faces never cross: an OIDC access token is refused by /v1/me
+    (here the API is open, so any API token would count), and the API's token by
+    userinfo (above)."""
+    body = tokens(settings, provider)
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    response = provider.get("/v1/me", headers=headers)
+    assert response.status_code == 401 and response.json()["error"] == "invalid_token"
+    assert provider.post("/v1/tokens/revoke", headers=headers).status_code == 401
+    assert userinfo(provider, body["access_token"]).status_code == 200  # not revoked by it
+
+
 # -- revocation -----------------------------------------------------------------------------
 
 
