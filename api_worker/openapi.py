@@ -396,7 +396,9 @@ DOCUMENT: Json = {
             "Log in with a one-time code from a Telegram bot, or with a deep link the user "
             "approves in the bot. Every error body is "
             '{"error": "<code>", "message": "<text>"}. When the server sets API_KEYS, '
-            "every /v1/* call needs the X-API-Key header."
+            "every /v1/* call needs the X-API-Key header. When it sets OIDC_CLIENTS, it is "
+            "also an OpenID Connect provider, whose endpoints (/oauth/*) are described the "
+            "standard way, by /.well-known/openid-configuration."
         ),
     },
     "paths": PATHS,
