@@ -117,12 +117,14 @@ def url_not_text() -> Response:
 
 
 FORM = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 32  # an OAuth form has a dozen at most
 
 
 async def form_pairs(request: Request) -> list[tuple[str, str]]:
     """The body as `application/x-www-form-urlencoded` name-value pairs in order (OAuth
-    forms, RFC 6749 appendix B), at most 4 KiB of UTF-8 text; InvalidRequest otherwise.
-    Pairs, not a dict: OAuth refuses a parameter sent twice, so the caller must see it."""
+    forms, RFC 6749 appendix B), at most 4 KiB of UTF-8 text and MAX_FORM_FIELDS pairs;
+    InvalidRequest otherwise. Pairs, not a dict: OAuth refuses a parameter sent twice,
+    so the caller must see it."""
     raw = await read_limited(request)
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != FORM:
@@ -133,4 +135,12 @@ async def form_pairs(request: Request) -> list[tuple[str, str]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("The form is not UTF-8 text.") from None
-    return parse_qsl(text, keep_blank_values=True, errors="strict")
+    try:
+        return parse_qsl(text, keep_blank_values=True, errors="strict",
+                         max_num_fields=MAX_FORM_FIELDS)
+    except UnicodeDecodeError:  # a ValueError too; _utf8 above should have caught it
+        raise InvalidRequest("The form is not UTF-8 text.") from None
+    except ValueError:
+        raise InvalidRequest(
+            f"The form holds more than {MAX_FORM_FIELDS} parameters."
+        ) from None

@@ -36,9 +36,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/oauth/jwks"
 AUTHORIZE_PATH = oidc_authorize.PATH
-TOKEN_PATH = "/oauth/token"
-USERINFO_PATH = "/oauth/userinfo"
-REVOKE_PATH = "/oauth/revoke"
+TOKEN_PATH = oidc_tokens.TOKEN_PATH
+USERINFO_PATH = oidc_tokens.USERINFO_PATH
+REVOKE_PATH = oidc_tokens.REVOKE_PATH
 # clients fetch both again after an hour at most: a key added to the file is seen by
 # every client within an hour (README "OpenID Connect", rotating keys)
 MAX_AGE = 3600

@@ -60,7 +60,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import unquote_plus
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -68,7 +68,7 @@ from starlette.routing import BaseRoute, Route
 
 from api_worker import context
 from api_worker.auth import bearer_token, invalid_token
-from api_worker.body import read_limited
+from api_worker.body import form_pairs
 from api_worker.errors import (
     EXCEPTION_HANDLERS,
     ApiError,
@@ -78,6 +78,7 @@ from api_worker.errors import (
 )
 from shared import keys
 from shared.codes import User
+from shared.hashing import b64url
 from shared.limits import FailureCounter, RateLimited
 from shared.oidc_grants import REFRESH_PREFIX, Grant, InvalidGrant, Revoked, has_profile
 from shared.settings import OidcClient, OidcSettings
@@ -95,9 +96,7 @@ REVOKE_PATH = "/oauth/revoke"
 # providers give and bounds how long a retired signing key must stay published (README
 # "OpenID Connect", rotating keys). The access token's own lifetime is the same.
 ID_TOKEN_TTL_SECONDS = 3600
-FORM = "application/x-www-form-urlencoded"
 BASIC_REALM = 'Basic realm="tglogin"'
-_MAX_FIELDS = 32
 
 # RFC 6749 5.1/5.2: token answers, errors included, are never cached
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -139,17 +138,7 @@ async def _form(request: Request, known: frozenset[str]) -> dict[str, str]:
     """The form's parameters we know (RFC 6749 3.1: others are ignored, an empty one is
     as if omitted, one sent twice is refused); InvalidRequest for anything but a form
     of UTF-8 text within the API's body limit."""
-    raw = await read_limited(request)
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != FORM:
-        raise InvalidRequest(f"Send the parameters as a form with 'Content-Type: {FORM}'.")
-    try:
-        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, errors="strict",
-                          max_num_fields=_MAX_FIELDS)
-    except UnicodeDecodeError:
-        raise InvalidRequest("The form is not UTF-8 text.") from None
-    except ValueError:
-        raise InvalidRequest(f"The form holds more than {_MAX_FIELDS} parameters.") from None
+    pairs = await form_pairs(request)
     form: dict[str, str] = {}
     for name, value in pairs:
         if name not in known or not value:
@@ -252,13 +241,9 @@ async def _failures_counted(request: Request) -> AsyncIterator[None]:
 # -- what is answered -----------------------------------------------------------------------
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def at_hash(access_token: str) -> str:
     """OIDC Core 3.1.3.6: the left half of SHA-256 of the access token, base64url."""
-    return _b64(hashlib.sha256(access_token.encode("ascii")).digest()[:16])
+    return b64url(hashlib.sha256(access_token.encode("ascii")).digest()[:16])
 
 
 def user_claims(user: User, profile: bool) -> dict[str, Any]:

@@ -9,6 +9,7 @@ never stored (`shared.tokens`).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -17,6 +18,21 @@ import secrets
 import unicodedata
 
 from shared.settings import Secret
+
+
+def b64url(raw: bytes) -> str:
+    """base64url without padding (RFC 4648 5, as JOSE and tokens spell it)."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes | None:
+    """What `b64url` made `text` from, or None: not base64url, or not its one canonical
+    spelling (the last character may carry spare bits another spelling sets)."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if b64url(raw) == text else None
 
 TOKEN_PREFIX = "tgl_"
 _SEPARATORS = re.compile(r"[\s\-]+")

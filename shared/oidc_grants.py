@@ -34,8 +34,6 @@ Rules of this module (issue 9, item 5; OAuth 2.0 Security BCP, RFC 9700):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -50,7 +48,7 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.codes import User, pack_record, unpack_record
-from shared.hashing import keyed, short_digest
+from shared.hashing import b64url, keyed, short_digest, unb64url
 from shared.redis import scripts, unavailable_on_error
 from shared.settings import Secret, Settings
 from shared.tokens import Claims, new_token_id, seal, tag, unseal
@@ -106,19 +104,7 @@ class Grant:
 
 def s256(verifier: str) -> str:
     """RFC 7636 4.2: BASE64URL(SHA256(ASCII(code_verifier))), no padding."""
-    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes | None:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    return raw if _b64(raw) == text else None  # one value, one spelling
+    return b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 def oidc_client_tag(secret: Secret, client_id: str, profile: bool = False) -> str:
@@ -161,7 +147,7 @@ class OidcGrants:
         return keyed(self.secret, b"oidc-code-user:" + random_part).digest()[: _UID.size]
 
     def _code_key(self, code: str) -> str | None:
-        raw = _unb64(code) if len(code) < 64 else None
+        raw = unb64url(code) if len(code) < 64 else None
         if raw is None or len(raw) != _CODE_RANDOM_BYTES + _UID.size:
             return None
         random_part, hidden = raw[:_CODE_RANDOM_BYTES], raw[_CODE_RANDOM_BYTES:]
@@ -181,7 +167,7 @@ class OidcGrants:
         uid = int(user["id"])
         random_part = secrets.token_bytes(_CODE_RANDOM_BYTES)
         hidden = bytes(a ^ b for a, b in zip(_UID.pack(uid), self._pad(random_part), strict=True))
-        code = _b64(random_part + hidden)
+        code = b64url(random_part + hidden)
         key = keys.oidc_code(uid, short_digest(self.secret, "oidc-code", code))
         expiry = int(time.time() * 1000) + keys.OIDC_CODE_TTL_SECONDS * 1000
         with unavailable_on_error():
@@ -233,12 +219,12 @@ class OidcGrants:
 
     def _seal_refresh(self, uid: int, family_id: bytes, rotation: int) -> str:
         payload = _REFRESH.pack(_REFRESH_VERSION, uid, family_id, rotation)
-        return REFRESH_PREFIX + _b64(payload + self._refresh_mac(payload))
+        return REFRESH_PREFIX + b64url(payload + self._refresh_mac(payload))
 
     def _unseal_refresh(self, token: str) -> tuple[int, bytes, int] | None:
         if not token.startswith(REFRESH_PREFIX) or len(token) > 128:
             return None
-        raw = _unb64(token[len(REFRESH_PREFIX):])
+        raw = unb64url(token[len(REFRESH_PREFIX):])
         if raw is None or len(raw) != _REFRESH.size + _MAC_BYTES:
             return None
         payload, mac = raw[: _REFRESH.size], raw[_REFRESH.size:]

@@ -18,12 +18,11 @@ with the rest of that hash whether a well-sealed token still counts
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import struct
 from dataclasses import dataclass
 
-from shared.hashing import TOKEN_PREFIX, keyed, random_hex
+from shared.hashing import TOKEN_PREFIX, b64url, keyed, random_hex, unb64url
 from shared.settings import ApiClient, Secret
 
 _VERSION = 1
@@ -79,7 +78,7 @@ def seal(secret: Secret, claims: Claims) -> str:
         bytes.fromhex(claims.token_id), bytes.fromhex(claims.client),
     )
     raw = payload + _mac(secret, payload)
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return TOKEN_PREFIX + b64url(raw)
 
 
 def unseal(secret: Secret, token: str) -> Claims | None:
@@ -87,13 +86,9 @@ def unseal(secret: Secret, token: str) -> Claims | None:
     (expiry and the per-user state in Redis are checked by the caller)."""
     if len(token) != _ENCODED_LENGTH or not token.startswith(TOKEN_PREFIX):
         return None
-    body = token[len(TOKEN_PREFIX):]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-    except (binascii.Error, ValueError):
+    raw = unb64url(token[len(TOKEN_PREFIX):])  # one token, one spelling
+    if raw is None:
         return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != body:
-        return None  # one token, one spelling (the last character has spare bits)
     payload, mac = raw[: _LAYOUT.size], raw[_LAYOUT.size:]
     if len(raw) != _LAYOUT.size + _MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, payload)):
         return None
