@@ -469,3 +469,33 @@ def test_redis_down_is_503_on_the_page_and_its_calls(
     assert _type(provider, config, "12345678").status_code == 503
     redis_server.start()
     _page(provider)  # and it heals by itself
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+
+def test_no_page_id_payload_typed_code_or_authorization_code_in_logs_or_redis(
+    provider: TestClient, settings: Settings, redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("DEBUG"):
+        page, config = _page(provider)
+        typed = issue_code(settings)
+        redirect = _type(provider, config, typed).json()["redirect"]
+        page2, config2 = _page(provider)
+        _decide(settings, _payload(config2, page2), True, _match(page2))
+        redirect2 = _wait(provider, config2).json()["redirect"]
+    secrets = [config["id"], _payload(config, page), typed, _query(redirect)["code"],
+               config2["id"], _payload(config2, page2), _query(redirect2)["code"]]
+    with redis_server.client() as client:
+        stored = []
+        for key in client.scan_iter("*"):
+            stored.append(str(key))
+            kind = client.type(key)
+            if kind == "hash":
+                stored.extend(map(str, client.hgetall(key).items()))
+            elif kind == "string":
+                stored.append(str(client.get(key)))
+    everything = caplog.text + "\n".join(stored)
+    for secret in secrets:
+        assert secret not in everything
