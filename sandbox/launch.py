@@ -6,7 +6,11 @@
   (in webhook mode the sandbox posts updates to the bot on BOT_PORT);
 - OpenID Connect clients (OIDC_CLIENTS or OIDC_CLIENTS_FILE) but no
   OIDC_SIGNING_KEY_FILE: a signing key made once under var/oidc/ (0600) and kept for
-  the next runs; no OIDC_ISSUER: the local API's URL.
+  the next runs; no OIDC_ISSUER: the local API's URL;
+- the demo website on (DEMO_PAGE, 1 unless set) and no OpenID Connect clients: one
+  client for the demo, `acme-demo`, confidential, its redirect URI the demo's callback
+  on the issuer, its secret made once under var/oidc/ (0600) and kept; the provider
+  then starts as above.
 
 It prints where to open the chat page and the API once they answer. A program
 that crashes or is killed is restarted (`sandbox.supervision` watches them);
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import signal
@@ -30,6 +35,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -43,6 +49,12 @@ DEFAULT_BOT_PORT = "8001"
 WEBHOOK_PATH = "/telegram/webhook"
 STARTUP_TIMEOUT = 60.0
 OIDC_KEY_FILE = Path("oidc", "signing-key.pem")  # under var/, when make run makes it
+# the demo website's OpenID Connect client, when make run makes it (no clients configured)
+DEMO_CLIENT_ID = "acme-demo"
+DEMO_CLIENT_NAME = "Acme Shop (demo)"
+DEMO_CALLBACK = "/demo/oidc/callback"  # after the issuer: api_worker.demo.CALLBACK_PATH
+DEMO_SECRET_FILE = Path("oidc", "demo-client-secret")  # under var/: made once, kept
+DEMO_CLIENTS_FILE = Path("oidc", "demo-clients.json")  # under var/: OIDC_CLIENTS_FILE
 
 
 def _say(line: str) -> None:
@@ -130,8 +142,7 @@ def build_environment(root: Path) -> dict[str, str]:
     for name in ("API_PROCESSES", "BOT_PROCESSES", "SANDBOX_PORT"):
         if not env[name].isdigit() or int(env[name]) < 1:
             raise SettingsError(name, f"must be a positive whole number, got {env[name]!r}")
-    if _oidc_configured(env):
-        _oidc_defaults(env, root, var)
+    _oidc_defaults(env, root, var)
     settings = load_settings(env, env_file=root / ".env", require_bot_token=True)
     env["API_HOST"] = settings.api_host
     env["API_PORT"] = str(settings.api_port)
@@ -161,21 +172,76 @@ def _oidc_configured(env: dict[str, str]) -> bool:
 
 
 def _oidc_defaults(env: dict[str, str], root: Path, var: Path) -> None:
-    """OIDC_SIGNING_KEY_FILE and OIDC_ISSUER where the operator gave none: a key made
-    once under var/ (as AUTH_SECRET is made once into .env: every API process signs
-    with it, and tokens signed before a restart still verify), and the local API's
+    """With OpenID Connect clients, or with the demo website and none (then the demo's
+    client is made): OIDC_SIGNING_KEY_FILE and OIDC_ISSUER where the operator gave none.
+    A key made once under var/ (as AUTH_SECRET is made once into .env: every API process
+    signs with it, and tokens signed before a restart still verify), and the local API's
     URL, which a browser on this machine reaches."""
+    configured = _oidc_configured(env)
+    # the settings read without the provider's, which need what is filled in here
+    plain = {**env, "OIDC_CLIENTS": "", "OIDC_CLIENTS_FILE": ""}
+    api = load_settings(plain, env_file=root / ".env", require_bot_token=True)
+    local = f"http://{_url_host(api.api_host)}:{api.api_port}"
+    if not configured and not (api.demo_page and _demo_issuer(env, local)):
+        return
     if not env.get("OIDC_SIGNING_KEY_FILE", "").strip():
         key_file = var / OIDC_KEY_FILE
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.parent.chmod(0o700)
+        _private_directory(key_file.parent)
         write_new_key_file(key_file)
         env["OIDC_SIGNING_KEY_FILE"] = str(key_file)
     if not env.get("OIDC_ISSUER", "").strip():
-        # where the API listens: the settings read without the provider's, which need it
-        plain = {**env, "OIDC_CLIENTS": "", "OIDC_CLIENTS_FILE": ""}
-        api = load_settings(plain, env_file=root / ".env", require_bot_token=True)
-        env["OIDC_ISSUER"] = f"http://{_url_host(api.api_host)}:{api.api_port}"
+        env["OIDC_ISSUER"] = local
+    if not configured:
+        env["OIDC_CLIENTS_FILE"] = str(_demo_client(var, env["OIDC_ISSUER"]))
+
+
+def _demo_issuer(env: dict[str, str], local: str) -> bool:
+    """Whether the demo's client can have an issuer without the operator's: theirs, or
+    the local API's URL where plain http is allowed (loopback). An API listening on
+    another address needs an https:// OIDC_ISSUER, which only the operator knows: the
+    demo then goes without a client, not make run without a start."""
+    return bool(env.get("OIDC_ISSUER", "").strip()) or urlsplit(local).hostname in (
+        "127.0.0.1", "localhost", "::1"
+    )
+
+
+def _demo_client(var: Path, issuer: str) -> Path:
+    """The demo website's client in a file (0600) for OIDC_CLIENTS_FILE, so that no
+    variable of supervisord's programs and no line of output carries its secret: made
+    once into var/ (0600) and kept, as the signing key is; its redirect URI is the demo's
+    callback on this run's issuer (the API finds its client by it, `api_worker.demo`)."""
+    secret_file = var / DEMO_SECRET_FILE
+    _private_directory(secret_file.parent)
+    with contextlib.suppress(FileExistsError):
+        _write_private(secret_file, secrets.token_urlsafe(32) + "\n", exclusive=True)
+    client = {
+        "client_id": DEMO_CLIENT_ID,
+        "name": DEMO_CLIENT_NAME,
+        "redirect_uris": [issuer.strip().rstrip("/") + DEMO_CALLBACK],  # as settings read it
+        "client_secret": secret_file.read_text().strip(),
+    }
+    clients_file = var / DEMO_CLIENTS_FILE
+    _write_private(clients_file, json.dumps([client], indent=2) + "\n")
+    return clients_file
+
+
+def _private_directory(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+
+
+def _write_private(path: Path, text: str, *, exclusive: bool = False) -> None:
+    """Write `path` readable by the user alone from its first byte (whatever the umask);
+    `exclusive`: only if it does not exist yet (FileExistsError)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(text)
+    except BaseException:
+        path.unlink(missing_ok=True)  # never half a secret
+        raise
 
 
 def busy_port(env: dict[str, str]) -> str | None:
@@ -287,7 +353,9 @@ def _announce(env: dict[str, str], urls: dict[str, str]) -> None:
         _say(f"chat with the bot (Telegram sandbox): {urls['sandbox']}/")
     _say(f"API: {urls['api']}/  (OpenAPI: {urls['api']}/openapi.json)")
     if env.get("DEMO_PAGE") == "1":
-        _say(f"demo website: {urls['api']}/demo")
+        made = env.get("OIDC_CLIENTS_FILE") == str(Path(env["TGLOGIN_VAR"]) / DEMO_CLIENTS_FILE)
+        with_client = f" (Log in with OpenID Connect: client {DEMO_CLIENT_ID})" if made else ""
+        _say(f"demo website: {urls['api']}/demo{with_client}")
     if env["BOT_MODE"] == "webhook":
         _say(
             f"bot: {env['BOT_PROCESSES']} webhook processes on {env['BOT_HOST']}:"

@@ -39,11 +39,12 @@ function displayName(user) {
   return user.username ? `${name} (@${user.username})` : name;
 }
 
-function show(view, user) {
+function show(view, user, via) {
   $("loading").hidden = true;
   $("logged-out").hidden = view !== "logged-out";
   $("logged-in").hidden = view !== "logged-in";
   if (user) $("user-name").textContent = displayName(user);
+  $("via").hidden = via !== "openid_connect";
 }
 
 function loggedIn(user) {
@@ -146,13 +147,21 @@ async function loginWithCode(event) {
   }
 }
 
+// -- Log in with OpenID Connect: a plain link to the shop's server, which does the rest ------
+
+function offerOidc(state) {
+  // only when the shop has a client at the provider
+  $("oidc").hidden = !state.oidc_login;
+  if (state.oidc_login) $("login-oidc").href = state.oidc_login;
+}
+
 // -- session --------------------------------------------------------------------------------
 
 async function logout() {
   say("error", "");
   $("logout").disabled = true;
   try {
-    await call("/demo/logout", {});
+    offerOidc(await call("/demo/logout", {}));
     show("logged-out");
     say("notice", "You have logged out.");
   } catch (error) {
@@ -170,8 +179,11 @@ async function main() {
   $("logout").addEventListener("click", logout);
   try {
     const state = await call("/demo/session");
-    if (state.logged_in) return show("logged-in", state.user);
+    // what a login through OpenID Connect left to say, once
     say("notice", state.notice);
+    say("error", state.error);
+    if (state.logged_in) return show("logged-in", state.user, state.via);
+    offerOidc(state);
   } catch (error) {
     showError(error);
   }

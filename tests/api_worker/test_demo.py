@@ -61,8 +61,14 @@ def test_page_and_its_files_load_from_this_origin_only(redis_url: str) -> None:
         style = client.get("/demo/static/demo.css")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for testid in ("login-telegram", "code-form", "code-input", "logout", "start-command"):
+    for testid in (
+        "login-telegram", "code-form", "code-input", "logout", "start-command", "login-oidc",
+        "via",
+    ):
         assert f'data-testid="{testid}"' in page.text
+    # "Log in with OpenID Connect" is hidden until /demo/session offers it (with a client)
+    assert '<div id="oidc" data-testid="oidc" hidden>' in page.text
+    assert "oidc_login" in script.text
     assert "http" not in page.text.replace("http-equiv", "")  # no CDN, no other origin
     assert script.status_code == 200 and "/demo/login/code" in script.text
     assert style.status_code == 200
