@@ -20,9 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.oidc_grants import oidc_client_tag
+from shared.settings import Secret
+from shared.tokens import Claims, new_token_id, seal
 from tests.fixtures.api import ApiProcess, ApiStarter
 from tests.fixtures.bot import ANN, AUTH_SECRET, BotProcess, BotStarter, buttons, code_of
 from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.oidc import CHALLENGE, SHOP, SHOP_SECRET, VERIFIER, oidc_env
 from tests.fixtures.redis import RedisServer, kill
 
 TIMEOUT = 2  # REDIS_TIMEOUT of both workers
@@ -74,9 +78,32 @@ def hold_poll(pool: ThreadPoolExecutor, api: ApiProcess) -> tuple[dict[str, Any]
     return body, held
 
 
+def _oidc_access_token() -> str:
+    """An OpenID Connect access token sealed as the provider seals one (for a user who
+    never logged in): only Redis can say whether it counts."""
+    secret = Secret(AUTH_SECRET)
+    return seal(secret, Claims(ANN["id"], int(time.time()) + 600, 0, new_token_id(),
+                               oidc_client_tag(secret, "shop", True)))
+
+
 def requests_while_stalled(api: ApiProcess, token: str) -> dict[str, Callable[[], httpx.Response]]:
     url, t = api.url, 15 + BOUND  # the client's own timeout is never what ends a request
+    shop = ("shop", SHOP_SECRET)
     return {
+        # a program's Accept: the JSON error model (a browser gets the same as a page)
+        "oidc authorize": lambda: httpx.get(f"{url}/oauth/authorize", params={
+            "response_type": "code", "client_id": "shop", "scope": "openid",
+            "redirect_uri": SHOP["redirect_uris"][0], "code_challenge": CHALLENGE,
+            "code_challenge_method": "S256"}, timeout=t),
+        "oidc page wait": lambda: httpx.post(
+            f"{url}/oauth/authorize/wait", json={"id": "q3J" + "x" * 19}, timeout=t),
+        "oidc token": lambda: httpx.post(f"{url}/oauth/token", auth=shop, timeout=t, data={
+            "grant_type": "authorization_code", "code": "A" * 54,
+            "redirect_uri": SHOP["redirect_uris"][0], "code_verifier": VERIFIER}),
+        "oidc userinfo": lambda: httpx.get(f"{url}/oauth/userinfo", timeout=t, headers={
+            "Authorization": f"Bearer {_oidc_access_token()}"}),
+        "oidc revoke": lambda: httpx.post(f"{url}/oauth/revoke", auth=shop, timeout=t,
+                                          data={"token": _oidc_access_token()}),
         "readyz": lambda: httpx.get(f"{url}/readyz", timeout=t),
         "redeem": lambda: httpx.post(
             f"{url}/v1/codes/redeem", json={"code": "1234 5678"}, headers=HEADERS, timeout=t
@@ -94,12 +121,13 @@ def requests_while_stalled(api: ApiProcess, token: str) -> dict[str, Callable[[]
 
 
 def test_a_stalled_redis_is_503_within_bounds_and_everything_recovers(
-    stalled_server: RedisServer, start_bot: BotStarter, start_api: ApiStarter
+    stalled_server: RedisServer, start_bot: BotStarter, start_api: ApiStarter, tmp_path: Path
 ) -> None:
     redis_env = {"REDIS_URL": stalled_server.url, "REDIS_TIMEOUT": str(TIMEOUT)}
     bot: BotProcess = start_bot(stalled_server.url, REDIS_TIMEOUT=str(TIMEOUT))
     api = start_api(
-        **redis_env, AUTH_SECRET=AUTH_SECRET, API_KEYS=f"shop.example:{KEY}", LOG_LEVEL="DEBUG"
+        **redis_env, AUTH_SECRET=AUTH_SECRET, API_KEYS=f"shop.example:{KEY}", LOG_LEVEL="DEBUG",
+        **oidc_env(tmp_path),
     )
     pids = (bot.pid, api.proc.pid if api.proc else None)
     code = code_of(bot.ask("/code", ANN))
