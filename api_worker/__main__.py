@@ -98,6 +98,11 @@ def log_config(level: str) -> dict[str, Any]:
             # the HTTP client loggers are held at WARNING in every tglogin process
             "httpx": {"level": "WARNING"},
             "httpcore": {"level": "WARNING"},
+            # the demo's OpenID Connect client: Authlib logs PKCE verifiers at DEBUG, and
+            # httpx2/httpcore2 (its HTTP client) the requests' details
+            "authlib": {"level": "WARNING"},
+            "httpx2": {"level": "WARNING"},
+            "httpcore2": {"level": "WARNING"},
         },
     }
 

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.bot",
     "tests.fixtures.demo",
     "tests.fixtures.system",
+    "tests.fixtures.browser",
 ]

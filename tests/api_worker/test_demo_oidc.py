@@ -19,7 +19,8 @@ import pytest
 from authlib.common.security import is_secure_transport
 
 from api_worker.app import create_app
-from api_worker.demo import CALLBACK_PATH, COOKIE, OIDC_LOGIN_PATH, relying_party
+from api_worker.demo import COOKIE
+from api_worker.demo_oidc import CALLBACK_PATH, OIDC_LOGIN_PATH, relying_party
 from api_worker.oidc_authorize import CODE_PATH
 from tests.fixtures.api import ANN, ApiProcess, TestClient, api_settings, issue_code
 from tests.fixtures.common import free_port
@@ -123,7 +124,8 @@ def test_the_login_redirect_carries_pkce_s256_state_and_nonce(
     # the provider takes the request: its page offers the bot
     page = visitor.get(location, headers={"Accept": "text/html"})
     assert page.status_code == 200 and 'id="match"' in page.text
-    # at DEBUG Authlib would log the verifier: its logger is held at WARNING
+    # at DEBUG Authlib would log the verifier: the API worker's logging configuration
+    # (this process runs `python -m api_worker` at LOG_LEVEL=DEBUG) holds it at WARNING
     assert verifier not in oidc_demo_api.output()
 
 

@@ -1,73 +1,28 @@
 """A person in a real browser: the demo website and the Telegram sandbox's chat page.
 
-Headless Chromium from the system (apt's `chromium`; never `playwright install`)
-driven by Playwright, against real processes: Redis, the sandbox, a bot worker
-and an API worker with DEMO_PAGE=1. With TGLOGIN_SCREENSHOTS=1 the logged-in
-demo page is saved to docs/demo.png for the README.
+Headless Chromium from the system driven by Playwright (tests/fixtures/browser.py,
+which skips this module without one), against real processes: Redis, the sandbox,
+a bot worker and an API worker with DEMO_PAGE=1. With TGLOGIN_SCREENSHOTS=1 the
+logged-in demo page is saved to docs/demo.png for the README.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.browser import NO_CHROMIUM, chromium
 from tests.fixtures.common import ROOT
 from tests.fixtures.demo import COOKIE, DemoSystem, demo_session
 
+if chromium() is None:  # skipped before Playwright is imported
+    pytest.skip(NO_CHROMIUM, allow_module_level=True)
 
-def _chromium() -> str | None:
-    candidates = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+from playwright.sync_api import BrowserContext, Locator, Page, expect
 
-
-CHROMIUM = _chromium()
-if CHROMIUM is None:
-    pytest.skip(
-        "no Chromium on this machine (apt-get install chromium; .ci/run does it as root)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import (  # noqa: E402
-    BrowserContext,
-    Locator,
-    Page,
-    expect,
-    sync_playwright,
-)
-
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-TIMEOUT_MS = 20_000  # for any one thing to appear: the bot's reply, the demo's update
 SCREENSHOT = ROOT / "docs" / "demo.png"
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """A fresh headless Chromium profile; its clipboard readable for the copy button."""
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 640},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 def _open_demo(browser: BrowserContext, system: DemoSystem) -> Page:

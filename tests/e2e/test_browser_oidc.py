@@ -3,71 +3,33 @@ the demo website as a relying party of the API's own provider (make run configur
 client, issuer and signing key), the provider's authorization page, and a sandbox user
 who picks the page's number in the bot, denies, or types a code from /code.
 
-Headless Chromium from the system (apt's `chromium`; never `playwright install`)
-driven by Playwright, found and skipped as in tests/e2e/test_browser.py.
+Headless Chromium from the system driven by Playwright (tests/fixtures/browser.py,
+which skips this module without one).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.fixtures.bot import ANN, buttons
+from tests.fixtures.browser import NO_CHROMIUM, chromium
 from tests.fixtures.system import System, SystemStarter
 
+if chromium() is None:  # skipped before Playwright is imported
+    pytest.skip(NO_CHROMIUM, allow_module_level=True)
 
-def _chromium() -> str | None:
-    candidates = ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser"))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+from playwright.sync_api import BrowserContext, Page, ViewportSize, expect
 
-
-CHROMIUM = _chromium()
-if CHROMIUM is None:
-    pytest.skip(
-        "no Chromium on this machine (apt-get install chromium; .ci/run does it as root)",
-        allow_module_level=True,
-    )
-
-from playwright.sync_api import (  # noqa: E402
-    BrowserContext,
-    Page,
-    expect,
-    sync_playwright,
-)
-
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-TIMEOUT_MS = 20_000  # for any one thing to happen: a page to load, the bot's decision to land
 WHO = "Logged in as Ann (@ann)"
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    """A fresh headless Chromium profile."""
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 800},
-        )
-        context.set_default_timeout(TIMEOUT_MS)
-        expect.set_options(timeout=TIMEOUT_MS)
-        try:
-            yield context
-        finally:
-            context.close()
+def browser_viewport() -> ViewportSize:
+    """1200 by 800, taller than tests/fixtures/browser.py's default: the size these tests
+    were written for."""
+    return {"width": 1200, "height": 800}
 
 
 @pytest.fixture

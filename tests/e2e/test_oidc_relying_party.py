@@ -33,18 +33,18 @@ its own `authlib.jose` is deprecated and not used):
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import authlib.deprecate  # noqa: F401  (its "always" filter first, so the one below wins)
 import httpx
+import httpx2
 import pytest
 from authlib.common.security import generate_token
 from authlib.integrations.base_client import OAuthError
+from authlib.integrations.httpx_client import OAuth2Client
 from authlib.oauth2.rfc6749.errors import MissingCodeException
 from authlib.oidc.core import CodeIDToken, UserInfo
 from joserfc import jwt
@@ -63,12 +63,6 @@ from tests.fixtures.oidc import (
     oidc_env,
     query_of,
 )
-
-# Without the `httpx2` package Authlib's httpx integration falls back to `httpx` and warns
-# (an error under our pytest settings); it works the same here.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "The httpx module is deprecated")
-    from authlib.integrations.httpx_client import OAuth2Client
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8", "Accept-Language": "en"}
@@ -191,9 +185,9 @@ def validated_id_token(client: OAuth2Client, metadata: dict[str, Any], token: di
     return claims
 
 
-def userinfo(client: OAuth2Client, metadata: dict[str, Any]) -> httpx.Response:
+def userinfo(client: OAuth2Client, metadata: dict[str, Any]) -> httpx2.Response:
     """The userinfo endpoint called with the client's current access token (Bearer)."""
-    response: httpx.Response = client.get(metadata["userinfo_endpoint"])
+    response: httpx2.Response = client.get(metadata["userinfo_endpoint"])
     return response
 
 
