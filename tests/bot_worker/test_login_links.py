@@ -14,8 +14,16 @@ from bot_worker import messages
 from shared import keys
 from shared.logins import CreatedLogin, PollResult
 from shared.settings import ApiClient, Settings, load_settings
-from tests.fixtures.bot import ANN, AUTH_SECRET, IVAN, BotProcess, BotStarter, Message, buttons
-from tests.fixtures.common import wait_until
+from tests.fixtures.bot import (
+    ANN,
+    AUTH_SECRET,
+    IVAN,
+    BotProcess,
+    BotStarter,
+    Message,
+    answer_and_edit,
+    buttons,
+)
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox
 from tests.fixtures.store import run_on_logins
@@ -70,21 +78,6 @@ def tap(
     data = buttons(prompt)[which]["callback_data"]
     sent = bot.sandbox.tap(prompt["chat"]["id"], prompt["message_id"], data, user, bot.token)
     return answer_and_edit(bot, prompt, sent["callback_query_id"])
-
-
-def answer_and_edit(
-    bot: BotProcess, prompt: Message, query_id: str
-) -> tuple[dict[str, Any], Message]:
-    answer = bot.sandbox.callback_answer(query_id, wait=20)
-    assert answer is not None, bot.output()
-
-    def edited() -> Message | None:
-        for message in bot.messages(prompt["chat"]["id"], after=prompt["message_id"] - 1):
-            if message["message_id"] == prompt["message_id"] and message["edited"]:
-                return message
-        return None
-
-    return answer, wait_until(edited, timeout=20, what="the prompt to be edited")
 
 
 def test_approve_logs_the_user_in_to_the_named_client(bot: BotProcess, redis_url: str) -> None:

@@ -21,8 +21,7 @@ from shared.logins import (
     CreatedAuthorization,
 )
 from shared.settings import Settings, load_settings
-from tests.fixtures.bot import ANN, AUTH_SECRET, IVAN, BotProcess, Message, buttons
-from tests.fixtures.common import wait_until
+from tests.fixtures.bot import ANN, AUTH_SECRET, IVAN, BotProcess, Message, answer_and_edit, buttons
 from tests.fixtures.store import run_on_logins
 
 PAGE = Authorization(
@@ -82,16 +81,7 @@ def number_button(prompt: Message, right: bool, match: int) -> str:
 def tap(bot: BotProcess, prompt: Message, user: Message, data: str) -> tuple[Any, Message]:
     """Tap with callback `data` as `user`: the callback answer and the edited prompt."""
     sent = bot.sandbox.tap(prompt["chat"]["id"], prompt["message_id"], data, user, bot.token)
-    answer = bot.sandbox.callback_answer(sent["callback_query_id"], wait=20)
-    assert answer is not None, bot.output()
-
-    def edited() -> Message | None:
-        for message in bot.messages(prompt["chat"]["id"], after=prompt["message_id"] - 1):
-            if message["message_id"] == prompt["message_id"] and message["edited"]:
-                return message
-        return None
-
-    return answer, wait_until(edited, timeout=20, what="the prompt to be edited")
+    return answer_and_edit(bot, prompt, sent["callback_query_id"])
 
 
 def test_the_page_number_approves(bot: BotProcess, redis_url: str) -> None:
