@@ -15,6 +15,7 @@ import pytest
 
 from tests.fixtures.bot import ANN, buttons
 from tests.fixtures.browser import NO_CHROMIUM, chromium
+from tests.fixtures.common import wait_until
 from tests.fixtures.system import System, SystemStarter
 
 if chromium() is None:  # skipped before Playwright is imported
@@ -34,8 +35,13 @@ def browser_viewport() -> ViewportSize:
 
 @pytest.fixture
 def system(start_system: SystemStarter) -> System:
-    """`make run` with nothing configured: the demo on, with the client make run gives it."""
-    return start_system()
+    """`make run` with nothing configured: the demo on, with the client make run gives it;
+    once a bot has published its username (until then the authorization page answers 503
+    "the login bot has not started yet", as it should)."""
+    system = start_system()
+    wait_until(lambda: "published bot username" in system.output(), timeout=30,
+               what="a bot to publish its username")
+    return system
 
 
 def _authorization_page(page: Page, system: System) -> str:
