@@ -21,6 +21,9 @@ class Counter(enum.StrEnum):
     LOGIN_REQUESTS_CREATED = "login_requests_created"
     LOGIN_REQUESTS_APPROVED = "login_requests_approved"
     LOGIN_REQUESTS_DENIED = "login_requests_denied"
+    WEBHOOKS_DELIVERED = "webhooks_delivered"
+    WEBHOOK_ATTEMPTS_FAILED = "webhook_attempts_failed"
+    EVENTS_DEAD_LETTERED = "events_dead_lettered"
 
 
 # counter -> (metric name without _total, help)
@@ -55,5 +58,16 @@ METRICS: dict[Counter, tuple[str, str]] = {
     Counter.LOGIN_REQUESTS_DENIED: (
         "tglogin_login_requests_denied",
         "Deep-link login requests a user denied in the bot.",
+    ),
+    Counter.WEBHOOKS_DELIVERED: (
+        "tglogin_webhooks_delivered", "Events a webhook endpoint accepted (2xx)."
+    ),
+    Counter.WEBHOOK_ATTEMPTS_FAILED: (
+        "tglogin_webhook_attempts_failed",
+        "Webhook attempts answered non-2xx, timed out or unreachable (each is retried).",
+    ),
+    Counter.EVENTS_DEAD_LETTERED: (
+        "tglogin_events_dead_lettered",
+        "Events that exhausted their retries and went to the dead-letter stream.",
     ),
 }

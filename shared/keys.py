@@ -79,6 +79,32 @@ OIDC_CODE_TTL_SECONDS = 60
 # TTL API_KEY_FAIL_WINDOW_SECONDS from the first
 OIDC_FAILS = PREFIX + "oidc:fails:"
 
+# Events (`shared.events`, delivery in `api_worker.events`). A user's events, in order:
+# a stream per user, tagged like USER, so the script that makes a change appends its
+# event in the same atomic step (fields t type, c client name, d data JSON, ts ms);
+# MAXLEN ~ EVENTS_MAXLEN; an entry is deleted once every target has it; no TTL
+EVENTS = PREFIX + "ev:"
+EVENTS_MAXLEN = 1000
+# stream of "user u has events to deliver" (field u), read by the API processes'
+# consumer group EVENT_GROUP; entries acked and deleted once handled; MAXLEN ~ 10000
+EVENT_WAKE = PREFIX + "evwake"
+EVENT_GROUP = "deliver"
+# per client (by a keyed hash of its API_KEYS name): the events delivered to it, read by
+# GET /v1/events (fields t, d, ts, w the event's webhook-id); MAXLEN ~ EVENT_LOG_MAXLEN
+EVENT_CLIENT = PREFIX + "evc:"
+# sorted set user id -> ms when that user's delivery is due again (a retry, or a
+# user another process was busy with); no TTL, members removed when handled
+EVENT_DUE = PREFIX + "evdue"
+# per user: the process delivering that user's events (a lock); TTL a delivery step
+EVENT_LOCK = PREFIX + "evlock:"
+# per user: hash of the head event's retry state {e entry id, f first attempt ms, n
+# attempts, ok JSON list of the targets that have it, p 1 once in the pull stream};
+# TTL EVENT_RETRY_SECONDS + a day
+EVENT_RETRY = PREFIX + "evretry:"
+# events that exhausted their retries, kept for inspection; MAXLEN ~ EVENT_LOG_MAXLEN
+EVENT_DEAD = PREFIX + "evdead"
+EVENT_LOG_MAXLEN = 10000
+
 # Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
 # lease, the ledger and the flood-limit scripts each run in one Cluster slot.
 BOT = PREFIX + "bot:"
@@ -126,6 +152,22 @@ def oidc_code(user_id: int, code_hash: str) -> str:
 
 def oidc_family(user_id: int, family_hash: str) -> str:
     return OIDC_FAMILY + _user_tag(user_id) + family_hash
+
+
+def events(user_id: int) -> str:
+    return EVENTS + _user_tag(user_id)
+
+
+def event_lock(user_id: int) -> str:
+    return EVENT_LOCK + _user_tag(user_id)
+
+
+def event_retry(user_id: int) -> str:
+    return EVENT_RETRY + _user_tag(user_id)
+
+
+def event_client(client_hash: str) -> str:
+    return EVENT_CLIENT + client_hash
 
 
 def stats(shard: int | None = None) -> str:

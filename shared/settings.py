@@ -6,6 +6,8 @@ entry points turn it into one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -33,6 +35,7 @@ _TEXT_VARIABLES = (
     "REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "API_KEYS", "API_HOST",
     "WEBHOOK_URL", "WEBHOOK_SECRET", "BOT_HOST",
     "OIDC_ISSUER", "OIDC_CLIENTS", "OIDC_CLIENTS_FILE", "OIDC_SIGNING_KEY_FILE",
+    "EVENT_WEBHOOKS",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -116,6 +119,24 @@ class OidcSettings:
 
 
 @dataclass(frozen=True)
+class EventWebhook:
+    """One endpoint of EVENT_WEBHOOKS: the client whose events it gets, where, signed
+    with which secrets (two during a rotation), for which types (None: all)."""
+
+    client: str
+    url: str
+    secrets: tuple[Secret, ...]
+    events: frozenset[str] | None = None
+
+    def wants(self, type_: str) -> bool:
+        return self.events is None or type_ in self.events
+
+
+# Standard Webhooks' schedule: the waits after each failed attempt (s)
+DEFAULT_EVENT_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
+@dataclass(frozen=True)
 class Settings:
     auth_secret: Secret
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -166,6 +187,14 @@ class Settings:
     redis_cluster: bool = False
     # the OpenID Connect provider; None: off
     oidc: OidcSettings | None = None
+    # event webhooks (EVENT_WEBHOOKS) and their delivery: the waits between attempts,
+    # how long after the first attempt an event is still retried, each attempt's timeout,
+    # how long a deliverer's unacknowledged wake waits before another process claims it
+    event_webhooks: tuple[EventWebhook, ...] = ()
+    event_retry_schedule: tuple[float, ...] = DEFAULT_EVENT_RETRY_SCHEDULE
+    event_retry_seconds: int = 86400
+    event_timeout_seconds: float = 10.0
+    event_claim_idle_seconds: float = 10.0
 
     def client_for_key(self, key: str) -> ApiClient | None:
         """The API client whose key this is, or None."""
@@ -522,6 +551,148 @@ def _oidc(values: Mapping[str, str]) -> OidcSettings | None:
     return OidcSettings(issuer=issuer, clients=clients, signing_keys=keys)
 
 
+# -- event webhooks ------------------------------------------------------------------------
+
+_WEBHOOK_FIELDS = frozenset({"client", "url", "secret", "events"})
+# a signing secret's key, decoded: Standard Webhooks asks for 24 to 64 bytes
+_WHSEC_BYTES = (24, 64)
+_WHSEC_PREFIX = "whsec_"
+
+
+def _whsec(where: str, raw: object) -> Secret:
+    """A `whsec_<base64>` secret; the error never quotes it."""
+    problem = f"{where}: secret must be 'whsec_' and base64 of {_WHSEC_BYTES[0]}-" \
+              f"{_WHSEC_BYTES[1]} random bytes"
+    if not isinstance(raw, str) or not raw.startswith(_WHSEC_PREFIX):
+        raise SettingsError("EVENT_WEBHOOKS", problem)
+    text = raw[len(_WHSEC_PREFIX):]
+    try:
+        key = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("EVENT_WEBHOOKS", problem) from None
+    if not _WHSEC_BYTES[0] <= len(key) <= _WHSEC_BYTES[1]:
+        raise SettingsError("EVENT_WEBHOOKS", problem)
+    return Secret(raw)
+
+
+def _webhook_url(where: str, raw: object) -> str:
+    """https://, or http:// on loopback; never echoed (it may carry a token in its path)."""
+    if not isinstance(raw, str) or not raw or any(c.isspace() for c in raw):
+        raise SettingsError("EVENT_WEBHOOKS", f"{where}: url must be a URL without spaces")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  # raises on a port that is not a number
+    except ValueError:
+        raise SettingsError("EVENT_WEBHOOKS", f"{where}: url is not a URL") from None
+    if parts.username is not None or parts.fragment or not parts.hostname:
+        raise SettingsError(
+            "EVENT_WEBHOOKS", f"{where}: url needs a host, and no user name or fragment"
+        )
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
+    ):
+        raise SettingsError("EVENT_WEBHOOKS", f"{where}: url must be https:// ({_LOOPBACK_HINT})")
+    return raw
+
+
+def _event_webhooks(
+    values: Mapping[str, str], clients: tuple[ApiClient, ...]
+) -> tuple[EventWebhook, ...]:
+    """EVENT_WEBHOOKS: entries of one client and url merged (two secrets at most)."""
+    from shared.events import EVENT_TYPES
+
+    raw = values.get("EVENT_WEBHOOKS", "").strip()
+    if not raw:
+        return ()
+    try:
+        entries = json.loads(raw)
+    except json.JSONDecodeError as exc:  # its message quotes no text, only places
+        raise SettingsError("EVENT_WEBHOOKS", f"is not valid JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise SettingsError("EVENT_WEBHOOKS", "must be a JSON array of endpoints")
+    names = {client.name for client in clients}
+    merged: dict[tuple[str, str], EventWebhook] = {}
+    for n, entry in enumerate(entries, 1):
+        where = f"endpoint {n}"
+        if not isinstance(entry, dict):
+            raise SettingsError("EVENT_WEBHOOKS", f"{where} must be a JSON object")
+        unknown = sorted(set(entry) - _WEBHOOK_FIELDS)
+        if unknown:
+            raise SettingsError("EVENT_WEBHOOKS", f"{where}: unknown field {unknown[0]!r}")
+        client = entry.get("client")
+        if not isinstance(client, str) or client not in names:
+            raise SettingsError(
+                "EVENT_WEBHOOKS", f"{where}: client must be the name of an API_KEYS client"
+            )
+        url = _webhook_url(where, entry.get("url"))
+        secret = _whsec(where, entry.get("secret"))
+        events: frozenset[str] | None = None
+        if "events" in entry:
+            listed = entry["events"]
+            if not isinstance(listed, list) or not listed or not all(
+                isinstance(t, str) for t in listed
+            ):
+                raise SettingsError(
+                    "EVENT_WEBHOOKS", f"{where}: events must be a non-empty array of types"
+                )
+            strange = sorted(set(listed) - set(EVENT_TYPES))
+            if strange:
+                raise SettingsError(
+                    "EVENT_WEBHOOKS", f"{where}: unknown event type {strange[0][:40]!r} "
+                    f"(known: {', '.join(EVENT_TYPES)})"
+                )
+            events = frozenset(listed)
+        before = merged.get((client, url))
+        if before is None:
+            merged[(client, url)] = EventWebhook(client, url, (secret,), events)
+            continue
+        if before.events != events:
+            raise SettingsError(
+                "EVENT_WEBHOOKS", f"{where}: entries of one client and url (a secret "
+                "rotation) must list the same events"
+            )
+        if secret in before.secrets:
+            raise SettingsError("EVENT_WEBHOOKS", f"{where}: repeats an entry's secret")
+        if len(before.secrets) >= 2:
+            raise SettingsError(
+                "EVENT_WEBHOOKS", f"{where}: at most two secrets per client and url "
+                "(the old and the new during a rotation)"
+            )
+        merged[(client, url)] = EventWebhook(client, url, (*before.secrets, secret), events)
+    return tuple(merged.values())
+
+
+def _retry_schedule(values: Mapping[str, str]) -> tuple[float, ...]:
+    raw = values.get("EVENT_RETRY_SCHEDULE", "").strip()
+    if not raw:
+        return DEFAULT_EVENT_RETRY_SCHEDULE
+    try:
+        waits = tuple(float(p) for p in raw.split(","))
+    except ValueError:
+        raise SettingsError(
+            "EVENT_RETRY_SCHEDULE", f"must be seconds separated by commas, got {raw!r}"
+        ) from None
+    if not 1 <= len(waits) <= 50 or not all(0.1 <= w <= 7 * 86400 for w in waits):
+        raise SettingsError(
+            "EVENT_RETRY_SCHEDULE", "must be 1-50 waits, each 0.1 s to 7 days"
+        )
+    return waits
+
+
+def _seconds(values: Mapping[str, str], name: str, default: float, low: float,
+             high: float) -> float:
+    raw = values.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"must be a number of seconds, got {raw!r}") from None
+    if not low <= value <= high:  # also refuses nan and inf
+        raise SettingsError(name, f"must be between {low:g} and {high:g} seconds, got {raw}")
+    return value
+
+
 def _bool(values: Mapping[str, str], name: str) -> bool:
     raw = values.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no", "off"):
@@ -598,6 +769,7 @@ def load_settings(
     sentinels, sentinel_master, cluster = _redis_topology(values, redis_url)
 
     issue_limit, issue_window = _issue_limit(values)
+    api_keys = _api_keys(values.get("API_KEYS", ""))
 
     return Settings(
         auth_secret=Secret(secret),
@@ -611,7 +783,7 @@ def load_settings(
         login_request_ttl_seconds=_int(values, "LOGIN_REQUEST_TTL_SECONDS", 300, 10, 3600),
         login_request_limit=_int(values, "LOGIN_REQUEST_LIMIT", 60, 1, 1_000_000),
         login_request_window_seconds=_int(values, "LOGIN_REQUEST_WINDOW_SECONDS", 60, 1, 86400),
-        api_keys=_api_keys(values.get("API_KEYS", "")),
+        api_keys=api_keys,
         api_host=_api_host(values),
         api_port=api_port,
         issue_limit=issue_limit,
@@ -637,4 +809,11 @@ def load_settings(
         redis_sentinel_master=sentinel_master,
         redis_cluster=cluster,
         oidc=_oidc(values),
+        event_webhooks=_event_webhooks(values, api_keys),
+        event_retry_schedule=_retry_schedule(values),
+        event_retry_seconds=_int(values, "EVENT_RETRY_SECONDS", 86400, 1, 30 * 86400),
+        event_timeout_seconds=_seconds(values, "EVENT_TIMEOUT_SECONDS", 10.0, 0.1, 60.0),
+        event_claim_idle_seconds=_seconds(
+            values, "EVENT_CLAIM_IDLE_SECONDS", 10.0, 0.5, 3600.0
+        ),
     )

@@ -1,0 +1,124 @@
+"""Events: what happened to a user, written in the same atomic step as the change.
+
+The emission contract (every flow that emits follows it):
+
+1. The Lua script that makes the change appends the event to the user's own stream,
+   `keys.events(user id)` (tagged like `keys.user`, so it shares that user's Cluster
+   slot), passed as one of its KEYS; four ARGV carry what `event_args()` gives:
+
+       redis.call("XADD", KEYS[k], "MAXLEN", "~", 1000, "*",
+         "t", ARGV[i], "c", ARGV[i + 1], "d", ARGV[i + 2], "ts", ARGV[i + 3])
+
+   (type, the client it concerns by its API_KEYS name or "", the data as JSON with at
+   least `user`, the public user record, and `id` of the request it concerns where one
+   exists, the time in ms). Change and event are then one step in any deployment.
+2. In the same pipeline, right after that script, `queue_wake(pipe, user id)` queues
+   an entry on the global wake stream that the API processes' deliverers read.
+   A pipeline is one socket write on a single server or Sentinel: a process that dies
+   sends both or neither. A Cluster sends them to two nodes (the user's slot and the
+   wake stream's): a process that dies between the two writes leaves an event without
+   its wake; it is not lost (it stays in the user's stream) and goes out with that
+   user's next wake.
+
+`Events.emit(user id, type, client, data)` does both for an event with no other change
+(`event_emit.lua`, the snippet above on its own). Delivery and the pull API are the API
+worker's (`api_worker.events`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from shared import keys
+from shared.codes import now_ms
+from shared.hashing import digest
+from shared.redis import scripts, unavailable_on_error
+from shared.settings import Secret
+
+# every event type a client may be told of (SPEC "Approvals, events and sessions")
+EVENT_TYPES = (
+    "code.redeemed",
+    "login.approved",
+    "login.denied",
+    "approval.approved",
+    "approval.denied",
+    "approval.expired",
+    "token.revoked",
+    "session.ended",
+    "user.logged_out",
+)
+# wake entries kept at most (approximately); each is handled within seconds
+WAKE_MAXLEN = 10000
+
+
+def event_args(
+    type_: str, client: str, data: Mapping[str, Any], ms: int | None = None
+) -> list[str]:
+    """The four ARGV of the emission snippet: type, client, data JSON, time in ms."""
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return [type_, client, text, str(now_ms() if ms is None else ms)]
+
+
+def queue_wake(pipe: Pipeline, user_id: int) -> None:
+    """Queue, right after the script that appended an event, the wake of its deliverer."""
+    pipe.xadd(keys.EVENT_WAKE, {"u": str(user_id)}, maxlen=WAKE_MAXLEN, approximate=True)
+
+
+def event_id(user_id: int, entry_id: str) -> str:
+    """The event's stable id (its `webhook-id`): the user and the user-stream entry."""
+    return f"evt_{user_id}_{entry_id}"
+
+
+def client_hash(secret: Secret, client: str) -> str:
+    """What a client's pull stream (`keys.event_client`) is named by."""
+    return digest(secret, "event-client", client)
+
+
+def iso_time(ms: int) -> str:
+    """An event's `timestamp`: ISO 8601 in UTC with milliseconds."""
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class Events:
+    """Emitting events on one Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def emit(
+        self, user_id: int, type_: str, client: str, data: Mapping[str, Any],
+    ) -> str:
+        """Append one event for `user_id` and wake the deliverers; the entry's id."""
+        script = scripts(self.redis).get("event_emit.lua")
+        args = event_args(type_, client, data)
+        with unavailable_on_error():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await script(keys=[keys.events(user_id)], args=args, client=pipe)
+                queue_wake(pipe, user_id)
+                entry, _ = await pipe.execute()
+        return str(entry)
+
+
+def webhook_body(type_: str, ms: int, data_json: str) -> str:
+    """A webhook's body, `{"type", "timestamp", "data"}`, as sent and signed."""
+    return (
+        '{"type":' + json.dumps(type_) + ',"timestamp":' + json.dumps(iso_time(ms))
+        + ',"data":' + data_json + "}"
+    )
+
+
+def parse_fields(fields: Mapping[str, str]) -> tuple[str, str, str, int]:
+    """An entry's (type, client, data JSON, ms)."""
+    return fields.get("t", ""), fields.get("c", ""), fields.get("d", "{}"), int(
+        fields.get("ts", "0")
+    )
+

@@ -1,0 +1,165 @@
+"""shared.events and EVENT_WEBHOOKS: the emission contract on a real Redis and a real
+Cluster, and the settings' checks (one line naming the variable, never a secret)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared import keys
+from shared.events import EVENT_TYPES, Events, event_args, iso_time, queue_wake
+from shared.redis import scripts
+from shared.settings import SettingsError
+from shared.store import Store
+from tests.fixtures.store import run_on_store
+from tests.fixtures.webhooks import new_secret
+from tests.shared.test_store import ANN, make_settings
+
+URL = "https://a.example/h"
+KEYS = "shop:" + "s" * 32 + ",blog:" + "b" * 32
+
+
+def _hooks(*entries: dict[str, object]) -> dict[str, str]:
+    return {"API_KEYS": KEYS, "EVENT_WEBHOOKS": json.dumps(list(entries))}
+
+
+def test_emit_appends_to_the_users_stream_and_wakes(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        events = Events(store.redis)
+        first = await events.emit(1001, "login.approved", "shop", {"user": ANN, "id": "r1"})
+        await events.emit(1001, "session.ended", "shop", {"user": ANN})
+        entries = await store.redis.xrange(keys.events(1001))
+        assert entries[0][0] == first
+        assert [e[1]["t"] for e in entries] == ["login.approved", "session.ended"]
+        fields = entries[0][1]
+        assert fields["c"] == "shop" and json.loads(fields["d"]) == {"user": ANN, "id": "r1"}
+        assert int(fields["ts"]) > 1_700_000_000_000
+        wakes = await store.redis.xrange(keys.EVENT_WAKE)
+        assert [w[1] for w in wakes] == [{"u": "1001"}, {"u": "1001"}]
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_the_snippet_in_another_script_commits_with_the_change(redis_url: str) -> None:
+    """The convention as a flow's script uses it: change and event in one script, the
+    wake queued right after it in the same pipeline."""
+    change = (
+        'redis.call("HSET", KEYS[1], "g", 1)\n'
+        'return redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",\n'
+        '  "t", ARGV[1], "c", ARGV[2], "d", ARGV[3], "ts", ARGV[4])\n'
+    )
+
+    async def body(store: Store) -> None:
+        script = store.redis.register_script(change)
+        async with store.redis.pipeline(transaction=False) as pipe:
+            await script(
+                keys=[keys.user(1001), keys.events(1001)],
+                args=event_args("user.logged_out", "", {"user": ANN}, 1_750_000_000_000),
+                client=pipe,
+            )
+            queue_wake(pipe, 1001)
+            await pipe.execute()
+        assert await store.redis.hget(keys.user(1001), "g") == "1"
+        (_, fields), = await store.redis.xrange(keys.events(1001))
+        assert fields["t"] == "user.logged_out" and fields["ts"] == "1750000000000"
+        assert await store.redis.xlen(keys.EVENT_WAKE) == 1
+
+    run_on_store(make_settings(redis_url), body)
+
+
+def test_emission_runs_on_a_cluster(cluster_env: dict[str, str]) -> None:
+    """The user's stream shares the user hash's slot: one script writes both on a
+    Cluster that refuses cross-slot scripts; the wake lives on its own node."""
+    async def body(store: Store) -> None:
+        events = Events(store.redis)
+        for n in range(5):
+            await events.emit(1001 + n, "code.redeemed", "shop", {"user": {**ANN, "id": 1001 + n}})
+        for n in range(5):
+            assert await store.redis.xlen(keys.events(1001 + n)) == 1
+        assert await store.redis.xlen(keys.EVENT_WAKE) == 5
+        # the same slot as the user's hash: a script may touch both
+        both = store.redis.register_script(
+            'redis.call("HSET", KEYS[1], "x", 1) return redis.call("XLEN", KEYS[2])'
+        )
+        assert await both(keys=[keys.user(1001), keys.events(1001)]) == 1
+        assert await scripts(store.redis).get("event_emit.lua")(
+            keys=[keys.events(1001)], args=event_args("token.revoked", "shop", {"user": ANN})
+        )
+
+    run_on_store(make_settings("", **cluster_env), body)
+
+
+def test_event_args_refuse_an_unknown_type() -> None:
+    with pytest.raises(ValueError, match="unknown event type"):
+        event_args("login.maybe", "shop", {})
+    assert len(EVENT_TYPES) == 9
+
+
+def test_iso_time_is_utc_with_milliseconds() -> None:
+    assert iso_time(1_750_000_000_042) == "2025-06-15T15:06:40.042Z"
+
+
+def test_event_webhooks_are_read_and_rotation_merges() -> None:
+    old, new = new_secret(), new_secret()
+    settings = make_settings("redis://127.0.0.1/0", **_hooks(
+        {"client": "shop", "url": "https://shop.example/hook", "secret": old},
+        {"client": "shop", "url": "https://shop.example/hook", "secret": new},
+        {"client": "blog", "url": "http://127.0.0.1:9/h", "secret": new,
+         "events": ["login.approved"]},
+    ))
+    shop, blog = settings.event_webhooks
+    assert [s.reveal() for s in shop.secrets] == [old, new] and shop.events is None
+    assert blog.wants("login.approved") and not blog.wants("session.ended")
+    assert old not in repr(settings) and new not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"client": "nobody", "url": "https://a.example/h"}, "API_KEYS client"),
+        ({"client": "shop", "url": "http://a.example/h"}, "https://"),
+        ({"client": "shop", "url": "ftp://a.example/h"}, "https://"),
+        ({"client": "shop", "url": "https://u:p@a.example/h"}, "no user name"),
+        ({"client": "shop", "url": URL, "secret": "whsec_!!not~base64!!"}, "whsec_"),
+        ({"client": "shop", "url": URL, "secret": "plain-text-not-whsec"}, "whsec_"),
+        ({"client": "shop", "url": "https://a.example/h", "events": ["x.y"]}, "unknown event"),
+        ({"client": "shop", "url": "https://a.example/h", "events": []}, "non-empty"),
+        ({"client": "shop", "url": "https://a.example/h", "other": 1}, "unknown field"),
+    ],
+)
+def test_bad_event_webhooks_name_the_variable(entry: dict[str, object], says: str) -> None:
+    entry = {"secret": new_secret(), **entry}
+    with pytest.raises(SettingsError) as caught:
+        make_settings("redis://127.0.0.1/0", **_hooks(entry))
+    assert caught.value.variable == "EVENT_WEBHOOKS" and says in str(caught.value)
+    assert str(entry["secret"])[6:] not in str(caught.value)
+
+
+def test_more_than_two_secrets_per_endpoint_are_refused() -> None:
+    secrets = [new_secret() for _ in range(3)]
+    with pytest.raises(SettingsError, match="at most two secrets") as caught:
+        make_settings("redis://127.0.0.1/0", **_hooks(*(
+            {"client": "shop", "url": "https://a.example/h", "secret": s} for s in secrets
+        )))
+    assert not any(s[6:] in str(caught.value) for s in secrets)
+
+
+@pytest.mark.parametrize("raw", ["{", "{}", "[1]"])
+def test_event_webhooks_must_be_a_json_array_of_objects(raw: str) -> None:
+    with pytest.raises(SettingsError, match="EVENT_WEBHOOKS"):
+        make_settings("redis://127.0.0.1/0", API_KEYS=KEYS, EVENT_WEBHOOKS=raw)
+
+
+def test_retry_settings() -> None:
+    settings = make_settings(
+        "redis://127.0.0.1/0", EVENT_RETRY_SCHEDULE="1,2.5", EVENT_RETRY_SECONDS="60"
+    )
+    assert settings.event_retry_schedule == (1.0, 2.5) and settings.event_retry_seconds == 60
+    default = make_settings("redis://127.0.0.1/0")
+    assert default.event_retry_schedule == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert default.event_retry_seconds == 86400 and default.event_timeout_seconds == 10
+    for name, raw in (("EVENT_RETRY_SCHEDULE", "1,x"), ("EVENT_RETRY_SCHEDULE", "0"),
+                      ("EVENT_RETRY_SECONDS", "0"), ("EVENT_TIMEOUT_SECONDS", "nan")):
+        with pytest.raises(SettingsError, match=name):
+            make_settings("redis://127.0.0.1/0", **{name: raw})
