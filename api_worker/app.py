@@ -18,11 +18,12 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api_worker import codes, demo, login_requests, oidc, openapi, ops, tokens
+from api_worker import approvals, codes, demo, login_requests, oidc, openapi, ops, tokens
 from api_worker.auth import warn_if_open
 from api_worker.errors import EXCEPTION_HANDLERS
 from api_worker.front import Front, direct
 from api_worker.waiters import Waiters
+from shared.approvals import Approvals
 from shared.logins import Logins, decisions
 from shared.oidc_grants import OidcGrants
 from shared.settings import Settings, SettingsError, load_settings
@@ -69,6 +70,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     store = Store.from_settings(settings)
     app.state.store = store
     app.state.logins = Logins(store)
+    app.state.approvals = Approvals(store.redis, settings)
     if settings.oidc is not None:
         app.state.oidc_grants = OidcGrants(store.redis, settings)
     waiters = app.state.waiters = Waiters(partial(decisions, settings))
@@ -102,6 +104,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     [*codes.routes, *tokens.routes, *login_requests.routes, *ops.routes,
                      *openapi.routes, *oidc.routes(settings)]
                 ),
+                *_direct([*approvals.routes]),  # GET only reads: HEAD is safe
                 *demo_routes,  # some with middleware of their own
             ]
         ),

@@ -19,9 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api_worker import context
+from api_worker.approvals import MAX_USER_ID
 from api_worker.auth import API_KEY_HEADER
 from api_worker.body import MAX_BODY_BYTES
 from api_worker.login_requests import MAX_STATE, MAX_WAIT
+from shared.approvals import MAX_STATE as MAX_APPROVAL_STATE
+from shared.approvals import MAX_TEXT as MAX_APPROVAL_TEXT
 
 Json = dict[str, Any]
 
@@ -111,6 +114,31 @@ RESPONSES: Json = {
         "approval was already delivered.",
         "not_found",
     ),
+    "InvalidApproval": _error(
+        '`invalid_request`: the body is not `{"user_id": <Telegram id>, "text": "<1 to '
+        f'{MAX_APPROVAL_TEXT} characters>", "state"?: "<at most {MAX_APPROVAL_STATE}>", '
+        '"match"?: true|false}`, or the text holds control or bidirectional formatting '
+        "characters (line breaks are fine).",
+        "invalid_request",
+    ),
+    "UnknownUser": _error(
+        "The user has not logged in through this service's bot within TOKEN_TTL_SECONDS, "
+        "so the bot does not know them.",
+        "unknown_user",
+    ),
+    "ApprovalRateLimited": _error(
+        "Too many approvals: for this user, all clients together (APPROVAL_USER_LIMIT per "
+        "APPROVAL_USER_WINDOW_SECONDS), or from this client (APPROVAL_CLIENT_LIMIT per "
+        "APPROVAL_CLIENT_WINDOW_SECONDS, unknown users included); or too many failed API "
+        "keys from this address. Wait `Retry-After` seconds.",
+        "rate_limited",
+        headers={"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+    ),
+    "ApprovalNotFound": _error(
+        "No such approval for this client: unknown, gone (APPROVAL_TTL_SECONDS after it "
+        "was decided or expired), or another client's.",
+        "not_found",
+    ),
     "Internal": _error("An unexpected error; it is logged.", "internal"),
     "InvalidUrl": _error(
         "The URL's path or query holds percent-encoded bytes that are not UTF-8 text.",
@@ -194,6 +222,61 @@ SCHEMAS: Json = {
                 "description": "The same as a message to type to the bot: /start <payload>",
             },
             "expires_in": {"type": "integer", "description": "seconds until it expires"},
+        },
+    },
+    "ApprovalCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["user_id", "text"],
+        "properties": {
+            "user_id": {
+                "type": "integer", "minimum": 1, "maximum": MAX_USER_ID,
+                "description": "The Telegram id of a user who has logged in through the bot.",
+            },
+            "text": {
+                "type": "string", "minLength": 1, "maxLength": MAX_APPROVAL_TEXT,
+                "pattern": "\\S",
+                "description": "The action to approve, quoted to the user as plain text.",
+                "examples": ["Pay 25.00 EUR to Acme Shop"],
+            },
+            "state": {
+                "type": "string", "maxLength": MAX_APPROVAL_STATE,
+                "description": "Handed back with the status.",
+            },
+            "match": {
+                "type": "boolean", "default": False,
+                "description": "Show `match_number` to the user; the bot asks them to pick "
+                "it among three, and a wrong pick denies.",
+            },
+        },
+    },
+    "Approval": {
+        "type": "object",
+        "required": ["id", "expires_in"],
+        "properties": {
+            "id": {"type": "string", "description": "What you read the result with."},
+            "expires_in": {"type": "integer", "description": "seconds until it expires"},
+            "match_number": {
+                "type": "integer",
+                "description": "With `match`: the number to show the user.",
+            },
+        },
+    },
+    "ApprovalStatus": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {
+                "enum": ["pending", "approved", "denied", "expired", "undeliverable"],
+                "description": "`undeliverable`: the bot cannot message the user (they "
+                "blocked it, or never opened a chat with it).",
+            },
+            "expires_in": {"type": "integer", "description": "pending: seconds left"},
+            "user": {
+                **_ref("schemas", "User"),
+                "description": "Who decided it (approved, denied).",
+            },
+            "state": {"type": "string"},
         },
     },
     "LoginStatus": {
@@ -336,6 +419,64 @@ PATHS: Json = {
                 "401": _ref("responses", "Unauthorized"),
                 "429": _ref("responses", "RateLimited"),
                 "404": _ref("responses", "LoginNotFound"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/v1/approvals": {
+        "post": {
+            "summary": "Ask a known user to approve an action in the bot (a second factor)",
+            "operationId": "createApproval",
+            "security": _API_KEY,
+            "requestBody": {
+                "required": True, "content": _json(_ref("schemas", "ApprovalCreate")),
+            },
+            "responses": {
+                "201": {"description": "Queued", "content": _json(_ref("schemas", "Approval"))},
+                "400": _ref("responses", "InvalidApproval"),
+                "401": _ref("responses", "Unauthorized"),
+                "404": _ref("responses", "UnknownUser"),
+                "413": _ref("responses", "TooLarge"),
+                "415": _ref("responses", "NotJson"),
+                "429": _ref("responses", "ApprovalRateLimited"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/v1/approvals/{id}": {
+        "get": {
+            "summary": "An approval's status; with `wait`, held until it changes",
+            "operationId": "getApproval",
+            "security": _API_KEY,
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The `id` from creating the approval.",
+                },
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "schema": {
+                        "type": "integer", "minimum": 0, "maximum": MAX_WAIT, "default": 0
+                    },
+                    "description": "Seconds to hold the answer while the approval is pending.",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "pending, approved, denied, expired or undeliverable",
+                    "content": _json(_ref("schemas", "ApprovalStatus")),
+                },
+                "400": _ref("responses", "InvalidWait"),
+                "401": _ref("responses", "Unauthorized"),
+                "404": _ref("responses", "ApprovalNotFound"),
+                "429": _ref("responses", "RateLimited"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),
             },

@@ -21,6 +21,11 @@ class Counter(enum.StrEnum):
     LOGIN_REQUESTS_CREATED = "login_requests_created"
     LOGIN_REQUESTS_APPROVED = "login_requests_approved"
     LOGIN_REQUESTS_DENIED = "login_requests_denied"
+    APPROVALS_CREATED = "approvals_created"
+    APPROVALS_APPROVED = "approvals_approved"
+    APPROVALS_DENIED = "approvals_denied"
+    APPROVALS_UNDELIVERABLE = "approvals_undeliverable"
+    APPROVALS_LIMITED = "approvals_limited"
     WEBHOOKS_DELIVERED = "webhooks_delivered"
     WEBHOOK_ATTEMPTS_FAILED = "webhook_attempts_failed"
     EVENTS_DEAD_LETTERED = "events_dead_lettered"
@@ -58,6 +63,24 @@ METRICS: dict[Counter, tuple[str, str]] = {
     Counter.LOGIN_REQUESTS_DENIED: (
         "tglogin_login_requests_denied",
         "Deep-link login requests a user denied in the bot.",
+    ),
+    Counter.APPROVALS_CREATED: (
+        "tglogin_approvals_created", "Push approvals created and queued for the bot."
+    ),
+    Counter.APPROVALS_APPROVED: (
+        "tglogin_approvals_approved", "Push approvals a user approved in the bot."
+    ),
+    Counter.APPROVALS_DENIED: (
+        "tglogin_approvals_denied",
+        "Push approvals a user denied in the bot (a wrong number included).",
+    ),
+    Counter.APPROVALS_UNDELIVERABLE: (
+        "tglogin_approvals_undeliverable",
+        "Push approvals the bot could not send (the user blocked it, or no such chat).",
+    ),
+    Counter.APPROVALS_LIMITED: (
+        "tglogin_approvals_limited",
+        "Push approvals refused by the per-user or per-client limit.",
     ),
     Counter.WEBHOOKS_DELIVERED: (
         "tglogin_webhooks_delivered", "Events a webhook endpoint accepted (2xx)."

@@ -105,6 +105,30 @@ EVENT_RETRY = PREFIX + "evretry:"
 EVENT_DEAD = PREFIX + "evdead"
 EVENT_LOG_MAXLEN = 10000
 
+# Push approvals (`shared.approvals`): tagged by the user, like USER, so an approval, its
+# user's record and the user's approval count share one Cluster slot (the decision
+# script can append its event there too). Named by a keyed hash of the approval id.
+# an approval -> hash {c client key hash, n client name, t the action text, s state
+# (absent when none), m match number (absent when none), e expiry (unix ms), uid the
+# user's id, st pending|approved|denied|undeliverable|expired, by decider id, u decider
+# JSON, mid the message the bot sent}; TTL 2 x APPROVAL_TTL_SECONDS from creation
+# (pending until `e`, then read as expired), set to APPROVAL_TTL_SECONDS by a decision
+# (the result waits that long to be read)
+APPROVAL = PREFIX + "approval:"
+# per user: approvals created for them in the current window, all clients together;
+# TTL APPROVAL_USER_WINDOW_SECONDS from the first
+APPROVAL_USER_COUNT = PREFIX + "approval:user:"
+# per API client (its key hash): approvals asked for in the current window, refused
+# ones (unknown users) too; TTL APPROVAL_CLIENT_WINDOW_SECONDS from the first
+APPROVAL_CLIENT_COUNT = PREFIX + "approval:client:"
+# stream of approvals for the bot to send: entries {u user id, h approval key hash};
+# consumer group APPROVAL_GROUP (every bot process); an entry is deleted once sent or
+# found decided or gone; no TTL (entries live seconds while a bot runs)
+APPROVAL_QUEUE = PREFIX + "approval:queue"
+# the queue's length at most (approximately), should no bot read it for a long time
+APPROVAL_QUEUE_MAXLEN = 100_000
+APPROVAL_GROUP = "bots"
+
 # Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
 # lease, the ledger and the flood-limit scripts each run in one Cluster slot.
 BOT = PREFIX + "bot:"
@@ -212,6 +236,18 @@ def login_link(payload_hash: str) -> str:
 
 def login_creates(address_hash: str) -> str:
     return LOGIN_CREATES + address_hash
+
+
+def approval(user_id: int, approval_hash: str) -> str:
+    return APPROVAL + _user_tag(user_id) + approval_hash
+
+
+def approval_user_count(user_id: int) -> str:
+    return APPROVAL_USER_COUNT + _user_tag(user_id)
+
+
+def approval_client_count(client_hash: str) -> str:
+    return APPROVAL_CLIENT_COUNT + client_hash
 
 
 def _bot(bot_id: int, suffix: str) -> str:

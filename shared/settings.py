@@ -187,6 +187,13 @@ class Settings:
     redis_cluster: bool = False
     # the OpenID Connect provider; None: off
     oidc: OidcSettings | None = None
+    # push approvals: how long one waits for the user's tap, and how many may be pushed
+    # to one user (all clients together) and by one API client in their windows
+    approval_ttl_seconds: int = 300
+    approval_user_limit: int = 5
+    approval_user_window_seconds: int = 600
+    approval_client_limit: int = 1000
+    approval_client_window_seconds: int = 600
     # event webhooks (EVENT_WEBHOOKS) and their delivery: the waits between attempts,
     # how long after the first attempt an event is still retried, each attempt's timeout,
     # how long a deliverer's unacknowledged wake waits before another process claims it
@@ -809,6 +816,13 @@ def load_settings(
         redis_sentinel_master=sentinel_master,
         redis_cluster=cluster,
         oidc=_oidc(values),
+        approval_ttl_seconds=_int(values, "APPROVAL_TTL_SECONDS", 300, 2, 3600),
+        approval_user_limit=_int(values, "APPROVAL_USER_LIMIT", 5, 1, 1000),
+        approval_user_window_seconds=_int(values, "APPROVAL_USER_WINDOW_SECONDS", 600, 1, 86400),
+        approval_client_limit=_int(values, "APPROVAL_CLIENT_LIMIT", 1000, 1, 1_000_000),
+        approval_client_window_seconds=_int(
+            values, "APPROVAL_CLIENT_WINDOW_SECONDS", 600, 1, 86400
+        ),
         event_webhooks=_event_webhooks(values, api_keys),
         event_retry_schedule=_retry_schedule(values),
         event_retry_seconds=_int(values, "EVENT_RETRY_SECONDS", 86400, 1, 30 * 86400),

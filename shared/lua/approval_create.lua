@@ -1,0 +1,34 @@
+-- Create a push approval for a user the bot knows, under the per-user limit: one step in
+-- the user's Cluster slot (every key is tagged by the user).
+-- KEYS[1] the user (hash; `r` is the record of a user who logged in through tglogin)
+-- KEYS[2] the approval (hash)   KEYS[3] the user's approval count in the window
+-- ARGV[1] client key hash   ARGV[2] client name   ARGV[3] the action text
+-- ARGV[4] state   ARGV[5] 1 when there is a state, 0 when none
+-- ARGV[6] match number ("" none)   ARGV[7] lifetime (ms)   ARGV[8] user limit
+-- ARGV[9] user window (s)   ARGV[10] the user id
+-- Returns {1, expiry ms} created; {0, 0} unknown user; {2, ms until the window ends} over
+-- the user's limit (nothing written but the count check).
+if redis.call("HEXISTS", KEYS[1], "r") == 0 then
+  return {0, 0}
+end
+local count = tonumber(redis.call("GET", KEYS[3]) or "0")
+if count >= tonumber(ARGV[8]) then
+  return {2, redis.call("PTTL", KEYS[3])}
+end
+redis.call("INCR", KEYS[3])
+redis.call("EXPIRE", KEYS[3], ARGV[9], "NX")
+local now = redis.call("TIME")
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ttl = tonumber(ARGV[7])
+local expiry = now_ms + ttl
+redis.call("HSET", KEYS[2], "c", ARGV[1], "n", ARGV[2], "t", ARGV[3], "st", "pending",
+  "e", tostring(expiry), "uid", ARGV[10])
+if ARGV[5] == "1" then
+  redis.call("HSET", KEYS[2], "s", ARGV[4])
+end
+if ARGV[6] ~= "" then
+  redis.call("HSET", KEYS[2], "m", ARGV[6])
+end
+-- pending until `e`; then read as expired for as long again
+redis.call("PEXPIRE", KEYS[2], 2 * ttl)
+return {1, expiry}
