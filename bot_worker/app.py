@@ -33,11 +33,12 @@ from telegram.ext import (
     filters,
 )
 
-from bot_worker import handlers, messages
+from bot_worker import approvals, handlers, messages
 from bot_worker.dispatch import Dispatcher
 from bot_worker.limiter import SharedRateLimiter
 from bot_worker.polling import Poller, UpdatesRequest
 from bot_worker.webhook import create_webhook_app, ensure_webhook, listening_socket
+from shared.approvals import ApprovalQueue, Approvals
 from shared.flood import FloodControl
 from shared.lease import Leases, instance_name
 from shared.ledger import HEARTBEAT_SECONDS, UpdateLedger
@@ -112,6 +113,10 @@ def add_handlers(application: BotApplication) -> None:
     application.add_handler(CommandHandler("code", handlers.code, filters=_PRIVATE))
     application.add_handler(CommandHandler("logout", handlers.logout, filters=_PRIVATE))
     application.add_handler(CommandHandler("help", handlers.help_command, filters=_PRIVATE))
+    # Approve / Deny / a number under a push approval (refused outside private chats)
+    application.add_handler(
+        CallbackQueryHandler(approvals.approval_decision, pattern=approvals.CALLBACKS)
+    )
     # Approve / Deny under a deep-link login prompt (the handler refuses outside private chats)
     application.add_handler(
         CallbackQueryHandler(handlers.login_decision, pattern=handlers.LOGIN_CALLBACKS)
@@ -146,6 +151,10 @@ class Runtime:
         self.dispatcher.health.seconds = 2 * settings.redis_timeout
         application.bot_data[handlers.STORE] = self.store
         application.bot_data[handlers.LOGINS] = Logins(self.store)
+        self.approvals = application.bot_data[approvals.APPROVALS] = Approvals(
+            self.store.redis, settings
+        )
+        self.approval_queue = ApprovalQueue(self.store.redis, instance)
         self.tasks: list[asyncio.Task[None]] = []
 
     def background(self, job: Awaitable[None], name: str) -> None:
@@ -201,6 +210,8 @@ async def _start(application: BotApplication, settings: Settings, runtime: Runti
     await _set_commands(application)
     username = settings.telegram_bot_username or application.bot.username
     runtime.background(_publish_username(runtime.store, username), "publish username")
+    sender = approvals.Sender(application.bot, runtime.approvals, runtime.approval_queue)
+    runtime.background(sender.run(), "send approvals")
 
 
 async def _until_done_or_stopped(task: asyncio.Future[None], stop: asyncio.Event) -> None:
