@@ -106,8 +106,9 @@ async def status(request: Request) -> Response:
     wait = _wait(request)
     login_id: str = request.path_params["id"]
     logins = context.logins(request)
+    address = context.client_address(request)
     result = await context.waiters(request).hold(
-        logins.id_hash(login_id), lambda: logins.poll(login_id, client),
+        logins.id_hash(login_id), lambda: logins.poll(login_id, client, address),
         lambda found: found is not None and found.status == "pending", wait,
     )
     if result is None:

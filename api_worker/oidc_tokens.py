@@ -300,10 +300,12 @@ def _token(oidc: OidcSettings) -> Endpoint:
                 # PKCE for every code: no verifier is a wrong one (RFC 7636 4.6,
                 # invalid_grant), and costs the code as a wrong one does
                 verifier = form.get("code_verifier", "")
-                grant = await grants.redeem(code, client.client_id, redirect_uri, verifier)
+                grant = await grants.redeem(code, client.client_id, redirect_uri, verifier,
+                                            context.client_address(request))
             elif grant_type == "refresh_token":
                 (refresh,) = _required(form, "refresh_token")
-                grant = await grants.refresh(refresh, client.client_id)
+                grant = await grants.refresh(refresh, client.client_id,
+                                             context.client_address(request))
             elif grant_type is None:
                 raise InvalidRequest("Required: grant_type.")
             else:

@@ -40,7 +40,7 @@ from shared.hashing import normalize_code, short_digest, slot_code
 from shared.limits import Attempt, AttemptBudget, RateLimited, retry_after
 from shared.redis import Unavailable, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings, code_windows
-from shared.tokens import Claims, client_tag, new_token_id, seal
+from shared.tokens import Claims, client_tag, field_tail, new_token_id, seal
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +282,8 @@ class Codes:
                 await self._register(
                     keys=[user_key],
                     args=[token_id, expires, now // 1000, settings.token_ttl_seconds,
-                          stored.record, stored.generation],
+                          stored.record, stored.generation,
+                          field_tail(address, client=client.name if client else "")],
                     client=pipe,
                 )
                 await self.budget.queue_settle(pipe, attempt, failed=False)

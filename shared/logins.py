@@ -244,16 +244,19 @@ class Logins:
             id=login_id, payload=payload, bot_username=str(username), expires_in=ttl
         )
 
-    async def poll(self, login_id: str, client: ApiClient | None) -> PollResult | None:
+    async def poll(
+        self, login_id: str, client: ApiClient | None, address: str = ""
+    ) -> PollResult | None:
         """The request's status for its own client, or None (unknown, expired, another
         client's, already delivered). An approval comes back once, with a new access
-        token; the request is gone after that."""
+        token (its session listed from `address`'s network); the request is gone after
+        that."""
         found = await self._read(login_id, client_id(self.settings, client))
         if found is None or isinstance(found, PollResult):
             return found
         user, generation, state = found
         # the approval is taken: from here the token is only sealed, nothing can fail
-        token = await self.store.sessions.token_for_approval(user, generation, client)
+        token = await self.store.sessions.token_for_approval(user, generation, client, address)
         redemption = Redemption(
             user=public_user(user), access_token=token,
             expires_in=self.settings.token_ttl_seconds,

@@ -50,8 +50,9 @@ from shared import keys
 from shared.codes import User, pack_record, unpack_record
 from shared.hashing import b64url, keyed, short_digest, unb64url
 from shared.redis import scripts, unavailable_on_error
+from shared.sessions import counts, read_token
 from shared.settings import Secret, Settings
-from shared.tokens import Claims, new_token_id, seal, tag, unseal
+from shared.tokens import Claims, field_tail, new_token_id, seal, tag, unseal
 
 # an OIDC access token counts this long (s); a refresh gets a new one
 ACCESS_TTL_SECONDS = 3600
@@ -182,10 +183,12 @@ class OidcGrants:
         return code
 
     async def redeem(
-        self, code: str, client_id: str, redirect_uri: str, code_verifier: str
+        self, code: str, client_id: str, redirect_uri: str, code_verifier: str,
+        address: str = "",
     ) -> Grant:
         """The tokens for a code, once; `InvalidGrant` for anything else. A code
-        presented again revokes what its first redeem issued."""
+        presented again revokes what its first redeem issued. `address` (the token
+        request's) lists the session's network (`shared.tokens.field_tail`)."""
         key = self._code_key(code)
         if key is None:
             raise InvalidGrant()
@@ -199,7 +202,8 @@ class OidcGrants:
             answer = await self._redeem(
                 keys=[key, keys.user(uid), keys.oidc_family(uid, family_hash)],
                 args=[int(time.time() * 1000), client_id, redirect_uri, challenge,
-                      family_hash, token_id, expires, self.settings.token_ttl_seconds],
+                      family_hash, token_id, expires, self.settings.token_ttl_seconds,
+                      self._tail(address, family_hash, client_id)],
             )
         if answer[0] == _Answer.REUSED:
             await self._revoke_family(uid, str(answer[1]))
@@ -208,6 +212,13 @@ class OidcGrants:
         _, generation, nonce, scope, auth_time, record = answer
         return self._grant(uid, client_id, family_id, 0, int(generation), token_id, expires,
                            scope, auth_time, record, nonce=str(nonce) or None)
+
+    def _tail(self, address: str, family_hash: str, client_id: str) -> str:
+        """The end of the access token's field in the user's hash: the request's network,
+        the family (so /sessions ends it whole), the client's name."""
+        oidc = self.settings.oidc
+        client = oidc.client(client_id) if oidc is not None else None
+        return field_tail(address, family_hash, client.name if client else client_id)
 
     # -- refresh tokens ---------------------------------------------------------------------
 
@@ -235,7 +246,7 @@ class OidcGrants:
             return None
         return uid, family_id, rotation
 
-    async def refresh(self, refresh_token: str, client_id: str) -> Grant:
+    async def refresh(self, refresh_token: str, client_id: str, address: str = "") -> Grant:
         """A new access token and the next refresh token; the presented one stops
         working. One already rotated revokes its family; `InvalidGrant` either way."""
         unsealed = self._unseal_refresh(refresh_token)
@@ -249,7 +260,8 @@ class OidcGrants:
             answer = await self._refresh(
                 keys=[keys.oidc_family(uid, family_hash), keys.user(uid)],
                 args=[client_id, rotation, token_id, expires, now,
-                      self.settings.token_ttl_seconds],
+                      self.settings.token_ttl_seconds,
+                      self._tail(address, family_hash, client_id)],
             )
         if answer[0] == _Answer.REUSED:
             await self._revoke_family(uid, family_hash)
@@ -318,15 +330,11 @@ class OidcGrants:
         if sealed is None:
             return None
         client_id, profile, claims = sealed
-        with unavailable_on_error():
-            record, generation, state = await self.redis.hmget(
-                keys.user(claims.user_id), ["r", "g", claims.token_id]
-            )
-        if record is None or int(generation or 0) != claims.generation:
-            return None
-        if state is not None and str(state).startswith("-"):
+        # one round trip, noting the token's use for /sessions (as `shared.sessions`)
+        found = await read_token(self.redis, claims)
+        if not counts(claims, found):
             return None  # unlisted (past 256) counts, as in `shared.sessions`
-        return Access(client_id, unpack_record(claims.user_id, str(record)), profile)
+        return Access(client_id, unpack_record(claims.user_id, str(found[0])), profile)
 
     async def access_user(
         self, token: str, client_ids: tuple[str, ...]

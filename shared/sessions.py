@@ -4,13 +4,19 @@ Tokens are sealed (`shared.tokens`); a well-sealed token counts while it has
 not expired, was obtained by the API client asking, was made at the user's
 current session generation and is not marked revoked. All of it is one hash per
 user (`keys.user`: the record, the generation, the token ids), so each operation is
-one round trip, and a live token costs Redis its id and expiry in that hash.
+one round trip, and a live token costs Redis its id and field in that hash (expiry,
+when it began and was last used, from which network, for which client:
+`shared.tokens`). Reading a token to judge it notes its use in the same script
+(`token_touch.lua`, a write at most once a minute); `/sessions` lists a user's live
+tokens (an OpenID Connect token family as one session) and ends one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -18,7 +24,58 @@ from shared import keys
 from shared.codes import Codes, User, make_token, now_ms, pack_record, unpack_record
 from shared.redis import Unavailable, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
-from shared.tokens import Claims, client_tag, new_token_id, unseal
+from shared.tokens import (
+    Claims,
+    Listed,
+    client_tag,
+    field_tail,
+    new_token_id,
+    parse_field,
+    unseal,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """A session `/sessions` ended: what its `session.ended` event tells."""
+
+    user_id: int
+    session: Listed  # its field as it was (token id, client name, began, network ...)
+    oidc_client_id: str  # the OIDC client's id for a token family's session, else ""
+
+
+def client_name(settings: Settings, stored: str) -> str:
+    """The name of the client a session's field names, as configured: the stored one, or
+    the one configured name (API_KEYS, OIDC_CLIENTS) it is the start of (a long name is
+    cut to fit the field); as stored when no configured name matches."""
+    names = [client.name for client in settings.api_keys]
+    if settings.oidc is not None:
+        names += [client.name for client in settings.oidc.clients]
+    if not stored or stored in names:
+        return stored
+    longer = {name for name in names if name.startswith(stored)}
+    return longer.pop() if len(longer) == 1 else stored
+
+
+async def read_token(redis: Redis, claims: Claims, now: float | None = None) -> list[Any]:
+    """[record, generation, field] of the token's user as Redis has them, noting the
+    token's use (at most one write a minute): one round trip (`token_touch.lua`)."""
+    touch = scripts(redis).get("token_touch.lua")
+    when = int(time.time() if now is None else now)
+    with unavailable_on_error():
+        found = await touch(keys=[keys.user(claims.user_id)],
+                            args=[claims.token_id, claims.generation, when])
+    return list(found)
+
+
+def counts(claims: Claims, found: list[Any]) -> bool:
+    """Whether what `read_token` found lets the token count: the user is known, the
+    generation is the token's, and its id is not marked revoked (an id not listed, past
+    256, counts)."""
+    record, generation, state = found
+    if record is None or int(generation or 0) != claims.generation:
+        return False
+    return state is None or not str(state).startswith("-")
 
 
 class Sessions:
@@ -29,6 +86,7 @@ class Sessions:
         self._revoke = scripts(redis).get("token_revoke.lua")
         self._logout = scripts(redis).get("logout.lua")
         self._register = scripts(redis).get("token_register.lua")
+        self._end = scripts(redis).get("token_end.lua")
 
     def _claims(self, token: str, client: ApiClient | None) -> Claims | None:
         """The token's claims if it is sealed by us, unexpired, and `client`'s."""
@@ -39,22 +97,18 @@ class Sessions:
             return None
         return claims
 
-    async def user_for(self, token: str, client: ApiClient | None) -> User | None:
+    async def user_for(
+        self, token: str, client: ApiClient | None, now: float | None = None
+    ) -> User | None:
         """The user an access token belongs to, or None if it does not count (for
-        `client`)."""
+        `client`); its last use is noted (`read_token`)."""
         claims = self._claims(token, client)
         if claims is None:
             return None
-        uid = claims.user_id
-        with unavailable_on_error():
-            record, generation, state = await self.redis.hmget(
-                keys.user(uid), ["r", "g", claims.token_id]
-            )
-        if record is None or int(generation or 0) != claims.generation:
+        found = await read_token(self.redis, claims, now)
+        if not counts(claims, found):
             return None
-        if state is not None and str(state).startswith("-"):
-            return None
-        return unpack_record(uid, str(record))
+        return unpack_record(claims.user_id, str(found[0]))
 
     async def revoke(self, token: str, client: ApiClient | None) -> bool:
         """End one access token; False if it did not count."""
@@ -95,7 +149,7 @@ class Sessions:
         return int(generation or 0)
 
     async def token_for_approval(
-        self, user: User, generation: int, client: ApiClient | None
+        self, user: User, generation: int, client: ApiClient | None, address: str = ""
     ) -> str:
         """The access token for a delivered approval, sealed at the generation read when
         the user approved (so a /logout since ends it too). Its id is listed for
@@ -106,6 +160,52 @@ class Sessions:
         with contextlib.suppress(Unavailable), unavailable_on_error():
             await self._register(
                 keys=[keys.user(uid)],
-                args=[token_id, now // 1000 + ttl, now // 1000, ttl, "", generation],
+                args=[token_id, now // 1000 + ttl, now // 1000, ttl, "", generation,
+                      field_tail(address, client=client.name if client else "")],
             )
         return make_token(self.settings, uid, generation, client, token_id, now)
+
+    # -- /sessions ---------------------------------------------------------------------------
+
+    async def listed(self, user_id: int, now: float | None = None) -> list[Listed]:
+        """The user's live sessions, newest first: each listed API token, and each OpenID
+        Connect token family once (its newest access token, last used when any of them
+        was)."""
+        when = time.time() if now is None else now
+        with unavailable_on_error():
+            fields = await self.redis.hgetall(keys.user(user_id))
+        families: dict[str, list[Listed]] = {}
+        found: list[Listed] = []
+        for name, value in fields.items():
+            listed = None if name in ("r", "g") else parse_field(str(name), str(value))
+            if listed is None or listed.expires <= when:
+                continue
+            if listed.family:
+                families.setdefault(listed.family, []).append(listed)
+            else:
+                found.append(listed)
+        for family in families.values():
+            newest = max(family, key=lambda s: s.expires)
+            last = max((s.last_used for s in family if s.last_used is not None), default=None)
+            found.append(dataclasses.replace(newest, last_used=last))
+        found.sort(key=lambda s: (s.began or 0, s.last_used or 0, s.token_id), reverse=True)
+        return found
+
+    async def end(self, user_id: int, token_id: str, now: float | None = None) -> Ended | None:
+        """End one session of the user (its token at once; an OIDC session's whole token
+        family): what its `session.ended` event needs, or None when it was not live
+        (ended before, expired, or not the user's)."""
+        when = int(time.time() if now is None else now)
+        key = keys.user(user_id)
+        with unavailable_on_error():
+            value = await self.redis.hget(key, token_id)
+            listed = parse_field(token_id, str(value)) if value is not None else None
+            if listed is None:
+                return None
+            family = [keys.oidc_family(user_id, listed.family)] if listed.family else []
+            answer = await self._end(keys=[key, *family], args=[token_id, when])
+        if not int(answer[0]):
+            return None
+        ended = parse_field(token_id, str(answer[1])) or listed
+        return Ended(user_id=user_id, session=ended, oidc_client_id=str(answer[2]))
+

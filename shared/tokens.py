@@ -10,15 +10,25 @@ with the rest of that hash whether a well-sealed token still counts
 - the generation `g`: `/logout` raises it, which ends every token made before;
   a redeem lists its token only if the generation is still the one its code was
   issued at, in one atomic step;
-- per token id its expiry, or "-<expiry>" once revoked (until it would have
+- per token id its field (below), or "-<expiry>" once revoked (until it would have
   expired anyway); the live ids also let `/logout` say how many sessions it
-  ended.
+  ended, and `/sessions` list them.
+
+A live token's field is "<expiry>|<lifetime>|<used>|<network>[|<family>[|<client>]]":
+its expiry (unix s, first, so every script finds it as the leading number), how many
+minutes before it the session began, in which minute after that it was last used (the
+scripts move it on at most once a minute), the network the request that obtained it
+came from (`network`: an IPv4 /24 or IPv6 /48, never the whole address), the OpenID
+Connect token family it belongs to, and the client's name as it was then (API_KEYS
+name, or the OIDC client's), cut so the field stays within Redis's 64-byte listpack
+value. About 24 bytes for an open API's token from an IPv4 address.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -96,3 +106,74 @@ def unseal(secret: Secret, token: str) -> Claims | None:
     if version != _VERSION:
         return None
     return Claims(user_id, expires, generation, token_id.hex(), client.hex())
+
+
+# -- a listed token's field in the user's hash -----------------------------------------------
+
+# what follows "<expiry>|<lifetime>|<used>|": the field stays within 64 B while both
+# counts of minutes have at most 5 digits (token lifetimes up to 69 days)
+_TAIL_BYTES = 41
+_V4_BYTES, _V6_BYTES = 3, 6  # an IPv4 /24, an IPv6 /48
+
+
+def network(address: str) -> str:
+    """The network a client address belongs to, compactly (base64url of its first 3
+    bytes for IPv4, 6 for IPv6; an IPv4-mapped IPv6 address is IPv4); "" for anything
+    that is not an IP address."""
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]").split("%", 1)[0])
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    size = _V4_BYTES if ip.version == 4 else _V6_BYTES
+    return b64url(ip.packed[:size])
+
+
+def network_text(packed: str) -> str:
+    """What `network` made, as people write it ("192.0.2.0/24", "2001:db8:1::/48");
+    "" when unknown."""
+    raw = unb64url(packed) if packed else None
+    if raw is not None and len(raw) == _V4_BYTES:
+        return f"{ipaddress.IPv4Address(raw + bytes(1))}/24"
+    if raw is not None and len(raw) == _V6_BYTES:
+        return f"{ipaddress.IPv6Address(raw + bytes(10))}/48"
+    return ""
+
+
+def field_tail(address: str, family: str = "", client: str = "") -> str:
+    """The end of a listed token's field: "<network>[|<family>[|<client name>]]", the
+    name cut (whole characters) so it fits."""
+    head = network(address) + (f"|{family}" if family or client else "")
+    if not client:
+        return head
+    room = _TAIL_BYTES - len(head.encode()) - 1
+    name = client.encode()[: max(room, 0)].decode(errors="ignore")
+    return f"{head}|{name}"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A live token as its field lists it."""
+
+    token_id: str
+    expires: int  # unix s
+    began: int | None  # unix s; None for a field from before sessions were recorded
+    last_used: int | None  # unix s, to the minute
+    network: str  # "192.0.2.0/24", "2001:db8:1::/48", or ""
+    family: str  # the OIDC token family's hash; "" for an API token
+    client: str  # the client's name when it began ("" for the open API)
+
+
+def parse_field(token_id: str, value: str) -> Listed | None:
+    """A token's field read back; None when it is revoked or not a field at all."""
+    parts = value.split("|", 5)
+    if not parts[0].isdigit():
+        return None  # "-<expiry>": revoked
+    expires = int(parts[0])
+    if len(parts) < 4 or not (parts[1].isdigit() and parts[2].isdigit()):
+        return Listed(token_id, expires, None, None, "", "", "")
+    began = expires - int(parts[1]) * 60
+    parts += [""] * (6 - len(parts))
+    return Listed(token_id, expires, began, began + int(parts[2]) * 60,
+                  network_text(parts[3]), parts[4], parts[5])

@@ -10,7 +10,8 @@ local fields = redis.call("HGETALL", KEYS[1])
 for i = 1, #fields, 2 do
   local name, value = fields[i], fields[i + 1]
   if name ~= "r" and name ~= "g" then
-    if string.sub(value, 1, 1) ~= "-" and tonumber(value) > now then
+    -- "<expiry>|..." while live, "-<expiry>" once revoked (shared/tokens.py)
+    if string.sub(value, 1, 1) ~= "-" and tonumber(string.match(value, "^(%d+)")) > now then
       ended = ended + 1
     end
     redis.call("HDEL", KEYS[1], name)

@@ -6,6 +6,8 @@
 -- ARGV[4] S256 challenge of the verifier presented ("" when the verifier is malformed)
 -- ARGV[5] the new family's hash   ARGV[6] access token id   ARGV[7] its expiry (unix s)
 -- ARGV[8] how long the family, the spent code and the user's hash live (s)
+-- ARGV[9] the access token's field tail in the user's hash: "<network>|<family>|<client
+-- name>" (shared/tokens.py); the session began at the code's auth_time
 -- Returns {1, generation, nonce, scope, auth_time, record} when redeemed;
 -- {2, family hash} when the code was redeemed before (a reuse: revoke that family);
 -- {0} otherwise (unknown, expired, refused: the code is spent either way).
@@ -38,7 +40,10 @@ redis.call("EXPIRE", KEYS[3], ttl)
 -- the access token in the user's hash, as token_register.lua lists one (at most 256)
 local others = redis.call("HEXISTS", KEYS[2], "r") + redis.call("HEXISTS", KEYS[2], "g")
 if redis.call("HLEN", KEYS[2]) - others < 256 then
-  redis.call("HSET", KEYS[2], ARGV[6], ARGV[7])
+  local expiry, began = tonumber(ARGV[7]), tonumber(code[6])
+  local now = math.floor(tonumber(ARGV[1]) / 1000)
+  redis.call("HSET", KEYS[2], ARGV[6], ARGV[7] .. "|" .. math.floor((expiry - began) / 60)
+    .. "|" .. math.floor((now - began) / 60) .. "|" .. ARGV[9])
 end
 redis.call("HSET", KEYS[2], "r", code[7])
 if redis.call("TTL", KEYS[2]) < ttl then

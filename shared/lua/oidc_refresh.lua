@@ -4,6 +4,8 @@
 -- ARGV[1] client id   ARGV[2] the presented token's rotation number
 -- ARGV[3] new access token id   ARGV[4] its expiry (unix s)   ARGV[5] now (unix s)
 -- ARGV[6] how long the family and the user's hash live (s)
+-- ARGV[7] the new access token's field tail in the user's hash: "<network>|<family>|
+-- <client name>" (shared/tokens.py); the session began at the family's auth_time
 -- Returns {1, rotation number, generation, scope, auth_time, record} when rotated;
 -- {2} for a token already rotated (a reuse: revoke the family); {0} otherwise.
 if redis.call("EXISTS", KEYS[1]) == 0 then
@@ -38,7 +40,9 @@ redis.call("HSET", KEYS[1], "t" .. ARGV[3], ARGV[4])
 redis.call("EXPIRE", KEYS[1], ttl)
 local others = redis.call("HEXISTS", KEYS[2], "r") + redis.call("HEXISTS", KEYS[2], "g")
 if redis.call("HLEN", KEYS[2]) - others < 256 then
-  redis.call("HSET", KEYS[2], ARGV[3], ARGV[4])
+  local expiry, began = tonumber(ARGV[4]), tonumber(family[5])
+  redis.call("HSET", KEYS[2], ARGV[3], ARGV[4] .. "|" .. math.floor((expiry - began) / 60)
+    .. "|" .. math.floor((now - began) / 60) .. "|" .. ARGV[7])
 end
 redis.call("HSET", KEYS[2], "r", family[6])
 if redis.call("TTL", KEYS[2]) < ttl then

@@ -1,24 +1,27 @@
--- List a new access token among the user's, so /logout can say how many it ends, and
--- read the session generation it is sealed at (in the same step, so a /logout after
--- this ends it, and one before does not).
--- KEYS[1] the user (hash: r record, g generation, <token id> -> expiry s or "-<expiry>")
+-- List a new access token among the user's, so /logout can say how many it ends and
+-- /sessions can show it, and read the session generation it is sealed at (in the same
+-- step, so a /logout after this ends it, and one before does not).
+-- KEYS[1] the user (hash: r record, g generation, <token id> -> the token's field,
+--         "<expiry s>|<lifetime min>|<used min>|<network>[|<family>[|<client name>]]",
+--         or "-<expiry>" once revoked: see shared/tokens.py)
 -- ARGV[1] token id   ARGV[2] its expiry (unix s)   ARGV[3] now (unix s)
 -- ARGV[4] how long the user's hash lives (s)   ARGV[5] the user record ("" keeps it)
 -- ARGV[6] the generation it must be made at ("" for the current one)
+-- ARGV[7] the field's tail: "<network>[|<family>[|<client name>]]"
 -- Returns {1, generation} when the token counts (listed, unless 256 are), {0, generation}
 -- when the generation moved on.
 local generation = redis.call("HGET", KEYS[1], "g") or "0"
 if ARGV[6] ~= "" and ARGV[6] ~= generation then
   return {0, generation}
 end
+local now = tonumber(ARGV[3])
 -- forget tokens that have expired anyway, now and then (a hash of few fields is cheap)
 if redis.call("HLEN", KEYS[1]) > 8 then
-  local now = tonumber(ARGV[3])
   local fields = redis.call("HGETALL", KEYS[1])
   for i = 1, #fields, 2 do
     local name = fields[i]
     if name ~= "r" and name ~= "g" then
-      local expiry = tonumber((string.gsub(fields[i + 1], "^-", "")))
+      local expiry = tonumber(string.match(fields[i + 1], "^-?(%d+)"))
       if expiry <= now then
         redis.call("HDEL", KEYS[1], name)
       end
@@ -29,7 +32,8 @@ end
 -- /logout ends it by the generation, it is only not counted in the number it reports
 local others = redis.call("HEXISTS", KEYS[1], "r") + redis.call("HEXISTS", KEYS[1], "g")
 if redis.call("HLEN", KEYS[1]) - others < 256 then
-  redis.call("HSET", KEYS[1], ARGV[1], ARGV[2])
+  local lifetime = math.floor((tonumber(ARGV[2]) - now) / 60)
+  redis.call("HSET", KEYS[1], ARGV[1], ARGV[2] .. "|" .. lifetime .. "|0|" .. ARGV[7])
 end
 if ARGV[5] ~= "" then
   redis.call("HSET", KEYS[1], "r", ARGV[5])
