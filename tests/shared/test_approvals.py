@@ -213,3 +213,31 @@ def test_redis_holds_no_approval_id(redis_url: str, redis_server: RedisServer) -
     dump = redis_server.dump()
     assert ids[0] not in dump and ids[0].split(".")[1] not in dump
     assert SHOP.key.reveal() not in dump
+
+
+def test_every_operation_runs_on_a_real_cluster(cluster_env: dict[str, str]) -> None:
+    """Each script's keys share the user's hash slot, and the queue works on a Cluster
+    node, which refuses a cross-slot script."""
+    settings = make_settings(cluster_env["REDIS_URL"], REDIS_CLUSTER="1")
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        queue = ApprovalQueue(store.redis, "bot-1")
+        await queue.ensure_group()
+        with pytest.raises(UnknownUser):
+            await approvals.create(SHOP, 4242, "Pay", None, False)
+        created = await approvals.create(SHOP, ANN["id"], "Pay", "s", True)
+        (entry,) = await queue.read(10, 100)
+        key_hash = approvals.key_hash(created.id)
+        assert entry[1:] == (ANN["id"], key_hash)
+        prompt = await approvals.prompt(ANN["id"], key_hash)
+        assert prompt is not None and prompt.match == created.match_number
+        await approvals.sent(ANN["id"], key_hash, 7)
+        await queue.done(entry[0])
+        decided = await approvals.decide(ANN, key_hash, True, created.match_number)
+        assert decided is not None and decided.status == "approved"
+        result = await approvals.status(created.id, SHOP)
+        assert result is not None and result.status == "approved"
+        other = await approvals.create(SHOP, BOB["id"], "Pay", None, False)
+        assert await approvals.undeliverable(BOB["id"], approvals.key_hash(other.id))
+
+    run(settings, body)
