@@ -130,6 +130,14 @@ def test_create_refuses_a_bad_body(client: TestClient, body: dict[str, Any]) -> 
     assert response.json()["error"] == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    "raw", [b'{"user_id": 1001, "text": "Pay \\ud800"}', b'{"user_id": 1001, "text": "\xff"}']
+)
+def test_text_that_is_not_unicode_is_400(client: TestClient, raw: bytes) -> None:
+    response = client.post(PATH, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "invalid_request"
+
+
 def test_line_breaks_and_markup_are_text(client: TestClient) -> None:
     create(client, text="Pay <b>10</b> *EUR*\nto [me](https://evil.example)")
 

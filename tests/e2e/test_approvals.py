@@ -243,7 +243,7 @@ def test_expired_approval_says_so_in_the_api_and_the_bot(
 
 def test_unknown_user_is_404(system: tuple[ApiProcess, BotProcess]) -> None:
     api, bot = system
-    bot.ask("/help", BOB)  # talked to the bot, never logged in: unknown
+    code_of(bot.ask("/code", BOB))  # got a code, never logged in with it: unknown
     response = httpx.post(f"{api.url}{PATH}", json={"user_id": BOB["id"], "text": "Pay"},
                           headers=SHOP)
     assert response.status_code == 404 and response.json()["error"] == "unknown_user"
