@@ -33,7 +33,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot_worker import approvals, handlers, messages
+from bot_worker import approvals, handlers, messages, sessions
 from bot_worker.dispatch import Dispatcher
 from bot_worker.limiter import SharedRateLimiter
 from bot_worker.polling import Poller, UpdatesRequest
@@ -59,7 +59,7 @@ BotApplication: TypeAlias = Application[
 
 SETTINGS = "settings"
 UPDATES_REQUEST = "updates request"
-COMMANDS = ("start", "code", "logout", "help")
+COMMANDS = ("start", "code", "logout", "sessions", "help")
 # retry delays (s) for publishing the username while Redis is unreachable
 PUBLISH_RETRY_FIRST = 0.5
 PUBLISH_RETRY_MAX = 5.0
@@ -113,6 +113,13 @@ def add_handlers(application: BotApplication) -> None:
     application.add_handler(CommandHandler("code", handlers.code, filters=_PRIVATE))
     application.add_handler(CommandHandler("logout", handlers.logout, filters=_PRIVATE))
     application.add_handler(CommandHandler("help", handlers.help_command, filters=_PRIVATE))
+    application.add_handler(
+        CommandHandler("sessions", sessions.list_sessions, filters=_PRIVATE)
+    )
+    # End and the page buttons under a /sessions list
+    application.add_handler(
+        CallbackQueryHandler(sessions.session_button, pattern=sessions.SESSIONS_CALLBACKS)
+    )
     # Approve / Deny / a number under a push approval (refused outside private chats)
     application.add_handler(
         CallbackQueryHandler(approvals.approval_decision, pattern=approvals.CALLBACKS)

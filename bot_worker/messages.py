@@ -268,6 +268,8 @@ def help_text(lang: Lang, ttl_seconds: int) -> str:
             f"Код действует {valid} и подходит только один раз; новый код отменяет "
             "предыдущий.\n"
             "/logout — выйти везде: завершить все сеансы, открытые с помощью кодов.\n"
+            "/sessions — ваши сеансы: где, с какого времени, когда использованы; "
+            "любой можно завершить.\n"
             "/help — эта справка.\n\n"
             "Вход по ссылке: если сайт предлагает кнопку «Войти через Telegram», она "
             "откроет этот чат — просто подтвердите вход, ничего вводить не нужно.\n\n"
@@ -279,6 +281,7 @@ def help_text(lang: Lang, ttl_seconds: int) -> str:
         f"A code is valid for {valid} and works only once; a new code cancels the "
         "previous one.\n"
         "/logout — log out everywhere: end every session opened with your codes.\n"
+        "/sessions — your sessions: where, since when, last used; end any of them.\n"
         "/help — this help.\n\n"
         "Login by link: when a site offers a \"Log in with Telegram\" button, it opens "
         "this chat — just approve the login, nothing to type.\n\n"
@@ -298,10 +301,12 @@ def commands(lang: Lang) -> list[tuple[str, str]]:
         return [
             ("code", "Получить код для входа"),
             ("logout", "Выйти на всех сайтах"),
+            ("sessions", "Активные сеансы"),
             ("help", "Как это работает"),
         ]
     return [
         ("code", "Get a login code"),
         ("logout", "Log out everywhere"),
+        ("sessions", "Active sessions"),
         ("help", "How it works"),
     ]

@@ -115,7 +115,7 @@ def test_every_text_differs_between_languages() -> None:
 def test_command_menus_name_the_same_commands() -> None:
     en = [name for name, _ in messages.commands("en")]
     ru = [name for name, _ in messages.commands("ru")]
-    assert en == ru == ["code", "logout", "help"]
+    assert en == ru == ["code", "logout", "sessions", "help"]
 
 
 def test_number_matching_texts() -> None:
