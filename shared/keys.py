@@ -24,9 +24,10 @@ PREFIX = "tgl:"
 CODE = PREFIX + "c:"
 # per user who has a token: hash r (the user record as of the last login), g (session
 # generation, absent until the first /logout: raising it ends every token made before),
-# and per token id its expiry (unix s), "-<expiry>" once revoked, so /logout can say
-# how many it ends (up to 256 listed); TTL TOKEN_TTL_SECONDS from the last token or
-# /logout
+# and per token id "<expiry s>|<lifetime min>|<last used min>|<network>[|<OIDC family
+# hash>[|<client name>]]" (`shared.tokens`), "-<expiry>" once revoked, so /logout can
+# say how many it ends and /sessions list them (up to 256 listed); TTL
+# TOKEN_TTL_SECONDS from the last token or /logout
 USER = PREFIX + "user:"
 # per client address (an IPv6 /64 counts as one): failed redeems in the current window,
 # TTL REDEEM_FAIL_WINDOW_SECONDS from the first failure; and the redeems in flight
