@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from shared import keys
-from shared.oidc_grants import OidcGrants
+from shared.oidc_grants import InvalidGrant, OidcGrants
 from shared.settings import Settings, load_settings
 from shared.store import Store
 from shared.tokens import unseal
@@ -375,3 +375,39 @@ def test_me_is_still_one_round_trip(
             # the request reached Redis before its answer came back: counted already
             turns.append(proxy.turns - before)
     assert statistics.median(turns) == 1, turns
+
+
+def test_sessions_on_a_cluster(
+    start_bot: BotStarter, start_api: ApiStarter, cluster_env: dict[str, str],
+) -> None:
+    """On a Redis Cluster (scripts refused across slots): listing, noting a use, and
+    End of an API session and of an OpenID Connect one (whose family key sits in the
+    user's slot)."""
+    bot = start_bot(cluster_env["REDIS_URL"], API_KEYS=API_KEYS, REDIS_CLUSTER="1")
+    api = start_api(**cluster_env, AUTH_SECRET=AUTH_SECRET, API_KEYS=API_KEYS)
+    settings = load_settings(env={"AUTH_SECRET": AUTH_SECRET, "API_KEYS": API_KEYS,
+                                  **cluster_env}, env_file="/nonexistent")
+    system = System(bot, api, settings)
+    token = redeem(system, ANN, "203.0.113.5", SHOP_KEY)
+    assert me(system, token, SHOP_KEY) == 200
+
+    async def oidc_login(store: Store) -> Any:
+        record = {"username": None, "last_name": None, "language_code": None, **ANN}
+        grants = OidcGrants(store.redis, settings)
+        code = await grants.create("shop", SHOP_CALLBACK, CHALLENGE, None, record,
+                                   int(time.time()), "openid")
+        return await grants.redeem(code, "shop", SHOP_CALLBACK, VERIFIER, "2001:db8::1")
+
+    grant = run_on_store(settings, oidc_login)
+    shown = bot.ask("/sessions", ANN)
+    assert shown["text"].startswith("Active sessions: 2.") and "from 2001:db8::/48" in shown["text"]
+    for data in end_data(shown):
+        _, shown = tap(system, shown, data, ANN)
+    assert shown["text"] == "No active sessions."
+    assert me(system, token, SHOP_KEY) == 401
+
+    async def refresh(store: Store) -> Any:
+        return await OidcGrants(store.redis, settings).refresh(grant.refresh_token, "shop")
+
+    with pytest.raises(InvalidGrant):
+        run_on_store(settings, refresh)
