@@ -18,8 +18,19 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api_worker import approvals, codes, demo, login_requests, oidc, openapi, ops, tokens
+from api_worker import (
+    approvals,
+    codes,
+    demo,
+    events,
+    login_requests,
+    oidc,
+    openapi,
+    ops,
+    tokens,
+)
 from api_worker.auth import warn_if_open
+from api_worker.delivery import Deliverer
 from api_worker.errors import EXCEPTION_HANDLERS
 from api_worker.front import Front, direct
 from api_worker.waiters import Waiters
@@ -75,6 +86,8 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.oidc_grants = OidcGrants(store.redis, settings)
     waiters = app.state.waiters = Waiters(partial(decisions, settings))
     listener = asyncio.create_task(waiters.run(), name="login-decision listener")
+    deliverer = Deliverer(settings, store.redis)
+    deliverer.start()
     try:
         try:
             await store.ping()
@@ -86,6 +99,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
     finally:
         waiters.close()
+        await deliverer.close()
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
@@ -102,7 +116,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             [
                 *_direct(
                     [*codes.routes, *tokens.routes, *login_requests.routes, *ops.routes,
-                     *openapi.routes, *oidc.routes(settings)]
+                     *openapi.routes, *oidc.routes(settings),
+                     *events.routes]
                 ),
                 *_direct([*approvals.routes]),  # GET only reads: HEAD is safe
                 *demo_routes,  # some with middleware of their own

@@ -22,9 +22,11 @@ from api_worker import context
 from api_worker.approvals import MAX_USER_ID
 from api_worker.auth import API_KEY_HEADER
 from api_worker.body import MAX_BODY_BYTES
+from api_worker.events import PAGE as EVENTS_PAGE
 from api_worker.login_requests import MAX_STATE, MAX_WAIT
 from shared.approvals import MAX_STATE as MAX_APPROVAL_STATE
 from shared.approvals import MAX_TEXT as MAX_APPROVAL_TEXT
+from shared.events import EVENT_TYPES
 
 Json = dict[str, Any]
 
@@ -138,6 +140,11 @@ RESPONSES: Json = {
         "No such approval for this client: unknown, gone (APPROVAL_TTL_SECONDS after it "
         "was decided or expired), or another client's.",
         "not_found",
+    ),
+    "InvalidEventsQuery": _error(
+        "`after` is not the id of an event this API returned, `wait` is not a whole "
+        f"number from 0 to {MAX_WAIT}, or the query has another parameter.",
+        "invalid_request",
     ),
     "Internal": _error("An unexpected error; it is logged.", "internal"),
     "InvalidUrl": _error(
@@ -277,6 +284,33 @@ SCHEMAS: Json = {
                 "description": "Who decided it (approved, denied).",
             },
             "state": {"type": "string"},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["id", "type", "timestamp", "data"],
+        "properties": {
+            "id": {
+                "type": "string", "pattern": "^[0-9]+-[0-9]+$",
+                "description": "Pass as `after` to get what came later.",
+            },
+            "type": {"enum": list(EVENT_TYPES)},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "data": {
+                "type": "object",
+                "required": ["user"],
+                "description": "`user`, and `id` of the request it concerns where one exists.",
+                "properties": {"user": _ref("schemas", "User"), "id": {"type": "string"}},
+            },
+        },
+    },
+    "Events": {
+        "type": "object",
+        "required": ["events", "next"],
+        "properties": {
+            "events": {"type": "array", "items": _ref("schemas", "Event"),
+                       "maxItems": EVENTS_PAGE},
+            "next": {"type": "string", "description": "The `after` of the next call."},
         },
     },
     "LoginStatus": {
@@ -476,6 +510,41 @@ PATHS: Json = {
                 "400": _ref("responses", "InvalidWait"),
                 "401": _ref("responses", "Unauthorized"),
                 "404": _ref("responses", "ApprovalNotFound"),
+                "429": _ref("responses", "RateLimited"),
+                "500": _ref("responses", "Internal"),
+                "503": _ref("responses", "Unavailable"),
+            },
+        }
+    },
+    "/v1/events": {
+        "get": {
+            "summary": "This client's events, oldest first (pull instead of webhooks); with "
+                       "`wait`, held until one arrives",
+            "operationId": "listEvents",
+            "security": _API_KEY,
+            "parameters": [
+                {
+                    "name": "after",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
+                    "description": "The `id` of the last event you have (or the `next` of "
+                                   "the last answer); none: from the oldest kept.",
+                },
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "schema": {
+                        "type": "integer", "minimum": 0, "maximum": MAX_WAIT, "default": 0
+                    },
+                    "description": "Seconds to hold the answer while there is no event.",
+                },
+            ],
+            "responses": {
+                "200": {"description": "Events", "content": _json(_ref("schemas", "Events"))},
+                "400": _ref("responses", "InvalidEventsQuery"),
+                "401": _ref("responses", "Unauthorized"),
                 "429": _ref("responses", "RateLimited"),
                 "500": _ref("responses", "Internal"),
                 "503": _ref("responses", "Unavailable"),

@@ -11,6 +11,9 @@ may pass (Telegram unreachable) leaves the entry pending: this or another proces
 claims it again after `CLAIM_IDLE_MS`, until the approval expires. A process killed
 mid-send leaves it to the others the same way.
 
+The same task sweeps: every `SWEEP_EVERY` it marks the approvals whose time is up
+expired (`Approvals.expire_due`) and edits their messages to say so, without buttons.
+
 The message names the client and quotes the action text as a blockquote entity: the
 text is sent as text with entities, never parsed as markup, so nothing in it can
 format, link or pretend to be the bot's own words outside the quote. Buttons carry the
@@ -45,6 +48,7 @@ from shared.approvals import (
     Approvals,
     Decision,
     Entry,
+    Expired,
     Prompt,
     is_key_hash,
 )
@@ -65,6 +69,8 @@ CLAIM_EVERY = 5.0
 TOUCH_EVERY = 5.0
 # how often consumers of processes long gone are forgotten (s)
 FORGET_EVERY = 600.0
+# how often approvals whose time is up are marked expired (s)
+SWEEP_EVERY = 2.0
 
 
 # -- texts ------------------------------------------------------------------------------
@@ -180,9 +186,12 @@ class Sender:
         """Send until cancelled; ride out Redis failures."""
         loop = asyncio.get_running_loop()
         delay = RETRY_FIRST
-        next_claim = next_forget = loop.time()
+        next_claim = next_forget = next_sweep = loop.time()
         while True:
             try:
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_EVERY
+                    await self.sweep()
                 if loop.time() >= next_forget:
                     next_forget = loop.time() + FORGET_EVERY
                     await self.queue.ensure_group()
@@ -206,6 +215,25 @@ class Sender:
                 logger.exception("unexpected error sending approvals; again in %.1f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
+
+    async def sweep(self) -> None:
+        """Mark approvals whose time is up expired, and take the buttons off their
+        messages (a tap would only be told it expired)."""
+        expired = await self.approvals.expire_due()
+        await asyncio.gather(*(self._expired(e) for e in expired if e.message_id))
+
+    async def _expired(self, expired: Expired) -> None:
+        lang = lang_of(expired.language_code)
+        decision = Decision(outcome="expired", status="expired",
+                            client_name=expired.client_name, state=expired.state)
+        reply = outcome_text(lang, decision, expired.text)
+        try:
+            await self.bot.edit_message_text(
+                reply.text, chat_id=expired.user_id, message_id=expired.message_id,
+                entities=list(reply.entities),
+            )
+        except TelegramError as exc:  # deleted, blocked, edited meanwhile: it stays
+            logger.info("could not mark an expired approval's message: %s", exc)
 
     async def handle(self, entry: Entry) -> None:
         """Send one entry's approval, or find there is nothing to send; acknowledge it

@@ -16,13 +16,19 @@ message tapped by someone else decides nothing.
 who logged in through tglogin (a redeemed code, an approved deep link or OpenID Connect
 login) within TOKEN_TTL_SECONDS of their last login or /logout. Others are unknown.
 
+Expiry: an approval past its `e` reads as expired everywhere at once (the poll and the
+decision scripts compare with Redis's clock); the bot's sweep (`expire_due`, every bot
+process every few seconds, over `APPROVAL_DUE`) is the one step that marks it expired,
+the moment approval.expired belongs to, and takes the buttons off its message.
+
 Creation is three round trips: the client's budget, the create script (known user,
 the user's budget, the record, in the user's slot), then the queue entry the bot
-fleet reads (`APPROVAL_QUEUE`, consumer group `APPROVAL_GROUP`).
+fleet reads (`APPROVAL_QUEUE`, consumer group `APPROVAL_GROUP`) and its due time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import re
@@ -139,6 +145,7 @@ class Approvals:
         self._poll = scripts(redis).get("approval_poll.lua")
         self._decide = scripts(redis).get("approval_decide.lua")
         self._sent = scripts(redis).get("approval_sent.lua")
+        self._expire = scripts(redis).get("approval_expire.lua")
 
     def key_hash(self, approval_id: str) -> str:
         """What the record is named by, the bot's buttons carry, and decisions publish."""
@@ -192,6 +199,7 @@ class Approvals:
                     keys.APPROVAL_QUEUE, {"u": str(user_id), "h": key_hash},
                     maxlen=keys.APPROVAL_QUEUE_MAXLEN, approximate=True,
                 )
+                pipe.zadd(keys.APPROVAL_DUE, {f"{user_id}:{key_hash}": int(value)})
                 pipe.hincrby(keys.stats(), Counter.APPROVALS_CREATED, 1)
                 await pipe.execute()
         return CreatedApproval(id=approval_id, expires_in=ttl, match_number=number)
@@ -277,6 +285,44 @@ class Approvals:
             state=decision.state,
         )
 
+    async def expire_due(self, limit: int = 100) -> list[Expired]:
+        """Mark the pending approvals whose time is up expired (the one place that does,
+        and where approval.expired is appended); forget every due member that is settled
+        or gone. What turned expired now, for the bot to edit its message."""
+        with unavailable_on_error():
+            due = await self.redis.zrangebyscore(
+                keys.APPROVAL_DUE, "-inf", now_ms(), start=0, num=limit
+            )
+            members = [(str(m), *_member(str(m))) for m in due]
+            if not members:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, user_id, key_hash in members:
+                    await self._expire(
+                        keys=[keys.approval(user_id, key_hash), keys.user(user_id)],
+                        client=pipe,
+                    )
+                answers = await pipe.execute()
+            settled = [m for (m, _, _), a in zip(members, answers, strict=True)
+                       if not (int(a[0]) == 0 and str(a[1]) == "pending")]
+            if settled:
+                await self.redis.zrem(keys.APPROVAL_DUE, *settled)
+        expired: list[Expired] = []
+        for (_, user_id, key_hash), answer in zip(members, answers, strict=True):
+            if int(answer[0]) != 1:
+                continue
+            language = None
+            if answer[6]:
+                with contextlib.suppress(ValueError):
+                    language = unpack_record(user_id, str(answer[6])).get("language_code")
+            expired.append(Expired(
+                user_id=user_id, key_hash=key_hash, client_name=str(answer[1]),
+                text=str(answer[2]), message_id=int(answer[3]) if answer[3] else None,
+                state=str(answer[5]) if int(answer[4]) else None,
+                language_code=str(language) if language else None,
+            ))
+        return expired
+
     async def _run_decide(
         self, user_id: int, key_hash: str, decision: str, user: User | None, pick: int | None
     ) -> _Outcome:
@@ -312,6 +358,27 @@ class Approvals:
 
     async def _count(self, counter: Counter) -> None:
         await self.redis.hincrby(keys.stats(), counter, 1)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """An approval the sweep just marked expired: where its message is, what it said."""
+
+    user_id: int
+    key_hash: str
+    client_name: str
+    text: str
+    message_id: int | None  # None: never sent
+    state: str | None
+    language_code: str | None
+
+
+def _member(member: str) -> tuple[int, str]:
+    """A due member's user id and key hash (0 and "" for one that is not ours)."""
+    user, _, key_hash = member.partition(":")
+    if not user.isdigit() or len(user) > 16 or not is_key_hash(key_hash):
+        return 0, ""
+    return int(user), key_hash
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,11 @@ APPROVAL_QUEUE = PREFIX + "approval:queue"
 # the queue's length at most (approximately), should no bot read it for a long time
 APPROVAL_QUEUE_MAXLEN = 100_000
 APPROVAL_GROUP = "bots"
+# sorted set "<user id>:<approval key hash>" -> expiry ms of every approval created: the
+# bot's sweep marks the pending ones expired when their time comes (approval.expired)
+# and removes every member whose approval is settled or gone; no TTL (members live as
+# long as their approval)
+APPROVAL_DUE = PREFIX + "approval:due"
 
 # Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
 # lease, the ledger and the flood-limit scripts each run in one Cluster slot.

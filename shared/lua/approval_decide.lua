@@ -34,9 +34,7 @@ if status == "pending" then
   local now = redis.call("TIME")
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   if now_ms >= tonumber(expiry) then
-    -- EVENT approval.expired (issue 10 items 2-4): appended here, in this step (client:
-    -- name; data: state; nobody decided). approval_poll.lua has the same moment.
-    redis.call("HSET", KEYS[1], "st", "expired")
+    -- past its expiry: too late (approval_expire.lua marks it expired, with its event)
     return {-2, "expired", name, 0, has_state, state or ""}
   end
 end

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -27,8 +28,10 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from shared.events import Events
 from tests.fixtures.api import ANN, ApiStarter, api_settings, issue_code
-from tests.fixtures.store import run_on_logins
+from tests.fixtures.common import wait_until
+from tests.fixtures.store import run_on_logins, run_on_store
 
 EXAMPLES = 40  # per operation and generation mode
 KEY = "schema-test-key-0123456789abcdef"
@@ -112,6 +115,13 @@ def test_every_response_matches_the_published_document(
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     code = issue_code(api_settings(redis_url))
     assert _successes(schema, api.url, headers, code, redis_url) == [200, 200, 200, 200, 204]
+    # GET /v1/events holds `wait` seconds while nothing came after `after`: with an event
+    # of this client delivered, any `after` the examples name answers at once
+    run_on_store(api_settings(redis_url), lambda store: Events(store.redis).emit(
+        ANN["id"], "code.redeemed", "shop" if keys else "", {"user": ANN}
+    ))
+    wait_until(lambda: httpx.get(f"{api.url}/v1/events", headers=headers).json()["events"],
+               timeout=20, what="the event in the pull stream")
     checks = [*CHECKS, ignored_auth] if keys else CHECKS
     seen = _run(api.url, headers, checks)
     print("\n".join(f"{n:4d} {k}" for k, n in sorted(seen.items())))

@@ -241,3 +241,30 @@ def test_every_operation_runs_on_a_real_cluster(cluster_env: dict[str, str]) -> 
         assert await approvals.undeliverable(BOB["id"], approvals.key_hash(other.id))
 
     run(settings, body)
+
+
+def test_the_sweep_marks_expired_once_and_forgets_settled(redis_url: str) -> None:
+    async def body(store: Store, approvals: Approvals) -> None:
+        decided = await approvals.create(SHOP, ANN["id"], "decided", None, False)
+        await approvals.decide(ANN, approvals.key_hash(decided.id), approve=True)
+        sent = await approvals.create(BLOG, BOB["id"], "Pay", "s-2", False)
+        await approvals.sent(BOB["id"], approvals.key_hash(sent.id), 42)
+        assert await approvals.expire_due() == []  # nothing due yet
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not (expired := await approvals.expire_due()):
+            assert loop.time() < deadline, "nothing expired after the lifetime"
+            await asyncio.sleep(0.2)
+        (only,) = expired
+        assert (only.user_id, only.key_hash, only.message_id) == (
+            BOB["id"], approvals.key_hash(sent.id), 42,
+        )
+        assert (only.client_name, only.text, only.state, only.language_code) == (
+            "blog.example", "Pay", "s-2", "en",
+        )
+        assert await approvals.expire_due() == []  # once
+        assert await store.redis.zcard(keys.APPROVAL_DUE) == 0  # settled ones forgotten
+        result = await approvals.status(sent.id, BLOG)
+        assert result is not None and result.status == "expired"
+
+    run(make_settings(redis_url, APPROVAL_TTL_SECONDS="2"), body)

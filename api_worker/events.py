@@ -1,0 +1,98 @@
+"""GET /v1/events?after=<id>&wait=<0-30>: a client's events, for clients without a
+public URL (pull instead of webhooks).
+
+The caller sees its own client's events only, oldest first, from its pull stream
+(`keys.event_client`, filled by `api_worker.delivery`). `after` is the `id` of the last
+event it has (none: from the oldest kept); `next` is what to pass next time. With
+`wait` the request is held until an event arrives or `wait` seconds pass (woken
+through the same pub/sub channel as login decisions, `api_worker.waiters`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api_worker import context
+from api_worker.auth import require_client
+from api_worker.codes import NO_STORE
+from api_worker.errors import InvalidRequest
+from api_worker.login_requests import MAX_WAIT
+from shared import keys
+from shared.codes import now_ms
+from shared.events import client_hash, iso_time
+from shared.store import unavailable_on_error
+
+# events one answer holds at most
+PAGE = 100
+_DIGITS = re.compile(r"[0-9]{1,6}")
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_ID_PART = 2**64 - 1
+_PARAMETERS = frozenset({"after", "wait"})
+# how far Redis's clock (which names the ids) may run ahead of this process's
+_CLOCK_SLACK_MS = 60_000
+
+
+def _after(request: Request) -> str:
+    raw = request.query_params.get("after")
+    if raw is None:
+        return "0-0"
+    found = _STREAM_ID.fullmatch(raw)
+    # an id names its event's time (ms): one from the future names no event, and no
+    # event would ever come after it (a poll would wait for nothing)
+    if found is None or int(found[1]) > now_ms() + _CLOCK_SLACK_MS \
+            or int(found[2]) > _MAX_ID_PART:
+        raise InvalidRequest("after must be the id of an event this API returned.")
+    return raw
+
+
+def _wait(request: Request) -> int:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_WAIT:
+        raise InvalidRequest(f"wait must be a whole number of seconds from 0 to {MAX_WAIT}.")
+    return int(raw)
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": entry_id,
+        "type": fields.get("t", ""),
+        "timestamp": iso_time(int(fields.get("ts", "0"))),
+        "data": json.loads(fields.get("d", "{}")),
+    }
+
+
+async def list_events(request: Request) -> Response:
+    client = await require_client(request)
+    unknown = set(request.query_params) - _PARAMETERS
+    if unknown:  # a misspelt `after` would start from the oldest event again
+        raise InvalidRequest("Unknown query parameter(s); the query is after=<id>&wait=<s>.")
+    after, wait = _after(request), _wait(request)
+    settings = context.settings(request)
+    chash = client_hash(settings.auth_secret, client.name if client is not None else "")
+    redis = context.store(request).redis
+
+    async def read() -> list[Any]:
+        with unavailable_on_error():
+            found: Any = await redis.xrange(
+                keys.event_client(chash), f"({after}", "+", count=PAGE
+            )
+        return list(found)
+
+    entries = await context.waiters(request).hold(
+        "evc:" + chash, read, lambda found: not found, wait
+    )
+    events = [_event(str(entry_id), fields) for entry_id, fields in entries]
+    return JSONResponse(
+        {"events": events, "next": events[-1]["id"] if events else after}, headers=NO_STORE
+    )
+
+
+routes = [Route("/v1/events", list_events, methods=["GET"])]
