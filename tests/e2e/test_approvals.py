@@ -358,3 +358,24 @@ def test_an_approval_a_killed_bot_held_is_sent_by_the_next(
     sent = [m for m in successor.messages(ANN["id"], after=after) if m["from_bot"]]
     assert len(sent) == 1, sent
     assert "claimed 1 approvals left pending" in successor.output()
+
+
+def test_two_bot_processes_send_each_approval_once(
+    start_api: ApiStarter, start_bot: BotStarter,
+) -> None:
+    token = make_token()
+    bots = [start_bot(token=token) for _ in range(2)]
+    api = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=KEYS, LOG_LEVEL="DEBUG")
+    log_in(api, bots[0], ANN)
+    after = latest(bots[0], ANN)
+    texts = [f"Approval {n}" for n in range(4)]
+    for text in texts:
+        push(api, ANN, text=text)
+
+    def prompts() -> list[Message]:
+        return [m for m in bots[0].messages(ANN["id"], after=after) if m["from_bot"]]
+
+    wait_until(lambda: len(prompts()) >= len(texts), timeout=40, what="every approval sent")
+    assert sorted(quote(m) for m in prompts()) == texts  # each once, none twice
+    sent = sum(bot.output().count("sent an approval to user") for bot in bots)
+    assert sent == len(texts)
