@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -379,3 +380,24 @@ def test_two_bot_processes_send_each_approval_once(
     assert sorted(quote(m) for m in prompts()) == texts  # each once, none twice
     sent = sum(bot.output().count("sent an approval to user") for bot in bots)
     assert sent == len(texts)
+
+
+def test_a_webhook_mode_bot_sends_and_takes_taps(
+    start_api: ApiStarter, start_bot: BotStarter,
+) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/telegram/webhook"
+        bot = start_bot(fd=sock.fileno(), BOT_MODE="webhook", WEBHOOK_URL=url)
+        wait_until(lambda: bot.sandbox.bot_summary(bot.token)["webhook_url"] == url,
+                   timeout=20, what="the webhook to be set")
+        api = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=KEYS, LOG_LEVEL="DEBUG")
+        log_in(api, bot, ANN)
+        after = latest(bot, ANN)
+        created = push(api, ANN)
+        prompt = message_after(bot, ANN, after)
+        query = tap(bot, prompt, buttons(prompt)[0]["callback_data"])
+        answer_and_edit(bot, prompt, query)
+        assert status(api, created["id"]).json()["status"] == "approved"
