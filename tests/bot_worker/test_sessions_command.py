@@ -7,7 +7,6 @@ of its own (X-Forwarded-For from the loopback, which the API trusts)."""
 from __future__ import annotations
 
 import asyncio
-import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -360,7 +359,9 @@ def test_me_is_still_one_round_trip(
     system: System, start_api: ApiStarter, counting_proxy: tuple[TurnCounter, int],
 ) -> None:
     """The read that judges a token and notes its use is one script: one round trip, as
-    issue 8's bench counts it (the median of several)."""
+    issue 8's bench counts it. The fewest of several calls is taken: the API process's
+    own background work (event delivery) may add turns to a call, never take one away,
+    so a path of two round trips could never show 1."""
     token = redeem(system, ANN, "203.0.113.5", SHOP_KEY)
     proxy, port = counting_proxy
     counted = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=API_KEYS,
@@ -374,7 +375,7 @@ def test_me_is_still_one_round_trip(
             assert http.get("/v1/me", headers=headers).status_code == 200
             # the request reached Redis before its answer came back: counted already
             turns.append(proxy.turns - before)
-    assert statistics.median(turns) == 1, turns
+    assert min(turns) == 1, turns
 
 
 def test_sessions_on_a_cluster(
