@@ -265,6 +265,8 @@ def test_a_user_who_blocked_the_bot_is_undeliverable_at_once(
     created = push(api, ANN)
     assert answered_soon(api, created["id"]) == {"status": "undeliverable"}
     assert bot.running()
+    metrics = httpx.get(f"{api.url}/metrics").text
+    assert "tglogin_approvals_undeliverable_total 1" in metrics
 
 
 def test_a_known_user_with_no_chat_is_undeliverable(
