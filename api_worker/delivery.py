@@ -297,10 +297,11 @@ class Deliverer:
                         {"t": type_, "d": data, "ts": str(ms), "w": event_id(user_id, entry_id)},
                         maxlen=keys.EVENT_LOG_MAXLEN, approximate=True,
                     )
-                    pipe.publish(keys.LOGIN_DECIDED, "evc:" + chash)
                 pipe.hset(retry, mapping={"e": entry_id, "p": "1"})
                 pipe.expire(retry, self.settings.event_retry_seconds + 86400)
                 await pipe.execute()
+            if chash is not None:  # a Cluster pipeline takes no PUBLISH
+                await self.redis.publish(keys.LOGIN_DECIDED, "evc:" + chash)
 
     async def _after_failure(
         self, user_id: int, entry_id: str, fields: dict[Any, Any], state: dict[str, str],

@@ -45,11 +45,12 @@ def hooks(*entries: tuple[Receiver, str], **extra: Any) -> str:
 
 
 def emit(redis_url: str, type_: str, user: int = 1001, client: str = "shop",
-         **data: Any) -> None:
+         cluster: bool = False, **data: Any) -> None:
     async def body(store: Store) -> None:
         await Events(store.redis).emit(user, type_, client, {"user": {**ANN, "id": user}, **data})
 
-    run_on_store(api_settings(redis_url), body)
+    env = {"REDIS_CLUSTER": "1"} if cluster else {}
+    run_on_store(api_settings(redis_url, **env), body)
 
 
 def sync_client(url: str) -> redis.Redis:
@@ -218,3 +219,23 @@ def test_secrets_reach_neither_logs_nor_redis(
     text = "\n".join(stored) + api.output()
     for secret in (old, new):
         assert secret[6:] not in text and secret[6:20] not in text
+
+
+def test_delivery_runs_on_a_cluster(
+    start_api: ApiStarter, cluster_env: dict[str, str], receiver: Callable[..., Receiver]
+) -> None:
+    """The deliverer's streams, group, locks and retries on a Cluster: the user's keys in
+    the user's slot, the wake stream, due set and pull streams wherever theirs are."""
+    secret = new_secret()
+    hook = receiver([secret], failing={"login.approved": 1})
+    api = start(start_api, hooks((hook, secret)), **cluster_env)
+    url = cluster_env["REDIS_URL"]
+    emit(url, "login.approved", cluster=True, id="req-1")
+    emit(url, "session.ended", cluster=True, id="req-1")
+    emit(url, "user.logged_out", user=2002, cluster=True)
+    hook.wait("three deliveries", lambda: len(hook.accepted()) >= 3)
+    ann = [d.payload["type"] for d in hook.accepted() if d.payload["data"]["user"]["id"] == 1001]
+    assert ann == ["login.approved", "session.ended"]
+    assert all(d.verified_by == [secret] for d in hook.received)
+    pulled = httpx.get(f"{api.url}/v1/events", headers={"X-API-Key": SHOP_KEY}).json()
+    assert len(pulled["events"]) == 3
