@@ -20,9 +20,24 @@ The emission contract (every flow that emits follows it):
    its wake; it is not lost (it stays in the user's stream) and goes out with that
    user's next wake.
 
+From Python, around the flow's own script:
+
+    args = event_args("session.ended", client_name, {"user": user, "id": request_id})
+    async with redis.pipeline(transaction=False) as pipe:
+        await script(keys=[..., keys.events(uid)], args=[..., *args], client=pipe)
+        queue_wake(pipe, uid)
+        answer, _ = await pipe.execute()
+
+A script whose change may not happen (a second decision, a token already revoked)
+appends only when it happens; the wake may go regardless (one with nothing to deliver
+is acknowledged and dropped). An event that concerns several clients (a /logout
+ending sessions of two) is one XADD per client, each with its own `c`; one wake
+covers them all. `data` is JSON the receivers see as it is: never a code, a token or
+anything secret.
+
 `Events.emit(user id, type, client, data)` does both for an event with no other change
 (`event_emit.lua`, the snippet above on its own). Delivery and the pull API are the API
-worker's (`api_worker.events`).
+worker's (`api_worker.delivery`, `api_worker.events`).
 """
 
 from __future__ import annotations
