@@ -161,6 +161,22 @@ def test_exhausted_events_go_to_the_dead_letters_and_metrics(
     assert "tglogin_webhook_attempts_failed_total 3.0" in metrics
 
 
+def test_retries_stop_at_event_retry_seconds(
+    start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    """A schedule longer than the window: the attempt that would fall after
+    EVENT_RETRY_SECONDS from the first is not made; the event goes to the dead letters."""
+    secret = new_secret()
+    hook = receiver([secret], plan=[500] * 20)
+    start(start_api, hooks((hook, secret)), EVENT_RETRY_SCHEDULE=",".join(["1"] * 20),
+          EVENT_RETRY_SECONDS="2")
+    emit(redis_url, "token.revoked")
+    with sync_client(redis_url) as client:
+        wait_until(lambda: client.xlen(keys.EVENT_DEAD), timeout=20, what="a dead letter")
+        (_, fields), = client.xrange(keys.EVENT_DEAD)
+    assert 2 <= int(fields["n"]) <= 3 and len(hook.received) == int(fields["n"])
+
+
 def test_a_failing_head_holds_back_that_users_later_events(
     start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
 ) -> None:
