@@ -1,11 +1,14 @@
 """Push approvals: an API client asks a known user to approve one action in the bot.
 
-The id the client gets is `<user id>.<22 random characters>` (128 random bits). The user
-id in it is no secret from the client (it named the user) and lets the API find the
-user's Cluster slot; Redis holds only a keyed hash of the whole id, which names the
-approval (`keys.approval(user id, hash)`), so a Redis dump gives no id to poll with, and
-changing the user id in an id names a record that does not exist. A poll needs the id
-and the API key of the client that created it (the record keeps the client's key hash).
+The id the client gets is `<user id>.<22 characters>`: the user id, and 128 bits keyed
+by AUTH_SECRET from a random seed (`approval_id`). The user id in it is no secret from
+the client (it named the user) and lets the API find the user's Cluster slot. Redis
+holds a keyed hash of the whole id, which names the approval (`keys.approval(user id,
+hash)`), and the seed (`i`), so an approval.* event written in Redis can name the
+approval and its deliverer, holding AUTH_SECRET, turn the seed into the id its client
+knows; a copy of Redis alone gives no id to poll with, and changing the user id in an
+id names a record that does not exist. A poll needs the id and the API key of the
+client that created it (the record keeps the client's key hash).
 
 The bot knows the approval by that hash: its queue entry and the callback data of its
 buttons carry it, never the id. A tap decides only for the approval's own user (the key
@@ -42,7 +45,7 @@ from redis.exceptions import ResponseError
 from shared import keys
 from shared.codes import User, now_ms, public_user, unpack_record
 from shared.counters import Counter
-from shared.hashing import digest, new_id
+from shared.hashing import b64url, digest, keyed, new_id
 from shared.limits import RateLimited, retry_after
 from shared.logins import MATCH_HIGH, MATCH_LOW, client_id
 from shared.redis import scripts, unavailable_on_error
@@ -125,6 +128,12 @@ class Decision:
     state: str | None = None
 
 
+def approval_id(settings: Settings, user_id: int, seed: str) -> str:
+    """An approval's id from its user and the seed in its record (`i`); 128 bits."""
+    mac = keyed(settings.auth_secret, f"approval-id:{user_id}:{seed}".encode()).digest()
+    return f"{user_id}.{b64url(mac[:16])}"
+
+
 def parse_id(approval_id: str) -> int | None:
     """The user id an approval id carries, or None for anything not shaped like one."""
     found = _ID.fullmatch(approval_id)
@@ -146,6 +155,13 @@ class Approvals:
         self._decide = scripts(redis).get("approval_decide.lua")
         self._sent = scripts(redis).get("approval_sent.lua")
         self._expire = scripts(redis).get("approval_expire.lua")
+
+    def approval_id(self, user_id: int, seed: str) -> str:
+        """The id of the approval whose record holds `seed` (its `i`): the user id, and a
+        keyed hash of the seed. Redis holds the seed, so an event can name the approval,
+        and whoever delivers the event (with AUTH_SECRET) turns it into the id its client
+        knows; a copy of Redis alone gives no id."""
+        return approval_id(self.settings, user_id, seed)
 
     def key_hash(self, approval_id: str) -> str:
         """What the record is named by, the bot's buttons carry, and decisions publish."""
@@ -171,7 +187,8 @@ class Approvals:
             if int(asked) > settings.approval_client_limit:
                 await self._count(Counter.APPROVALS_LIMITED)
                 raise RateLimited(retry_after(int(window_ms)))
-            approval_id = f"{user_id}.{new_id()}"
+            seed = new_id()
+            approval_id = self.approval_id(user_id, seed)
             key_hash = self.key_hash(approval_id)
             number = (secrets.randbelow(MATCH_HIGH - MATCH_LOW + 1) + MATCH_LOW) if match else None
             ttl = settings.approval_ttl_seconds
@@ -185,7 +202,7 @@ class Approvals:
                     state or "", 0 if state is None else 1,
                     "" if number is None else str(number), ttl * 1000,
                     settings.approval_user_limit, settings.approval_user_window_seconds,
-                    user_id,
+                    user_id, seed,
                 ],
             )
             created = _Created(int(outcome))

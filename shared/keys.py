@@ -111,8 +111,9 @@ EVENT_LOG_MAXLEN = 10000
 # script can append its event there too). Named by a keyed hash of the approval id.
 # an approval -> hash {c client key hash, n client name, t the action text, s state
 # (absent when none), m match number (absent when none), e expiry (unix ms), uid the
-# user's id, st pending|approved|denied|undeliverable|expired, by decider id, u decider
-# JSON, mid the message the bot sent}; TTL 2 x APPROVAL_TTL_SECONDS from creation
+# user's id, i the seed the id is keyed from (`shared.approvals.approval_id`), st
+# pending|approved|denied|undeliverable|expired, by decider id, u decider JSON, mid the
+# message the bot sent}; TTL 2 x APPROVAL_TTL_SECONDS from creation
 # (pending until `e`, then read as expired), set to APPROVAL_TTL_SECONDS by a decision
 # (the result waits that long to be read)
 APPROVAL = PREFIX + "approval:"

@@ -5,7 +5,8 @@
 -- ARGV[1] client key hash   ARGV[2] client name   ARGV[3] the action text
 -- ARGV[4] state   ARGV[5] 1 when there is a state, 0 when none
 -- ARGV[6] match number ("" none)   ARGV[7] lifetime (ms)   ARGV[8] user limit
--- ARGV[9] user window (s)   ARGV[10] the user id
+-- ARGV[9] user window (s)   ARGV[10] the user id   ARGV[11] the id's seed (random; the
+-- id is a keyed hash of it, so only AUTH_SECRET's holder turns it into the id: events)
 -- Returns {1, expiry ms} created; {0, 0} unknown user; {2, ms until the window ends} over
 -- the user's limit (nothing written but the count check).
 if redis.call("HEXISTS", KEYS[1], "r") == 0 then
@@ -22,7 +23,7 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local ttl = tonumber(ARGV[7])
 local expiry = now_ms + ttl
 redis.call("HSET", KEYS[2], "c", ARGV[1], "n", ARGV[2], "t", ARGV[3], "st", "pending",
-  "e", tostring(expiry), "uid", ARGV[10])
+  "e", tostring(expiry), "uid", ARGV[10], "i", ARGV[11])
 if ARGV[5] == "1" then
   redis.call("HSET", KEYS[2], "s", ARGV[4])
 end

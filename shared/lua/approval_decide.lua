@@ -15,9 +15,9 @@
 --   outcome 0   decided before: status is that decision (or undeliverable)
 --   outcome -2  expired (status "expired"); has state etc. as usual
 --   outcome -1  no such approval (unknown, gone, or another user's)
-local found = redis.call("HMGET", KEYS[1], "st", "n", "by", "m", "e", "uid", "s")
-local status, name, by, match, expiry, uid, state =
-  found[1], found[2], found[3], found[4], found[5], found[6], found[7]
+local found = redis.call("HMGET", KEYS[1], "st", "n", "by", "m", "e", "uid", "s", "i")
+local status, name, by, match, expiry, uid, state, seed =
+  found[1], found[2], found[3], found[4], found[5], found[6], found[7], found[8]
 if not status then
   return {-1, "", "", 0, 0, ""}
 end
@@ -58,5 +58,6 @@ end
 redis.call("PEXPIRE", KEYS[1], ARGV[7])
 redis.call("PUBLISH", ARGV[5], ARGV[6])
 -- EVENT approval.approved / approval.denied (issue 10 items 2-4): appended here, in this
--- step, when `decision` is one of them (client: name; data: user = ARGV[2], state)
+-- step, when `decision` is one of them (client: name; data: user = ARGV[2], state, and
+-- the id's seed, which the deliverer turns into the id: shared.approvals.approval_id)
 return {1, decision, name, mismatch, has_state, state or ""}

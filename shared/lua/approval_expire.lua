@@ -5,7 +5,7 @@
 -- Returns {1, client name, text, message id or "", has state (0/1), state, user record
 -- or ""} when it turned expired now; {0, status or ""} when it is not due yet, was
 -- settled before, or is gone.
-local found = redis.call("HMGET", KEYS[1], "st", "e", "n", "t", "mid", "s")
+local found = redis.call("HMGET", KEYS[1], "st", "e", "n", "t", "mid", "s", "i")
 local status, expiry = found[1], found[2]
 if status ~= "pending" then
   return {0, status or ""}
@@ -17,7 +17,8 @@ if now_ms < tonumber(expiry) then
 end
 redis.call("HSET", KEYS[1], "st", "expired")
 -- EVENT approval.expired (issue 10 items 2-4): appended here, in this step (client: the
--- name found[3]; data: user = the record of KEYS[2], state found[6]; nobody decided)
+-- name found[3]; data: user = the record of KEYS[2], state found[6], the id's seed
+-- found[7], which the deliverer turns into the id; nobody decided)
 local has_state = 0
 if found[6] then
   has_state = 1

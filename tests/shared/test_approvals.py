@@ -10,7 +10,7 @@ from contextlib import aclosing
 import pytest
 
 from shared import keys
-from shared.approvals import ApprovalQueue, Approvals, UnknownUser, parse_id
+from shared.approvals import ApprovalQueue, Approvals, UnknownUser, approval_id, parse_id
 from shared.logins import MATCH_HIGH, MATCH_LOW, decisions
 from shared.settings import ApiClient, Secret, Settings, load_settings
 from shared.store import RateLimited, Store
@@ -213,6 +213,25 @@ def test_redis_holds_no_approval_id(redis_url: str, redis_server: RedisServer) -
     dump = redis_server.dump()
     assert ids[0] not in dump and ids[0].split(".")[1] not in dump
     assert SHOP.key.reveal() not in dump
+
+
+def test_the_seed_in_redis_gives_the_id_only_with_the_secret(
+    redis_url: str, redis_server: RedisServer
+) -> None:
+    """What an approval.* event can carry: the record's seed, which the deliverer (holding
+    AUTH_SECRET) turns into the id its client knows."""
+    settings = make_settings(redis_url)
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        created = await approvals.create(SHOP, ANN["id"], "Pay", None, False)
+        key = keys.approval(ANN["id"], approvals.key_hash(created.id))
+        seed = await store.redis.hget(key, "i")
+        assert seed is not None and seed not in created.id
+        assert approval_id(settings, ANN["id"], str(seed)) == created.id
+        other = make_settings(redis_url, AUTH_SECRET="q" * 40)
+        assert approval_id(other, ANN["id"], str(seed)) != created.id
+
+    run(settings, body)
 
 
 def test_every_operation_runs_on_a_real_cluster(cluster_env: dict[str, str]) -> None:
