@@ -49,8 +49,13 @@ logger = logging.getLogger(__name__)
 
 # users one process delivers to at once
 CONCURRENCY = 32
-# how often the due users are looked at (s); a busy user is looked at again after this
-DUE_EVERY = 0.5
+# the due users are looked at when the first is due, when this process notes one, and
+# at least this often (s): what another process noted and left behind is found then
+DUE_AT_MOST = 5.0
+# a user another process is delivering to is looked at again after this (ms)
+BUSY_AGAIN_MS = 1000
+# how long the due users just started may take to be taken off the set (s)
+DUE_SETTLE = 0.5
 # wakes read or claimed at a time
 BATCH = 16
 # pause after a Redis failure, doubling up to the most (s)
@@ -82,7 +87,10 @@ class Deliverer:
         self._claimed = "0-0"  # where XAUTOCLAIM goes on from
         # a delivery step: one attempt, with room to spare; a dead process's lock expires
         self._lock_ms = int(settings.event_timeout_seconds * 1000) + 5000
-        self._block_ms = max(50, min(1000, int(settings.redis_timeout * 500)))
+        # a blocking read waits at most half of REDIS_TIMEOUT (its deadline), up to 5 s:
+        # an idle process costs Redis a few commands a second at most
+        self._block_ms = max(50, min(5000, int(settings.redis_timeout * 500)))
+        self._due_noted = asyncio.Event()
 
     def start(self) -> None:
         for name, loop in (
@@ -172,19 +180,29 @@ class Deliverer:
             await self._handle_wakes(entries)
 
     async def _due_users(self) -> None:
-        await asyncio.sleep(DUE_EVERY)
+        self._due_noted.clear()  # before the read: a note after it ends the wait below
+        with unavailable_on_error():
+            first: Any = await self.redis.zrange(keys.EVENT_DUE, 0, 0, withscores=True)
+        wait = DUE_AT_MOST
+        if first:
+            wait = min(wait, (float(first[0][1]) - now_ms()) / 1000)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due_noted.wait(), wait)
+            return
         with unavailable_on_error():
             due: Any = await self.redis.zrangebyscore(
                 keys.EVENT_DUE, "-inf", now_ms(), 0, BATCH
             )
-        for user in due:
-            await self._spawn(self._deliver_logged(int(user)))
+        spawned = [await self._spawn(self._deliver_logged(int(user))) for user in due]
+        if spawned:  # let them take their users off the set before it is read again
+            await asyncio.wait(spawned, timeout=DUE_SETTLE)
 
     async def _handle_wakes(self, entries: list[Any]) -> None:
         for entry_id, fields in entries:
             await self._spawn(self._wake(str(entry_id), str(fields.get("u", ""))))
 
-    async def _spawn(self, work: Awaitable[None]) -> None:
+    async def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         await self._slots.acquire()
         task: asyncio.Task[None] = asyncio.ensure_future(work)
         self._running.add(task)
@@ -194,6 +212,7 @@ class Deliverer:
             self._slots.release()
 
         task.add_done_callback(done)
+        return task
 
     async def _wake(self, entry_id: str, user: str) -> None:
         try:
@@ -225,9 +244,8 @@ class Deliverer:
         with unavailable_on_error():
             if not await self.redis.set(lock, token, nx=True, px=self._lock_ms):
                 # another process is at it: look again shortly, lest it had just finished
-                await self.redis.zadd(
-                    keys.EVENT_DUE, {str(user_id): now_ms() + int(DUE_EVERY * 2000)}
-                )
+                await self.redis.zadd(keys.EVENT_DUE, {str(user_id): now_ms() + BUSY_AGAIN_MS})
+                self._due_noted.set()
                 return
         try:
             with unavailable_on_error():
@@ -258,6 +276,7 @@ class Deliverer:
         if state and int(state.get("due", 0)) > now:
             with unavailable_on_error():
                 await self.redis.zadd(keys.EVENT_DUE, {str(user_id): int(state["due"])})
+            self._due_noted.set()
             return False
         if "p" not in state:
             await self._to_pull_stream(user_id, entry_id, type_, client, data, ms, retry)
@@ -347,6 +366,7 @@ class Deliverer:
                 pipe.expire(retry, settings.event_retry_seconds + 86400)
                 pipe.zadd(keys.EVENT_DUE, {str(user_id): due})
                 await pipe.execute()
+        self._due_noted.set()
         return False
 
     async def _post(self, hook: EventWebhook, evt: str, body: str) -> bool:
