@@ -98,9 +98,9 @@ EVENT_CLIENT = PREFIX + "evc:"
 EVENT_DUE = PREFIX + "evdue"
 # per user: the process delivering that user's events (a lock); TTL a delivery step
 EVENT_LOCK = PREFIX + "evlock:"
-# per user: hash of the head event's retry state {e entry id, f first attempt ms, n
-# attempts, ok JSON list of the targets that have it, p 1 once in the pull stream};
-# TTL EVENT_RETRY_SECONDS + a day
+# per user: hash of the head event's retry state {e entry id, p 1 once in the pull
+# stream, f first attempt ms, n attempts, due ms of the next, ok JSON list of the URLs
+# that have it}; TTL EVENT_RETRY_SECONDS + a day
 EVENT_RETRY = PREFIX + "evretry:"
 # events that exhausted their retries, kept for inspection; MAXLEN ~ EVENT_LOG_MAXLEN
 EVENT_DEAD = PREFIX + "evdead"
