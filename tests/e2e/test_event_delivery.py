@@ -99,6 +99,26 @@ def test_two_secrets_during_a_rotation_sign_both(
     assert all(part.startswith("v1,") for part in got.signature.split(" "))
 
 
+def test_an_endpoint_gets_only_the_types_it_lists(
+    start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    secret = new_secret()
+    every, some = receiver([secret]), receiver([secret])
+    both = json.dumps([
+        {"client": "shop", "url": every.url, "secret": secret},
+        {"client": "shop", "url": some.url, "secret": secret, "events": ["session.ended"]},
+        {"client": "blog", "url": some.url, "secret": secret},
+    ])
+    start(start_api, both)
+    emit(redis_url, "login.approved")
+    emit(redis_url, "session.ended")
+    emit(redis_url, "token.revoked")
+    every.wait("three deliveries", lambda: len(every.accepted()) >= 3)
+    (ended,) = some.wait("one delivery", some.accepted)
+    assert ended.payload["type"] == "session.ended"
+    assert ended.id == every.accepted()[1].id  # one event, one id, at every endpoint
+
+
 def test_a_5xx_is_retried_with_the_same_webhook_id(
     start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
 ) -> None:
