@@ -40,7 +40,7 @@ from standardwebhooks import Webhook
 from shared import keys
 from shared.codes import now_ms
 from shared.counters import Counter
-from shared.events import client_hash, event_id, parse_fields, webhook_body
+from shared.events import client_data, client_hash, event_id, parse_fields, webhook_body
 from shared.hashing import random_hex
 from shared.redis import Unavailable, connect, scripts, unavailable_on_error
 from shared.settings import EventWebhook, Settings
@@ -270,6 +270,7 @@ class Deliverer:
         entry_id, fields = head[0]
         entry_id = str(entry_id)
         type_, client, data, ms = parse_fields(fields)
+        data = client_data(self.settings, user_id, type_, data)
         if state.get("e") != entry_id:
             state = {}
         now = now_ms()

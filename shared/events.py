@@ -35,6 +35,10 @@ ending sessions of two) is one XADD per client, each with its own `c`; one wake
 covers them all. `data` is JSON the receivers see as it is: never a code, a token or
 anything secret.
 
+What a script cannot compute goes in `data` as what it can, and delivery fills it in
+(`client_data`, with AUTH_SECRET): an `approval.*` event carries `"approval_seed"`, the
+seed in the approval's record, in place of `"id"`, which the client sees.
+
 `Events.emit(user id, type, client, data)` does both for an event with no other change
 (`event_emit.lua`, the snippet above on its own). Delivery and the pull API are the API
 worker's (`api_worker.delivery`, `api_worker.events`).
@@ -54,7 +58,7 @@ from shared import keys
 from shared.codes import now_ms
 from shared.hashing import digest
 from shared.redis import scripts, unavailable_on_error
-from shared.settings import Secret
+from shared.settings import Secret, Settings
 
 # every event type a client may be told of (SPEC "Approvals, events and sessions")
 EVENT_TYPES = (
@@ -121,6 +125,20 @@ class Events:
                 queue_wake(pipe, user_id)
                 entry, _ = await pipe.execute()
         return str(entry)
+
+
+def client_data(settings: Settings, user_id: int, type_: str, data_json: str) -> str:
+    """An event's data as its client sees it: an approval's `approval_seed` turned into
+    the approval's `id` (a keyed hash no script can make)."""
+    if not type_.startswith("approval.") or '"approval_seed"' not in data_json:
+        return data_json
+    from shared.approvals import approval_id
+
+    data = json.loads(data_json)
+    seed = data.pop("approval_seed", None)
+    if isinstance(seed, str):
+        data["id"] = approval_id(settings, user_id, seed)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def webhook_body(type_: str, ms: int, data_json: str) -> str:

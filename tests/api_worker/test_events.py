@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from api_worker.app import create_app
+from shared.approvals import approval_id
 from shared.events import Events
 from shared.store import Store
 from tests.fixtures.api import ANN, TestClient, api_settings
@@ -78,6 +79,16 @@ def test_a_client_pulls_its_own_events_in_order(api: TestClient, redis_url: str)
     assert [e["id"] for e in later["events"]] == [e["id"] for e in events[1:]]
     assert later["next"] == events[-1]["id"]
     assert pull(api, SHOP, after=events[-1]["id"]) == {"events": [], "next": events[-1]["id"]}
+
+
+def test_an_approval_event_names_the_approval_by_its_id(
+    api: TestClient, redis_url: str
+) -> None:
+    """The decision script has only the seed in the approval's record; the client sees
+    the approval's id, made from it with AUTH_SECRET on the way out."""
+    emit(redis_url, "approval.approved", "shop", approval_seed="s33d")
+    (event,) = pull_until(api, SHOP, 1)
+    assert event["data"] == {"user": ANN, "id": approval_id(api_settings(redis_url), 1001, "s33d")}
 
 
 def test_wait_is_woken_by_a_new_event(api: TestClient, redis_url: str) -> None:
