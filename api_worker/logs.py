@@ -8,7 +8,8 @@
   token there: `GET /v1/me?access_token=...` is logged `GET /v1/me?<redacted>`). In
   every line, tracebacks included, a login request id becomes `{id}`
   (`/v1/login-requests/{id}`, as the route's template): the id is what its client
-  polls with for an access token, so it must not sit in log files.
+  polls with for an access token, so it must not sit in log files; an approval's id
+  (`/v1/approvals/{id}`) likewise.
 
 Every request writes a line or two, so logging is made cheap where that changes
 nothing: the timestamp's text is made once a second, a line is searched for ids only
@@ -29,8 +30,11 @@ from starlette.types import Scope
 UNMATCHED = "unmatched"
 ACCESS_LOGGER = "uvicorn.access"
 REDACTED = "<redacted>"
-_LOGIN_PREFIX = "/v1/login-requests/"
-_LOGIN_ID = re.compile(rf"({_LOGIN_PREFIX})[^\s?#\"'<>]+", re.IGNORECASE)
+# the paths whose next segment is an id its client reads a result with
+_ID_PREFIXES = ("/v1/login-requests/", "/v1/approvals/")
+_REQUEST_ID = re.compile(
+    "(" + "|".join(map(re.escape, _ID_PREFIXES)) + r")[^\s?#\"'<>]+", re.IGNORECASE
+)
 # query parameters shown as sent: the API's own, whose values say nothing secret
 _SHOWN_PARAMETER = re.compile(r"wait=[0-9]{1,6}")
 
@@ -44,13 +48,16 @@ def route_label(scope: Scope) -> str:
 
 
 def redact_ids(text: str) -> str:
-    """`text` with every login request id after `/v1/login-requests/` replaced by `{id}`."""
-    # ASCII text holds the prefix in any case only if its lower case holds it (a fifth
+    """`text` with every id after `/v1/login-requests/` or `/v1/approvals/` replaced by
+    `{id}`."""
+    # ASCII text holds a prefix in any case only if its lower case holds it (a fifth
     # of the regular expression's cost); other text may match it through Unicode case
     # folding, so it always goes through the expression
-    if text.isascii() and _LOGIN_PREFIX not in text.lower():
-        return text
-    return _LOGIN_ID.sub(r"\1{id}", text)
+    if text.isascii():
+        lowered = text.lower()
+        if not any(prefix in lowered for prefix in _ID_PREFIXES):
+            return text
+    return _REQUEST_ID.sub(r"\1{id}", text)
 
 
 def redact_query(path: str) -> str:

@@ -38,6 +38,9 @@ def test_timestamps_are_loggings_own_across_seconds() -> None:
         "/V1/LOGIN-REQUESTS/Q2hlY2tUaGlz",
         "/v1/login-reque\u017fts/Q2hlY2tUaGlz",  # long s: matches "s" only by case folding
         "/v1/login-requests/Q2hlY2tUaGlz?wait=5&token=tgl_x",
+        "/v1/approvals/Q2hlY2tUaGlz",
+        "/V1/Approvals/Q2hlY2tUaGlz?wait=5&token=tgl_x",
+        "/v1/approval\u017f/Q2hlY2tUaGlz",  # long s again
     ],
 )
 def test_ids_and_queries_are_redacted_in_any_spelling(path: str) -> None:
