@@ -102,6 +102,14 @@ def requests_while_stalled(api: ApiProcess, token: str) -> dict[str, Callable[[]
             "redirect_uri": SHOP["redirect_uris"][0], "code_verifier": VERIFIER}),
         "oidc userinfo": lambda: httpx.get(f"{url}/oauth/userinfo", timeout=t, headers={
             "Authorization": f"Bearer {_oidc_access_token()}"}),
+        "create approval": lambda: httpx.post(
+            f"{url}/v1/approvals", json={"user_id": ANN["id"], "text": "Confirm order #1"},
+            headers=HEADERS, timeout=t),
+        "poll approval": lambda: httpx.get(
+            f"{url}/v1/approvals/{ANN['id']}.q3J{'x' * 19}", params={"wait": 30},
+            headers=HEADERS, timeout=t),
+        "pull events": lambda: httpx.get(
+            f"{url}/v1/events", params={"wait": 30}, headers=HEADERS, timeout=t),
         "oidc revoke": lambda: httpx.post(f"{url}/oauth/revoke", auth=shop, timeout=t,
                                           data={"token": _oidc_access_token()}),
         "readyz": lambda: httpx.get(f"{url}/readyz", timeout=t),
