@@ -9,6 +9,8 @@ any of the visitor's requests. Signed, not encrypted: visitors can read their
 own token, never change it, and page scripts cannot read it at all. Mounted
 only when DEMO_PAGE=1.
 
+"Confirm your order" and the shop's webhook receiver are `api_worker.demo_events`.
+
 "Log in with OpenID Connect" makes it a relying party of this API's own provider
 (`api_worker.demo_oidc`, mounted here under the same cookie when the provider has a
 client for the demo); /demo/session and Log out serve both kinds of login.
@@ -285,6 +287,9 @@ def routes(settings: Settings) -> list[BaseRoute]:
     ]
     if rp is not None:
         built += demo_oidc.routes(rp, cookie)
+    from api_worker import demo_events  # it builds on this module's calls to the API
+
+    built += demo_events.routes(settings, cookie)
     return [
         Route(PAGE_PATH, page, methods=["GET"]),
         *built,

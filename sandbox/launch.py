@@ -10,7 +10,13 @@
 - the demo website on (DEMO_PAGE, 1 unless set) and no OpenID Connect clients: one
   client for the demo, `acme-demo`, confidential, its redirect URI the demo's callback
   on the issuer, its secret made once under var/oidc/ (0600) and kept; the provider
-  then starts as above.
+  then starts as above;
+- the demo website on, API_KEYS set and no EVENT_WEBHOOKS (nor EVENT_WEBHOOKS_FILE):
+  one webhook for the demo's API client (the first of API_KEYS) to the demo's own
+  receiver on the local API, its `whsec_` secret made once under var/demo/ (0600) and
+  kept, the entry in a file (0600) that EVENT_WEBHOOKS_FILE names. With no API_KEYS the
+  API stays open, as the quick start uses it, and has no client to deliver to: the
+  demo then shows no events.
 
 It prints where to open the chat page and the API once they answer. A program
 that crashes or is killed is restarted (`sandbox.supervision` watches them);
@@ -22,6 +28,7 @@ command serves a VM deployment.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -55,6 +62,11 @@ DEMO_CLIENT_NAME = "Acme Shop (demo)"
 DEMO_CALLBACK = "/demo/oidc/callback"  # after the issuer: api_worker.demo.CALLBACK_PATH
 DEMO_SECRET_FILE = Path("oidc", "demo-client-secret")  # under var/: made once, kept
 DEMO_CLIENTS_FILE = Path("oidc", "demo-clients.json")  # under var/: OIDC_CLIENTS_FILE
+# the demo's event webhook, when make run makes it (API_KEYS set, no EVENT_WEBHOOKS)
+DEMO_RECEIVER = "/demo/webhooks"  # api_worker.demo_events.RECEIVER_PATH
+DEMO_WEBHOOK_SECRET_FILE = Path("demo", "webhook-secret")  # under var/: made once, kept
+DEMO_WEBHOOKS_FILE = Path("demo", "webhooks.json")  # under var/: EVENT_WEBHOOKS_FILE
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _say(line: str) -> None:
@@ -143,6 +155,7 @@ def build_environment(root: Path) -> dict[str, str]:
         if not env[name].isdigit() or int(env[name]) < 1:
             raise SettingsError(name, f"must be a positive whole number, got {env[name]!r}")
     _oidc_defaults(env, root, var)
+    _event_defaults(env, root, var)
     settings = load_settings(env, env_file=root / ".env", require_bot_token=True)
     env["API_HOST"] = settings.api_host
     env["API_PORT"] = str(settings.api_port)
@@ -223,6 +236,33 @@ def _demo_client(var: Path, issuer: str) -> Path:
     clients_file = var / DEMO_CLIENTS_FILE
     _write_private(clients_file, json.dumps([client], indent=2) + "\n")
     return clients_file
+
+
+def _event_defaults(env: dict[str, str], root: Path, var: Path) -> None:
+    """With the demo on, an API client and no event webhooks: one for the demo's client
+    (the first of API_KEYS, the one the demo calls the API as) to the demo's receiver on
+    the local API, in a file (0600) that EVENT_WEBHOOKS_FILE names, so that no variable
+    carries its secret. Only where plain http is allowed (the API on loopback)."""
+    if env.get("EVENT_WEBHOOKS", "").strip() or env.get("EVENT_WEBHOOKS_FILE", "").strip():
+        return
+    plain = {**env, "EVENT_WEBHOOKS": "", "EVENT_WEBHOOKS_FILE": ""}
+    api = load_settings(plain, env_file=root / ".env", require_bot_token=True)
+    local = f"http://{_url_host(api.api_host)}:{api.api_port}"
+    if not api.demo_page or not api.api_keys or urlsplit(local).hostname not in _LOOPBACK:
+        return
+    secret_file = var / DEMO_WEBHOOK_SECRET_FILE
+    _private_directory(secret_file.parent)
+    with contextlib.suppress(FileExistsError):
+        made = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        _write_private(secret_file, made + "\n", exclusive=True)
+    hook = {
+        "client": api.api_keys[0].name,
+        "url": local + DEMO_RECEIVER,
+        "secret": secret_file.read_text().strip(),
+    }
+    hooks_file = var / DEMO_WEBHOOKS_FILE
+    _write_private(hooks_file, json.dumps([hook], indent=2) + "\n")
+    env["EVENT_WEBHOOKS_FILE"] = str(hooks_file)
 
 
 def _private_directory(path: Path) -> None:
@@ -356,6 +396,9 @@ def _announce(env: dict[str, str], urls: dict[str, str]) -> None:
         made = env.get("OIDC_CLIENTS_FILE") == str(Path(env["TGLOGIN_VAR"]) / DEMO_CLIENTS_FILE)
         with_client = f" (Log in with OpenID Connect: client {DEMO_CLIENT_ID})" if made else ""
         _say(f"demo website: {urls['api']}/demo{with_client}")
+        if env.get("EVENT_WEBHOOKS_FILE") == str(Path(env["TGLOGIN_VAR"]) / DEMO_WEBHOOKS_FILE):
+            _say(f"demo webhook receiver: {urls['api']}{DEMO_RECEIVER} (signed events of "
+                 "the first API_KEYS client)")
     if env["BOT_MODE"] == "webhook":
         _say(
             f"bot: {env['BOT_PROCESSES']} webhook processes on {env['BOT_HOST']}:"

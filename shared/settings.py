@@ -35,7 +35,7 @@ _TEXT_VARIABLES = (
     "REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "API_KEYS", "API_HOST",
     "WEBHOOK_URL", "WEBHOOK_SECRET", "BOT_HOST",
     "OIDC_ISSUER", "OIDC_CLIENTS", "OIDC_CLIENTS_FILE", "OIDC_SIGNING_KEY_FILE",
-    "EVENT_WEBHOOKS",
+    "EVENT_WEBHOOKS", "EVENT_WEBHOOKS_FILE",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -605,10 +605,34 @@ def _webhook_url(where: str, raw: object) -> str:
 def _event_webhooks(
     values: Mapping[str, str], clients: tuple[ApiClient, ...]
 ) -> tuple[EventWebhook, ...]:
-    """EVENT_WEBHOOKS: entries of one client and url merged (two secrets at most)."""
+    """EVENT_WEBHOOKS (or EVENT_WEBHOOKS_FILE, a file holding the same JSON, so that no
+    variable carries a secret): entries of one client and url merged (two secrets at
+    most). An error in the file's entries names EVENT_WEBHOOKS_FILE."""
+    raw = values.get("EVENT_WEBHOOKS", "").strip()
+    path = values.get("EVENT_WEBHOOKS_FILE", "").strip()
+    if raw and path:
+        raise SettingsError("EVENT_WEBHOOKS_FILE", "cannot be combined with EVENT_WEBHOOKS")
+    if not path:
+        return _event_webhook_entries(raw, clients)
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError("EVENT_WEBHOOKS_FILE", f"cannot be read: {exc.strerror or exc}") \
+            from None
+    except UnicodeDecodeError:
+        raise SettingsError("EVENT_WEBHOOKS_FILE", "must be UTF-8 text") from None
+    try:
+        return _event_webhook_entries(text, clients)
+    except SettingsError as exc:
+        problem = str(exc).removeprefix("EVENT_WEBHOOKS ")
+        raise SettingsError("EVENT_WEBHOOKS_FILE", problem) from None
+
+
+def _event_webhook_entries(
+    raw: str, clients: tuple[ApiClient, ...]
+) -> tuple[EventWebhook, ...]:
     from shared.events import EVENT_TYPES
 
-    raw = values.get("EVENT_WEBHOOKS", "").strip()
     if not raw:
         return ()
     try:

@@ -4,6 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 let waiting = null;  // AbortController of the running wait for a Telegram approval
+let ordering = null;  // AbortController of the running wait for the order's confirmation
+let watching = null;  // the timer of the events' next look
 
 async function call(path, body, signal) {
   const options = body === undefined ? {} : {
@@ -53,6 +55,7 @@ function loggedIn(user) {
   say("error", "");
   $("code-input").value = "";
   show("logged-in", user);
+  watchEvents();
 }
 
 // -- Log in with Telegram -------------------------------------------------------------------
@@ -155,6 +158,109 @@ function offerOidc(state) {
   if (state.oidc_login) $("login-oidc").href = state.oidc_login;
 }
 
+// -- Confirm your order: a push approval in Telegram ---------------------------------------
+
+const ORDER_SAID = {
+  approved: "Approved: thank you, your order is on its way.",
+  denied: "Denied in Telegram: the order was cancelled.",
+  expired: "Expired: nobody confirmed in time. Please try again.",
+  undeliverable: "Undeliverable: the bot could not reach you in Telegram (blocked?).",
+};
+
+function stopOrdering() {
+  if (ordering) ordering.abort();
+  ordering = null;
+  $("order-waiting").hidden = true;
+  $("confirm-order").disabled = false;
+}
+
+async function confirmOrder() {
+  say("error", "");
+  stopOrdering();
+  say("order-status", "");
+  $("confirm-order").disabled = true;
+  try {
+    const asked = await call("/demo/order/confirm", {});
+    $("order-text").textContent = `Order #${asked.order}`;
+    $("order-waiting").hidden = false;
+    waitForOrder();
+  } catch (error) {
+    $("confirm-order").disabled = false;
+    showError(error);
+  }
+}
+
+async function waitForOrder() {
+  const controller = new AbortController();
+  ordering = controller;
+  while (ordering === controller) {
+    const asked = Date.now();
+    let result;
+    try {
+      result = await call("/demo/order/wait", undefined, controller.signal);
+    } catch (error) {
+      if (ordering !== controller) return;
+      stopOrdering();
+      showError(error);
+      return;
+    }
+    if (ordering !== controller) return;
+    if (ORDER_SAID[result.status]) {
+      stopOrdering();
+      $("order-status").dataset.status = result.status;
+      say("order-status", ORDER_SAID[result.status]);
+      return;
+    }
+    if (Date.now() - asked < 1000) await new Promise((done) => setTimeout(done, 1000));
+  }
+}
+
+// -- the shop's webhook receiver: what it recorded about this visitor, every second --------
+
+function eventItem(event) {
+  const item = document.createElement("li");
+  item.dataset.testid = "event";
+  item.dataset.type = event.type;
+  const type = document.createElement("code");
+  type.className = "event-type";
+  type.textContent = event.type;
+  const mark = document.createElement("span");
+  mark.className = "verified";
+  mark.dataset.testid = "verified";
+  mark.textContent = event.verified ? "✓ signature verified" : "";
+  const time = document.createElement("time");
+  time.textContent = (event.timestamp || "").replace("T", " ").replace("Z", " UTC");
+  const what = document.createElement("div");
+  what.className = "event-summary";
+  what.textContent = event.summary;
+  const id = document.createElement("div");
+  id.className = "event-id";
+  id.textContent = event.id;
+  item.append(type, " ", mark, " ", time, what, id);
+  return item;
+}
+
+function watchEvents() {
+  if (watching) clearTimeout(watching);
+  watching = setTimeout(lookAtEvents, 0);
+}
+
+async function lookAtEvents() {
+  watching = null;
+  if ($("logged-in").hidden) return;
+  try {
+    const seen = await call("/demo/events");
+    $("events-note").textContent = !seen.configured
+      ? "This shop has no webhook configured (make run sets one up when API_KEYS is set)."
+      : seen.events.length ? "What tglogin told the shop about you, newest first."
+      : "Nothing yet: events appear here as tglogin sends them.";
+    $("event-list").replaceChildren(...seen.events.map(eventItem));
+  } catch {
+    // shown again at the next look
+  }
+  if (!$("logged-in").hidden) watching = setTimeout(lookAtEvents, 1000);
+}
+
 // -- session --------------------------------------------------------------------------------
 
 async function logout() {
@@ -162,6 +268,9 @@ async function logout() {
   $("logout").disabled = true;
   try {
     offerOidc(await call("/demo/logout", {}));
+    stopOrdering();
+    say("order-status", "");
+    $("event-list").replaceChildren();
     show("logged-out");
     say("notice", "You have logged out.");
   } catch (error) {
@@ -177,12 +286,16 @@ async function main() {
   $("copy-command").addEventListener("click", copyCommand);
   $("code-form").addEventListener("submit", loginWithCode);
   $("logout").addEventListener("click", logout);
+  $("confirm-order").addEventListener("click", confirmOrder);
   try {
     const state = await call("/demo/session");
     // what a login through OpenID Connect left to say, once
     say("notice", state.notice);
     say("error", state.error);
-    if (state.logged_in) return show("logged-in", state.user, state.via);
+    if (state.logged_in) {
+      show("logged-in", state.user, state.via);
+      return watchEvents();
+    }
     offerOidc(state);
   } catch (error) {
     showError(error);
