@@ -45,6 +45,7 @@ from redis.exceptions import ResponseError
 from shared import keys
 from shared.codes import User, now_ms, public_user, unpack_record
 from shared.counters import Counter
+from shared.events import queue_wake
 from shared.hashing import b64url, digest, keyed, new_id
 from shared.limits import RateLimited, retry_after
 from shared.logins import MATCH_HIGH, MATCH_LOW, client_id
@@ -313,13 +314,19 @@ class Approvals:
             members = [(str(m), *_member(str(m))) for m in due]
             if not members:
                 return []
+            when = now_ms()
             async with self.redis.pipeline(transaction=False) as pipe:
+                # approval.expired is appended by the script that marks it (an API
+                # client's approval); the users' wakes go in the same pipeline
                 for _, user_id, key_hash in members:
                     await self._expire(
-                        keys=[keys.approval(user_id, key_hash), keys.user(user_id)],
-                        client=pipe,
+                        keys=[keys.approval(user_id, key_hash), keys.user(user_id),
+                              keys.events(user_id)],
+                        args=[user_id, when], client=pipe,
                     )
-                answers = await pipe.execute()
+                for user_id in dict.fromkeys(user_id for _, user_id, _ in members):
+                    queue_wake(pipe, user_id)
+                answers = (await pipe.execute())[: len(members)]
             settled = [m for (m, _, _), a in zip(members, answers, strict=True)
                        if not (int(a[0]) == 0 and str(a[1]) == "pending")]
             if settled:
@@ -343,19 +350,27 @@ class Approvals:
     async def _run_decide(
         self, user_id: int, key_hash: str, decision: str, user: User | None, pick: int | None
     ) -> _Outcome:
+        args: list[str | int] = [
+            decision,
+            "" if user is None else json.dumps(public_user(user), separators=(",", ":")),
+            "" if user is None else str(user_id),
+            "" if pick is None else str(pick),
+            keys.LOGIN_DECIDED,
+            key_hash,
+            self.settings.approval_ttl_seconds * 1000,
+            now_ms(),
+        ]
         with unavailable_on_error():
-            found = await self._decide(
-                keys=[keys.approval(user_id, key_hash)],
-                args=[
-                    decision,
-                    "" if user is None else json.dumps(public_user(user), separators=(",", ":")),
-                    "" if user is None else str(user_id),
-                    "" if pick is None else str(pick),
-                    keys.LOGIN_DECIDED,
-                    key_hash,
-                    self.settings.approval_ttl_seconds * 1000,
-                ],
-            )
+            # approval.approved / approval.denied: appended by the script when a tap
+            # decides an API client's approval now; undeliverable has no event
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._decide(
+                    keys=[keys.approval(user_id, key_hash), keys.events(user_id)],
+                    args=args, client=pipe,
+                )
+                if user is not None:
+                    queue_wake(pipe, user_id)
+                found, *_ = await pipe.execute()
             outcome = _Decided(int(found[0]))
             status = _STATUSES.get(str(found[1]), "denied")
             if outcome is _Decided.NOW:

@@ -276,25 +276,42 @@ class Codes:
         token_id = new_token_id()
         expires = now // 1000 + settings.token_ttl_seconds
         user_key = keys.user(uid)
+        register_keys = [user_key]
+        register_args: list[str | int] = [
+            token_id, expires, now // 1000, settings.token_ttl_seconds, stored.record,
+            stored.generation, field_tail(address, client=client.name if client else ""),
+        ]
+        if client is not None:
+            # code.redeemed, appended by token_register.lua when the token counts; an open
+            # API has no one to tell and runs exactly as before
+            from shared.events import event_args  # shared.events imports this module
+
+            register_keys.append(keys.events(uid))
+            register_args += event_args("code.redeemed", client.name, {
+                "user": unpack_record(uid, stored.record), "session": token_id,
+            }, now)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._consume(keys=[code_key], args=[now, uid], client=pipe)
-                await self._register(
-                    keys=[user_key],
-                    args=[token_id, expires, now // 1000, settings.token_ttl_seconds,
-                          stored.record, stored.generation,
-                          field_tail(address, client=client.name if client else "")],
-                    client=pipe,
-                )
+                await self._register(keys=register_keys, args=register_args, client=pipe)
                 await self.budget.queue_settle(pipe, attempt, failed=False)
                 pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, 1)
-                consumed, (listed, _), _, _ = await pipe.execute()
+                if client is not None:
+                    from shared.events import queue_wake
+
+                    queue_wake(pipe, uid)
+                consumed, (listed, _, *event), *_ = await pipe.execute()
         if not consumed or not int(listed):
             # another redeem of the same code won, or a /logout since the code was issued
-            # ended it (the token would be sealed at a generation that no longer counts)
+            # ended it (the token would be sealed at a generation that no longer counts);
+            # a losing redeem's code.redeemed is taken back with its token (a deliverer
+            # woken in the milliseconds between may have sent it: it names a session
+            # that never counted)
             with unavailable_on_error():
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.hdel(user_key, token_id)
+                    if event:
+                        pipe.xdel(keys.events(uid), str(event[0]))
                     pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, -1)
                     await pipe.execute()
             await self._lost(attempt, consumed)

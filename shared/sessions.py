@@ -21,7 +21,16 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.codes import Codes, User, make_token, now_ms, pack_record, unpack_record
+from shared.codes import (
+    Codes,
+    User,
+    make_token,
+    now_ms,
+    pack_record,
+    public_user,
+    unpack_record,
+)
+from shared.events import event_args, queue_wake
 from shared.redis import Unavailable, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
 from shared.tokens import (
@@ -55,6 +64,14 @@ def client_name(settings: Settings, stored: str) -> str:
         return stored
     longer = {name for name in names if name.startswith(stored)}
     return longer.pop() if len(longer) == 1 else stored
+
+
+def api_client_name(settings: Settings, stored: str) -> str:
+    """The API_KEYS name a session's field names (`client_name`), or "" when it names
+    none configured (the open API's session, or a client since removed): whom its events
+    go to."""
+    name = client_name(settings, stored)
+    return name if any(client.name == name for client in settings.api_keys) else ""
 
 
 async def read_token(redis: Redis, claims: Claims, now: float | None = None) -> list[Any]:
@@ -115,11 +132,22 @@ class Sessions:
         claims = self._claims(token, client)
         if claims is None:
             return False
+        uid = claims.user_id
+        args: list[str | int] = [claims.token_id, claims.generation, claims.expires,
+                              int(time.time())]
         with unavailable_on_error():
-            ended = await self._revoke(
-                keys=[keys.user(claims.user_id)],
-                args=[claims.token_id, claims.generation, claims.expires, int(time.time())],
-            )
+            if client is None:  # the open API: no one to tell
+                ended = await self._revoke(keys=[keys.user(uid)], args=args)
+                return bool(int(ended))
+            # token.revoked, appended by the script when the token ends (it puts the
+            # user's record in the data)
+            args += [uid, *event_args("token.revoked", client.name,
+                                      {"session": claims.token_id})]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._revoke(keys=[keys.user(uid), keys.events(uid)], args=args,
+                                   client=pipe)
+                queue_wake(pipe, uid)
+                ended, _ = await pipe.execute()
         return bool(int(ended))
 
     async def logout(self, user_id: int) -> int:
@@ -127,11 +155,21 @@ class Sessions:
         were live."""
         # the generation first: a code an issue writes after it reads the new one and is
         # voided there; one written before is found by void_all
+        args: list[str | int] = [int(time.time()), self.settings.token_ttl_seconds]
+        names = [client.name for client in self.settings.api_keys]
         with unavailable_on_error():
-            ended = await self._logout(
-                keys=[keys.user(user_id)],
-                args=[int(time.time()), self.settings.token_ttl_seconds],
-            )
+            if not names:  # the open API: no one to tell
+                ended = await self._logout(keys=[keys.user(user_id)], args=args)
+            else:
+                # user.logged_out, one per API client among the ended sessions, appended
+                # by the script in the same step; one wake for them all
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self._logout(
+                        keys=[keys.user(user_id), keys.events(user_id)],
+                        args=[*args, user_id, now_ms(), *names], client=pipe,
+                    )
+                    queue_wake(pipe, user_id)
+                    ended, _ = await pipe.execute()
         await self.codes.void_all(user_id)
         return int(ended)
 
@@ -198,12 +236,30 @@ class Sessions:
         when = int(time.time() if now is None else now)
         key = keys.user(user_id)
         with unavailable_on_error():
-            value = await self.redis.hget(key, token_id)
+            value, record = await self.redis.hmget(key, [token_id, "r"])
             listed = parse_field(token_id, str(value)) if value is not None else None
             if listed is None:
                 return None
             family = [keys.oidc_family(user_id, listed.family)] if listed.family else []
-            answer = await self._end(keys=[key, *family], args=[token_id, when])
+            # session.ended, appended by the script when it ends the session: an API
+            # client's only (OIDC clients have no event stream yet; the open API has no
+            # one to tell)
+            client = "" if listed.family else api_client_name(self.settings, listed.client)
+            if not client:
+                answer = await self._end(keys=[key, keys.events(user_id), *family],
+                                         args=[token_id, when])
+            else:
+                user = (unpack_record(user_id, str(record)) if record is not None
+                        else public_user({"id": user_id}))
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self._end(
+                        keys=[key, keys.events(user_id)],
+                        args=[token_id, when, *event_args(
+                            "session.ended", client, {"user": user, "session": token_id})],
+                        client=pipe,
+                    )
+                    queue_wake(pipe, user_id)
+                    answer, _ = await pipe.execute()
         if not int(answer[0]):
             return None
         ended = parse_field(token_id, str(answer[1])) or listed

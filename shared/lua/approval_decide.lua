@@ -7,6 +7,9 @@
 -- ARGV[4] the number the user picked, "" when none
 -- ARGV[5] pub/sub channel   ARGV[6] message: the approval's key hash
 -- ARGV[7] how long the result waits to be read (ms)
+-- KEYS[2] the user's event stream, ARGV[8] the time (ms): an API client's approval
+--         (name set) decided approved or denied now appends approval.approved or
+--         approval.denied (shared.events) here, in the same step
 -- An approval with a match number `m` is approved only with ARGV[4] == m: an approval
 -- with another number, or none (a forged Approve), denies it.
 -- Returns {outcome, status, client name, mismatch, has state, state}:
@@ -57,7 +60,14 @@ if deciding ~= "" then
 end
 redis.call("PEXPIRE", KEYS[1], ARGV[7])
 redis.call("PUBLISH", ARGV[5], ARGV[6])
--- EVENT approval.approved / approval.denied (issue 10 items 2-4): appended here, in this
--- step, when `decision` is one of them (client: name; data: user = ARGV[2], state, and
--- the id's seed, which the deliverer turns into the id: shared.approvals.approval_id)
+-- approval.approved / approval.denied: data {user, approval_seed (the deliverer turns it
+-- into the id: shared.events.client_data), state?}
+if KEYS[2] and name ~= "" and (decision == "approved" or decision == "denied") then
+  local data = '{"user":' .. ARGV[2] .. ',"approval_seed":' .. cjson.encode(seed or "")
+  if state then
+    data = data .. ',"state":' .. cjson.encode(state)
+  end
+  redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+    "t", "approval." .. decision, "c", name, "d", data .. "}", "ts", ARGV[8])
+end
 return {1, decision, name, mismatch, has_state, state or ""}

@@ -2,9 +2,27 @@
 -- (approval_poll.lua and approval_decide.lua only read an approval past its expiry as
 -- expired), run by the bot's sweep. One Cluster slot: every key is the user's.
 -- KEYS[1] the approval (hash)   KEYS[2] the user (hash; `r` is their record)
+-- KEYS[3] the user's event stream   ARGV[1] the user id   ARGV[2] the time (ms): an API
+--         client's approval (name set) turned expired appends approval.expired
+--         (shared.events) here, in the same step
 -- Returns {1, client name, text, message id or "", has state (0/1), state, user record
 -- or ""} when it turned expired now; {0, status or ""} when it is not due yet, was
 -- settled before, or is gone.
+-- the public user record as JSON, from the user's id and the hash's "r" (a JSON array
+-- of the fields after the id: shared.codes.pack_record)
+local function user_json(uid, record)
+  local names = {"username", "first_name", "last_name", "language_code"}
+  local ok, fields = pcall(cjson.decode, record or "")
+  if not ok or type(fields) ~= "table" then
+    fields = {}
+  end
+  local parts = {'{"id":' .. uid}
+  for i, name in ipairs(names) do
+    local value = fields[i]
+    parts[#parts + 1] = ',"' .. name .. '":' .. (value == nil and "null" or cjson.encode(value))
+  end
+  return table.concat(parts) .. "}"
+end
 local found = redis.call("HMGET", KEYS[1], "st", "e", "n", "t", "mid", "s", "i")
 local status, expiry = found[1], found[2]
 if status ~= "pending" then
@@ -16,12 +34,21 @@ if now_ms < tonumber(expiry) then
   return {0, "pending"}
 end
 redis.call("HSET", KEYS[1], "st", "expired")
--- EVENT approval.expired (issue 10 items 2-4): appended here, in this step (client: the
--- name found[3]; data: user = the record of KEYS[2], state found[6], the id's seed
--- found[7], which the deliverer turns into the id; nobody decided)
 local has_state = 0
 if found[6] then
   has_state = 1
 end
+local record = redis.call("HGET", KEYS[2], "r")
+-- approval.expired: data {user, approval_seed (the deliverer turns it into the id:
+-- shared.events.client_data), state?}; nobody decided
+if KEYS[3] and found[3] and found[3] ~= "" then
+  local data = '{"user":' .. user_json(ARGV[1], record) .. ',"approval_seed":'
+    .. cjson.encode(found[7] or "")
+  if found[6] then
+    data = data .. ',"state":' .. cjson.encode(found[6])
+  end
+  redis.call("XADD", KEYS[3], "MAXLEN", "~", 1000, "*",
+    "t", "approval.expired", "c", found[3], "d", data .. "}", "ts", ARGV[2])
+end
 return {1, found[3] or "", found[4] or "", found[5] or "", has_state, found[6] or "",
-  redis.call("HGET", KEYS[2], "r") or ""}
+  record or ""}

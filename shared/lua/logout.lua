@@ -3,9 +3,46 @@
 -- the generation in its own atomic step. (The user's live code is voided beside this.)
 -- KEYS[1] the user (hash, as in token_register.lua)
 -- ARGV[1] now (unix s)   ARGV[2] how long the user's hash lives (s)
+-- KEYS[2], ARGV[3..] (only when API_KEYS names clients): the user's event stream, the
+--         user id, user.logged_out's time (ms), and the names of the API clients as
+--         configured: one user.logged_out per API client among the ended sessions, data
+--         {"user", "sessions": how many of that client's ended}; OIDC sessions (a
+--         family in the field) and the open API's (no client) have no one to tell
 -- Returns how many live tokens ended.
+-- the public user record as JSON, from the user's id and the hash's "r" (a JSON array
+-- of the fields after the id: shared.codes.pack_record)
+local function user_json(uid, record)
+  local names = {"username", "first_name", "last_name", "language_code"}
+  local ok, fields = pcall(cjson.decode, record or "")
+  if not ok or type(fields) ~= "table" then
+    fields = {}
+  end
+  local parts = {'{"id":' .. uid}
+  for i, name in ipairs(names) do
+    local value = fields[i]
+    parts[#parts + 1] = ',"' .. name .. '":' .. (value == nil and "null" or cjson.encode(value))
+  end
+  return table.concat(parts) .. "}"
+end
+-- the configured name a field's (possibly cut: shared.tokens.field_tail) name stands for
+local function configured(stored)
+  local found = nil
+  for i = 5, #ARGV do
+    if ARGV[i] == stored then
+      return stored
+    end
+    if string.sub(ARGV[i], 1, #stored) == stored then
+      if found then
+        return nil
+      end
+      found = ARGV[i]
+    end
+  end
+  return found
+end
 local now = tonumber(ARGV[1])
 local ended = 0
+local per_client, clients = {}, {}
 local fields = redis.call("HGETALL", KEYS[1])
 for i = 1, #fields, 2 do
   local name, value = fields[i], fields[i + 1]
@@ -13,8 +50,27 @@ for i = 1, #fields, 2 do
     -- "<expiry>|..." while live, "-<expiry>" once revoked (shared/tokens.py)
     if string.sub(value, 1, 1) ~= "-" and tonumber(string.match(value, "^(%d+)")) > now then
       ended = ended + 1
+      -- "<expiry>|<lifetime>|<used>|<network>|<family>|<client>"
+      local family, stored = string.match(value, "^[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|(.+)$")
+      local client = KEYS[2] and family == "" and stored and configured(stored)
+      if client then
+        if not per_client[client] then
+          per_client[client] = 0
+          clients[#clients + 1] = client
+        end
+        per_client[client] = per_client[client] + 1
+      end
     end
     redis.call("HDEL", KEYS[1], name)
+  end
+end
+if #clients > 0 then
+  table.sort(clients)
+  local user = user_json(ARGV[3], redis.call("HGET", KEYS[1], "r"))
+  for _, client in ipairs(clients) do
+    redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*", "t", "user.logged_out",
+      "c", client, "d", '{"user":' .. user .. ',"sessions":' .. per_client[client] .. "}",
+      "ts", ARGV[4])
   end
 end
 redis.call("HINCRBY", KEYS[1], "g", 1)

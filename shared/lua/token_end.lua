@@ -3,8 +3,12 @@
 -- session's token family ends with it (its refresh token and every access token it
 -- issued, as oidc_family_revoke.lua ends one), so the site cannot refresh it back.
 -- KEYS[1] the user (hash, as in token_register.lua)
--- KEYS[2] (only for an OIDC session) the family its field names
+-- KEYS[2] the user's event stream (shared.events)
+-- KEYS[3] (only for an OIDC session) the family its field names
 -- ARGV[1] token id   ARGV[2] now (unix s)
+-- ARGV[3..6] (only for an API client's session) session.ended's type, client, data, time
+--         (shared.events), appended when it ends; an OIDC client's or the open API's
+--         session passes none (no one to tell: OIDC clients have no event stream yet)
 -- Returns {1, the field as it was, the family's OIDC client id or ""} when it was live
 -- and is now ended; {0} when it was not (unknown, expired, revoked, ended by /logout).
 local now = tonumber(ARGV[2])
@@ -24,18 +28,20 @@ if expiry <= now then
 end
 revoke(ARGV[1], expiry)
 local client = ""
-if KEYS[2] and redis.call("EXISTS", KEYS[2]) == 1 then
-  client = redis.call("HGET", KEYS[2], "c") or ""
-  local fields = redis.call("HGETALL", KEYS[2])
+if KEYS[3] and redis.call("EXISTS", KEYS[3]) == 1 then
+  client = redis.call("HGET", KEYS[3], "c") or ""
+  local fields = redis.call("HGETALL", KEYS[3])
   for i = 1, #fields, 2 do
     local name, value = fields[i], fields[i + 1]
     if string.sub(name, 1, 1) == "t" and tonumber(value) > now then
       revoke(string.sub(name, 2), tonumber(value))
     end
   end
-  redis.call("DEL", KEYS[2])
+  redis.call("DEL", KEYS[3])
 end
--- session.ended: the event log's entry belongs here, in this same atomic step (user:
--- the hash's "r" and the id in KEYS[1]; the session: ARGV[1]; its client: the name at
--- the end of `state`, or `client` for an OIDC session)
+-- session.ended, in this same atomic step
+if ARGV[3] then
+  redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+    "t", ARGV[3], "c", ARGV[4], "d", ARGV[5], "ts", ARGV[6])
+end
 return {1, state, client}

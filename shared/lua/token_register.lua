@@ -8,8 +8,11 @@
 -- ARGV[4] how long the user's hash lives (s)   ARGV[5] the user record ("" keeps it)
 -- ARGV[6] the generation it must be made at ("" for the current one)
 -- ARGV[7] the field's tail: "<network>[|<family>[|<client name>]]"
--- Returns {1, generation} when the token counts (listed, unless 256 are), {0, generation}
--- when the generation moved on.
+-- KEYS[2], ARGV[8..11] (only for an API client's redeem): the user's event stream and
+--         code.redeemed's type, client, data, time (shared.events), appended when the
+--         token counts; an open API's redeem passes neither and appends nothing
+-- Returns {1, generation[, the event's entry id]} when the token counts (listed, unless
+-- 256 are), {0, generation} when the generation moved on.
 local generation = redis.call("HGET", KEYS[1], "g") or "0"
 if ARGV[6] ~= "" and ARGV[6] ~= generation then
   return {0, generation}
@@ -39,4 +42,8 @@ if ARGV[5] ~= "" then
   redis.call("HSET", KEYS[1], "r", ARGV[5])
 end
 redis.call("EXPIRE", KEYS[1], ARGV[4])
+if KEYS[2] then
+  return {1, generation, redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+    "t", ARGV[8], "c", ARGV[9], "d", ARGV[10], "ts", ARGV[11])}
+end
 return {1, generation}
