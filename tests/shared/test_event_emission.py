@@ -128,6 +128,24 @@ def test_code_redeemed(api: TestClient, redis_url: str) -> None:
     assert event["data"] == {"user": ANN, "session": session_of(token)}
 
 
+def test_concurrent_redeems_of_one_code_emit_one_event(redis_url: str) -> None:
+    """The losers' register ran (another slot than the code's), and took its event back."""
+    async def body(store: Store) -> list[dict[str, Any]]:
+        issued = await store.issue_code(ANN)
+        assert issued is not None
+        tries = await asyncio.gather(
+            *(store.redeem_code(issued.code, f"10.0.0.{n}", SHOP_CLIENT) for n in range(8)),
+            return_exceptions=True)
+        (won,) = [t for t in tries if not isinstance(t, BaseException)]
+        entries = await store.redis.xrange(keys.events(ANN["id"]))
+        assert [json.loads(f["d"])["session"] for _, f in entries] == [
+            session_of(won.access_token)]
+        return [json.loads(f["d"]) for _, f in entries]
+
+    (data,) = on_store(redis_url, body)
+    assert data["user"] == ANN
+
+
 def test_token_revoked_once(api: TestClient, redis_url: str) -> None:
     token = redeem(api, redis_url, SHOP)["access_token"]
     for _ in range(2):  # the second revoke ends nothing: no event
