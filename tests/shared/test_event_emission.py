@@ -354,3 +354,31 @@ def test_the_emitting_scripts_run_on_a_cluster(cluster_env: dict[str, str]) -> N
         "code.redeemed", "token.revoked", "session.ended", "login.approved", "login.denied",
         "approval.approved", "approval.denied", "approval.expired", "user.logged_out",
     }
+
+
+def test_a_long_client_name_cut_in_the_field_is_named_in_full(redis_url: str) -> None:
+    """A session's field keeps a cut name (it stays within 64 bytes); session.ended and
+    user.logged_out name the configured client all the same."""
+    name = "The Long-Named Online Shop of Fine Things " + "x" * 30
+    key = "long-key-" + "l" * 24
+    long_settings = settings(redis_url, API_KEYS=f"{name}:{key},shop:{SHOP_KEY}")
+    client = ApiClient(name=name, key=Secret(key))
+
+    async def body(store: Store) -> list[tuple[str, str]]:
+        tokens = []
+        for _ in range(2):
+            issued = await store.issue_code(ANN)
+            assert issued is not None
+            tokens.append((await store.redeem_code(issued.code, "10.0.0.1", client))
+                          .access_token)
+        field = await store.redis.hget(keys.user(ANN["id"]), session_of(tokens[0]))
+        assert name not in str(field)  # cut
+        assert await store.sessions.end(ANN["id"], session_of(tokens[0]))
+        assert await store.revoke_user(ANN["id"]) == 1
+        entries = await store.redis.xrange(keys.events(ANN["id"]))
+        return [(f["t"], f["c"]) for _, f in entries]
+
+    assert run_on_store(long_settings, body) == [
+        ("code.redeemed", name), ("code.redeemed", name), ("session.ended", name),
+        ("user.logged_out", name),
+    ]
