@@ -15,10 +15,19 @@ import redis
 from standardwebhooks import Webhook
 
 from api_worker.demo_events import CART, EVENTS_KEY, KEEP
-from tests.fixtures.api import ApiProcess, ApiStarter
-from tests.fixtures.bot import ANN, Message, buttons, code_of
+from shared import keys
+from tests.fixtures.api import ApiProcess, ApiStarter, api_settings
+from tests.fixtures.bot import ANN, AUTH_SECRET, BotStarter, Message, buttons, code_of
 from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.demo import DEMO_KEYS, DEMO_WEBHOOK_SECRET, DemoSystem, demo_webhooks
+from tests.fixtures.demo import (
+    COOKIE,
+    DEMO_KEYS,
+    DEMO_WEBHOOK_SECRET,
+    DemoSystem,
+    demo_webhooks,
+    signed_demo_session,
+)
+from tests.fixtures.sandbox import TelegramSandbox
 
 OTHER_SECRET = "whsec_" + "A" * 43  # 32 bytes, not the shop's
 STRANGER = {"id": 7001, "username": "zed", "first_name": "Zed", "last_name": None,
@@ -202,3 +211,70 @@ def test_another_visitors_events_are_not_shown(
                    what="code.redeemed at the demo's receiver")
         assert _types(visitor) == ["code.redeemed"]
     assert {e["user_id"] for e in _recorded(redis_url)} == {7001, ANN["id"]}
+
+
+def test_a_telegram_login_shows_login_approved(events_demo_system: DemoSystem) -> None:
+    system = events_demo_system
+    with httpx.Client(base_url=system.api.url, timeout=40) as visitor:
+        started = visitor.post("/demo/login/telegram", json={})
+        assert started.status_code == 200, started.text
+        prompt = system.bot.ask(started.json()["start_command"], ANN)
+        (button,) = [b for b in buttons(prompt) if b["text"] == "Approve"]
+        system.sandbox.tap(ANN["id"], prompt["message_id"], button["callback_data"],
+                           user=ANN, token=system.bot.token)
+        assert visitor.get("/demo/login/telegram/wait").json()["status"] == "approved"
+        wait_until(lambda: "login.approved" in _types(visitor), timeout=20,
+                   what="login.approved at the demo's receiver")
+        (approved,) = _events(visitor)
+        assert approved["summary"] == "Ann (@ann) approved a Telegram login"
+
+
+def test_an_openid_connect_visitor_confirms_with_their_sub(
+    redis_url: str, events_demo_system: DemoSystem
+) -> None:
+    """The shop knows an OpenID Connect visitor by the login's user (its `sub`): no API
+    token, no /v1/me."""
+    system = events_demo_system
+    settings = api_settings(redis_url, AUTH_SECRET=AUTH_SECRET)
+    oidc_user = {"id": ANN["id"], "username": "ann", "first_name": "Ann"}
+    with httpx.Client(base_url=system.api.url, timeout=40) as visitor:
+        _log_in(system, visitor)  # the bot knows Ann
+    with httpx.Client(base_url=system.api.url, timeout=40) as visitor:
+        visitor.cookies.set(COOKIE, signed_demo_session(settings, {"oidc": {"user": oidc_user}}))
+        after = _last_message(system)
+        asked = visitor.post("/demo/order/confirm", json={})
+        assert asked.status_code == 200, asked.text
+        prompt = _prompt(system, after)
+        assert f"Confirm order #{asked.json()['order']}" in prompt["text"]
+
+
+def test_an_order_nobody_confirms_expires(
+    redis_url: str, sandbox: TelegramSandbox, start_bot: BotStarter, start_api: ApiStarter
+) -> None:
+    bot = start_bot()
+    api = start_api(AUTH_SECRET=AUTH_SECRET, DEMO_PAGE="1", API_KEYS=DEMO_KEYS,
+                    TELEGRAM_API_BASE_URL=sandbox.api_base, APPROVAL_TTL_SECONDS="2")
+    with redis.Redis.from_url(redis_url) as client:
+        wait_until(lambda: client.get(keys.BOT_USERNAME), timeout=20,
+                   what="the bot to publish its username")
+    system = DemoSystem(api=api, bot=bot, sandbox=sandbox)
+    with httpx.Client(base_url=api.url, timeout=40) as visitor:
+        _log_in(system, visitor)
+        assert visitor.post("/demo/order/confirm", json={}).status_code == 200
+        started = time.monotonic()
+        answer = visitor.get("/demo/order/wait")  # held until the expiry, 2 s on
+        assert answer.json() == {"status": "expired"}
+        assert time.monotonic() - started < 10
+
+
+def test_a_visitor_who_blocked_the_bot_is_told_undeliverable(
+    events_demo_system: DemoSystem
+) -> None:
+    system = events_demo_system
+    with httpx.Client(base_url=system.api.url, timeout=40) as visitor:
+        _log_in(system, visitor)
+        system.sandbox.block(ANN["id"], token=system.bot.token)
+        assert visitor.post("/demo/order/confirm", json={}).status_code == 200
+        started = time.monotonic()
+        assert visitor.get("/demo/order/wait").json() == {"status": "undeliverable"}
+        assert time.monotonic() - started < 15
