@@ -56,7 +56,7 @@ STATIC = Path(__file__).parent / "demo_static"
 COOKIE = "acme_session"
 # one long poll of the page; the API allows up to 30 s
 WAIT_SECONDS = 25
-_TIMEOUT = 10.0  # seconds for any other call to the API
+API_TIMEOUT = 10.0  # seconds for any other call to the API
 _NO_STORE = {"Cache-Control": "no-store"}
 # where to reach the API when it listens on every address: its own family's loopback
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
@@ -83,7 +83,7 @@ class DemoError(ApiError):
         self.status, self.error = status, error
 
 
-# -- calling the API from the server side --------------------------------------------------
+# -- calling the API from the server side (api_worker.demo_events too) -------------------
 
 
 def _api_base(request: Request) -> str:
@@ -104,7 +104,7 @@ def _api_base(request: Request) -> str:
     return f"http://{host}:{port}"
 
 
-async def _call(
+async def call_api(
     request: Request,
     method: str,
     path: str,
@@ -112,7 +112,7 @@ async def _call(
     body: dict[str, Any] | None = None,
     token: str | None = None,
     params: dict[str, int] | None = None,
-    seconds: float = _TIMEOUT,
+    seconds: float = API_TIMEOUT,
 ) -> httpx.Response:
     headers = {"X-Forwarded-For": context.client_address(request)}  # limits per visitor
     keys = context.settings(request).api_keys
@@ -128,7 +128,7 @@ async def _call(
         raise DemoError(503, "unavailable", _FRIENDLY["unavailable"]) from None
 
 
-def _failure(response: httpx.Response) -> DemoError:
+def failure(response: httpx.Response) -> DemoError:
     """The API's error as something to show the visitor; never its raw text."""
     try:
         error = str(response.json().get("error", "internal"))
@@ -143,20 +143,20 @@ def _failure(response: httpx.Response) -> DemoError:
     return DemoError(status, error, message)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def json_body(request: Request) -> dict[str, Any]:
     # a JSON content type cannot be sent cross-site without CORS: no form can forge these
     if not request.headers.get("content-type", "").startswith("application/json"):
         raise InvalidRequest("Send the request as application/json.")
     return await json_object(request)
 
 
-def _ok(body: dict[str, Any]) -> JSONResponse:
+def ok(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, headers=_NO_STORE)
 
 
 def _logged_out(rp: RelyingParty | None, **said: str) -> JSONResponse:
     """No one logged in; where a login through OpenID Connect starts, if the demo has one."""
-    return _ok({"logged_in": False, **({"oidc_login": OIDC_LOGIN_PATH} if rp else {}), **said})
+    return ok({"logged_in": False, **({"oidc_login": OIDC_LOGIN_PATH} if rp else {}), **said})
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -174,32 +174,32 @@ async def session(rp: RelyingParty | None, request: Request) -> Response:
     said = {k: v for k, v in flash.items() if k in ("notice", "error")} if flash else {}
     oidc = request.session.get("oidc")
     if isinstance(oidc, dict):
-        return _ok({"logged_in": True, "user": oidc["user"], "via": VIA_OIDC, **said})
+        return ok({"logged_in": True, "user": oidc["user"], "via": VIA_OIDC, **said})
     token = request.session.get("token")
     if not isinstance(token, str):
         return _logged_out(rp, **said)
-    response = await _call(request, "GET", "/v1/me", token=token)
+    response = await call_api(request, "GET", "/v1/me", token=token)
     if response.status_code == 401 and response.json().get("error") == "invalid_token":
         request.session.pop("token", None)
         return _logged_out(rp, notice="Your session has ended. Please log in again.")
     if response.status_code != 200:
-        raise _failure(response)
-    return _ok({"logged_in": True, "user": response.json()["user"]})
+        raise failure(response)
+    return ok({"logged_in": True, "user": response.json()["user"]})
 
 
 async def start_telegram(request: Request) -> Response:
-    await _json_body(request)
-    response = await _call(request, "POST", "/v1/login-requests", body={})
+    await json_body(request)
+    response = await call_api(request, "POST", "/v1/login-requests", body={})
     if response.status_code != 201:
         if response.status_code == 503:
             raise DemoError(
                 503, "unavailable", "Logging in with Telegram is not available right now "
                 "(is the bot running?). Please try again in a moment, or use a code."
             )
-        raise _failure(response)
+        raise failure(response)
     created = response.json()
     request.session["request"] = created["id"]
-    return _ok(
+    return ok(
         {
             "deep_link": created["deep_link"],
             "start_command": created["start_command"],
@@ -214,52 +214,52 @@ async def wait_telegram(request: Request) -> Response:
     request_id = request.session.get("request")
     if not isinstance(request_id, str):
         raise NotFound("No login is in progress.")
-    response = await _call(
+    response = await call_api(
         request, "GET", f"/v1/login-requests/{quote(request_id, safe='')}",
-        params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + _TIMEOUT,
+        params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + API_TIMEOUT,
     )
     if response.status_code == 404:
         request.session.pop("request", None)
-        return _ok({"status": "expired"})
+        return ok({"status": "expired"})
     if response.status_code != 200:
-        raise _failure(response)
+        raise failure(response)
     result = response.json()
     status = result["status"]
     if status == "approved":
         request.session.pop("request", None)
         request.session["token"] = result["access_token"]
-        return _ok({"status": "approved", "user": result["user"]})
+        return ok({"status": "approved", "user": result["user"]})
     if status == "denied":
         request.session.pop("request", None)
-        return _ok({"status": "denied"})
-    return _ok({"status": "pending", "expires_in": result.get("expires_in")})
+        return ok({"status": "denied"})
+    return ok({"status": "pending", "expires_in": result.get("expires_in")})
 
 
 async def login_code(request: Request) -> Response:
-    code = (await _json_body(request)).get("code")
+    code = (await json_body(request)).get("code")
     if not isinstance(code, str) or not code.strip():
         raise DemoError(400, "invalid_request", _FRIENDLY["invalid_request"])
-    response = await _call(request, "POST", "/v1/codes/redeem", body={"code": code})
+    response = await call_api(request, "POST", "/v1/codes/redeem", body={"code": code})
     if response.status_code != 200:
-        raise _failure(response)
+        raise failure(response)
     redeemed = response.json()
     request.session.pop("request", None)
     request.session["token"] = redeemed["access_token"]
-    return _ok({"logged_in": True, "user": redeemed["user"]})
+    return ok({"logged_in": True, "user": redeemed["user"]})
 
 
 async def logout(rp: RelyingParty | None, request: Request) -> Response:
     """Revoke the access token at the API (or the OpenID Connect grant at the provider),
     then forget it."""
-    await _json_body(request)
+    await json_body(request)
     oidc = request.session.get("oidc")
     if isinstance(oidc, dict) and rp is not None:
         await rp.revoke(oidc)  # raises, keeping the session, when the provider failed
     token = request.session.get("token")
     if isinstance(token, str):
-        response = await _call(request, "POST", "/v1/tokens/revoke", token=token)
+        response = await call_api(request, "POST", "/v1/tokens/revoke", token=token)
         if response.status_code not in (204, 401):  # 401: already revoked or expired
-            raise _failure(response)  # the token stays, so logging out can be retried
+            raise failure(response)  # the token stays, so logging out can be retried
     request.session.clear()
     return _logged_out(rp)
 

@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from api_worker import context
 from api_worker.body import read_limited
-from api_worker.demo import _TIMEOUT, WAIT_SECONDS, DemoError, _call, _failure, _json_body, _ok
+from api_worker.demo import API_TIMEOUT, WAIT_SECONDS, DemoError, call_api, failure, json_body, ok
 from api_worker.errors import ApiError, NotFound
 from shared.redis import unavailable_on_error
 from shared.settings import Secret, Settings
@@ -149,11 +149,11 @@ async def visitor_id(request: Request) -> int | None:
     known = request.session.get("uid")
     if isinstance(known, list) and len(known) == 2 and known[1] == token[-12:]:
         return int(known[0])
-    response = await _call(request, "GET", "/v1/me", token=token)
+    response = await call_api(request, "GET", "/v1/me", token=token)
     if response.status_code == 401:
         return None
     if response.status_code != 200:
-        raise _failure(response)
+        raise failure(response)
     uid = response.json()["user"]["id"]
     request.session["uid"] = [uid, token[-12:]]
     return int(uid)
@@ -164,26 +164,26 @@ async def events(request: Request) -> Response:
     configured = bool(receiver_secrets(context.settings(request)))
     uid = await visitor_id(request)
     if uid is None or not configured:
-        return _ok({"configured": configured, "logged_in": uid is not None, "events": []})
+        return ok({"configured": configured, "logged_in": uid is not None, "events": []})
     with unavailable_on_error():
         raw = await context.store(request).redis.lrange(EVENTS_KEY, 0, KEEP - 1)
     mine = [e for e in (json.loads(r) for r in raw) if e.get("user_id") == uid]
     for event in mine:
         event.pop("user_id", None)
-    return _ok({"configured": True, "logged_in": True, "events": mine})
+    return ok({"configured": True, "logged_in": True, "events": mine})
 
 
 # -- confirm your order -------------------------------------------------------------------
 
 
 async def confirm_order(request: Request) -> Response:
-    await _json_body(request)
+    await json_body(request)
     uid = await visitor_id(request)
     if uid is None:
         raise DemoError(401, "logged_out", "Please log in first.")
     order = f"{secrets.randbelow(9000) + 1000}"
     text = f"Confirm order #{order}: {CART}"
-    response = await _call(
+    response = await call_api(
         request, "POST", "/v1/approvals",
         body={"user_id": uid, "text": text, "state": f"order-{order}"},
     )
@@ -198,10 +198,10 @@ async def confirm_order(request: Request) -> Response:
             429, "rate_limited", f"Too many confirmations asked. Try again in {wait} seconds."
         )
     if response.status_code != 201:
-        raise _failure(response)
+        raise failure(response)
     created = response.json()
     request.session["approval"] = created["id"]
-    return _ok({"order": order, "text": text, "expires_in": created["expires_in"]})
+    return ok({"order": order, "text": text, "expires_in": created["expires_in"]})
 
 
 async def wait_order(request: Request) -> Response:
@@ -209,20 +209,20 @@ async def wait_order(request: Request) -> Response:
     approval = request.session.get("approval")
     if not isinstance(approval, str):
         raise NotFound("No order is waiting for confirmation.")
-    response = await _call(
+    response = await call_api(
         request, "GET", f"/v1/approvals/{quote(approval, safe='')}",
-        params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + _TIMEOUT,
+        params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + API_TIMEOUT,
     )
     if response.status_code == 404:
         request.session.pop("approval", None)
-        return _ok({"status": "expired"})
+        return ok({"status": "expired"})
     if response.status_code != 200:
-        raise _failure(response)
+        raise failure(response)
     status = response.json().get("status")
     if status in _STATUSES:
         request.session.pop("approval", None)
-        return _ok({"status": status})
-    return _ok({"status": "pending", "expires_in": response.json().get("expires_in")})
+        return ok({"status": status})
+    return ok({"status": "pending", "expires_in": response.json().get("expires_in")})
 
 
 def routes(settings: Settings, cookie: Middleware) -> list[BaseRoute]:
