@@ -52,9 +52,9 @@ _DID = {
     "code.redeemed": "logged in with a code",
     "login.approved": "approved a Telegram login",
     "login.denied": "denied a Telegram login",
-    "approval.approved": "approved",
-    "approval.denied": "denied",
-    "approval.expired": "let a request expire",
+    "approval.approved": "approved the request",
+    "approval.denied": "denied the request",
+    "approval.expired": "let the request expire",
     "token.revoked": "logged out (access token revoked)",
     "session.ended": "ended a session in the bot",
     "user.logged_out": "sent /logout in the bot",
@@ -99,7 +99,7 @@ def summary(type_: str, data: dict[str, Any]) -> str:
     """One line about the event, as the shop's log would show it."""
     said = f"{_name(data.get('user'))} {_DID.get(type_, type_)}"
     if type_.startswith("approval.") and isinstance(data.get("id"), str):
-        said += f" approval {data['id'][:24]}"
+        said += f" ({data['id'][:40]})"
     return said
 
 

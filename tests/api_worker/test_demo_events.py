@@ -80,7 +80,7 @@ def test_a_signed_event_is_recorded_once_per_webhook_id(
     (recorded,) = _recorded(redis_url)
     assert recorded == {
         "id": "evt_7001_1-0", "type": "approval.denied", "timestamp": "2026-11-29T17:40:12.345Z",
-        "user_id": 7001, "summary": "Zed (@zed) denied approval 7001.abc", "verified": True,
+        "user_id": 7001, "summary": "Zed (@zed) denied the request (7001.abc)", "verified": True,
     }
 
 
