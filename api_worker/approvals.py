@@ -22,7 +22,7 @@ from api_worker.auth import require_client
 from api_worker.body import json_object
 from api_worker.codes import NO_STORE
 from api_worker.errors import ApiError, InvalidRequest, NotFound, TooManyRequests
-from api_worker.login_requests import MAX_WAIT
+from api_worker.waiters import wait_param
 from shared.approvals import (
     MAX_STATE,
     MAX_TEXT,
@@ -107,13 +107,6 @@ async def create(request: Request) -> Response:
     return JSONResponse(body, status_code=201, headers=NO_STORE)
 
 
-def _wait(request: Request) -> int:
-    raw = request.query_params.get("wait")
-    if raw is None:
-        return 0
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 6 or int(raw) > MAX_WAIT:
-        raise InvalidRequest(f"wait must be a whole number of seconds from 0 to {MAX_WAIT}.")
-    return int(raw)
 
 
 def _body(found: ApprovalStatus) -> dict[str, Any]:
@@ -133,7 +126,7 @@ def _pending(found: ApprovalStatus | None) -> bool:
 
 async def status(request: Request) -> Response:
     client = await require_client(request)
-    wait = _wait(request)
+    wait = wait_param(request)
     approval_id: str = request.path_params["id"]
     operations = approvals(request)
 

@@ -22,7 +22,7 @@ from api_worker import context
 from api_worker.auth import require_client
 from api_worker.codes import NO_STORE
 from api_worker.errors import InvalidRequest
-from api_worker.login_requests import MAX_WAIT
+from api_worker.waiters import wait_param
 from shared import keys
 from shared.codes import now_ms
 from shared.events import client_hash, iso_time
@@ -30,7 +30,6 @@ from shared.store import unavailable_on_error
 
 # events one answer holds at most
 PAGE = 100
-_DIGITS = re.compile(r"[0-9]{1,6}")
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_ID_PART = 2**64 - 1
 _PARAMETERS = frozenset({"after", "wait"})
@@ -51,13 +50,6 @@ def _after(request: Request) -> str:
     return raw
 
 
-def _wait(request: Request) -> int:
-    raw = request.query_params.get("wait")
-    if raw is None:
-        return 0
-    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_WAIT:
-        raise InvalidRequest(f"wait must be a whole number of seconds from 0 to {MAX_WAIT}.")
-    return int(raw)
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -74,7 +66,7 @@ async def list_events(request: Request) -> Response:
     unknown = set(request.query_params) - _PARAMETERS
     if unknown:  # a misspelt `after` would start from the oldest event again
         raise InvalidRequest("Unknown query parameter(s); the query is after=<id>&wait=<s>.")
-    after, wait = _after(request), _wait(request)
+    after, wait = _after(request), wait_param(request)
     settings = context.settings(request)
     chash = client_hash(settings.auth_secret, client.name if client is not None else "")
     redis = context.store(request).redis

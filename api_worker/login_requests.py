@@ -9,7 +9,6 @@ poll is held until the bot decides (woken through Redis pub/sub, see
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from starlette.requests import Request
@@ -21,14 +20,13 @@ from api_worker.auth import require_client
 from api_worker.body import json_object
 from api_worker.codes import NO_STORE
 from api_worker.errors import InvalidRequest, NotFound, ServiceUnavailable, TooManyRequests
+from api_worker.waiters import wait_param
 from shared.logins import NoBotUsername, PollResult
 from shared.store import RateLimited
 
 logger = logging.getLogger(__name__)
 
 MAX_STATE = 128
-MAX_WAIT = 30
-_DIGITS = re.compile(r"[0-9]{1,6}")
 
 
 def _state(body: dict[str, Any]) -> str | None:
@@ -75,13 +73,6 @@ async def create(request: Request) -> Response:
     )
 
 
-def _wait(request: Request) -> int:
-    raw = request.query_params.get("wait")
-    if raw is None:
-        return 0
-    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_WAIT:
-        raise InvalidRequest(f"wait must be a whole number of seconds from 0 to {MAX_WAIT}.")
-    return int(raw)
 
 
 def _body(result: PollResult) -> dict[str, Any]:
@@ -103,7 +94,7 @@ def _body(result: PollResult) -> dict[str, Any]:
 
 async def status(request: Request) -> Response:
     client = await require_client(request)
-    wait = _wait(request)
+    wait = wait_param(request)
     login_id: str = request.path_params["id"]
     logins = context.logins(request)
     address = context.client_address(request)

@@ -57,6 +57,7 @@ from api_worker.errors import (
 )
 from api_worker.oidc_texts import TEXTS, Lang
 from api_worker.sandbox_link import sandbox_link
+from api_worker.waiters import MAX_WAIT
 from shared.logins import (
     Authorization,
     AuthorizationResult,
@@ -73,7 +74,6 @@ PATH = "/oauth/authorize"
 WAIT_PATH = "/oauth/authorize/wait"
 CODE_PATH = "/oauth/authorize/code"
 STATIC = Path(__file__).parent / "oidc_static"
-MAX_WAIT = 30  # seconds one wait may hold, as the API's own long polls
 MAX_STATE = 512  # characters; the client's value, kept with the request and sent back
 MAX_NONCE = 255
 SCOPES = ("openid", "profile")

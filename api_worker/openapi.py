@@ -23,7 +23,8 @@ from api_worker.approvals import MAX_USER_ID
 from api_worker.auth import API_KEY_HEADER
 from api_worker.body import MAX_BODY_BYTES
 from api_worker.events import PAGE as EVENTS_PAGE
-from api_worker.login_requests import MAX_STATE, MAX_WAIT
+from api_worker.login_requests import MAX_STATE
+from api_worker.waiters import MAX_WAIT
 from shared.approvals import MAX_STATE as MAX_APPROVAL_STATE
 from shared.approvals import MAX_TEXT as MAX_APPROVAL_TEXT
 from shared.events import EVENT_TYPES

@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 from typing import TypeVar
 
-from api_worker.errors import ServiceUnavailable
+from starlette.requests import Request
+
+from api_worker.errors import InvalidRequest, ServiceUnavailable
 from shared.store import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -30,7 +33,20 @@ RETRY_FIRST = 0.1  # seconds before the first resubscribe attempt
 RETRY_MAX = 2.0
 
 T = TypeVar("T")
+MAX_WAIT = 30  # seconds a long poll (`?wait=`) may be held
+_DIGITS = re.compile(r"[0-9]{1,6}")
 Feed = Callable[[], AsyncGenerator[str | None, None]]
+
+
+def wait_param(request: Request) -> int:
+    """The `wait` query parameter of a long poll: whole seconds from 0 to MAX_WAIT, 0 when
+    absent; InvalidRequest otherwise."""
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_WAIT:
+        raise InvalidRequest(f"wait must be a whole number of seconds from 0 to {MAX_WAIT}.")
+    return int(raw)
 
 
 class Waiters:
