@@ -113,10 +113,19 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 # -- scripts -------------------------------------------------------------------------------
 
 
+_INCLUDE = "--!include "
+
+
 @functools.cache
 def load_script(name: str) -> str:
-    """A Lua script shipped in shared/lua/."""
-    return resources.files("shared").joinpath("lua", name).read_text()
+    """A Lua script shipped in shared/lua/, with each `--!include <file>` line replaced by
+    that file's text (pieces several scripts share, such as lib_user_json.lua; Redis runs
+    one self-contained text per script)."""
+    text = resources.files("shared").joinpath("lua", name).read_text()
+    return "".join(
+        load_script(line.removeprefix(_INCLUDE).strip()) if line.startswith(_INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    )
 
 
 # every script registered on a Cluster client, by its SHA1, so a pipeline can send it whole

@@ -8,21 +8,7 @@
 -- Returns {1, client name, text, message id or "", has state (0/1), state, user record
 -- or ""} when it turned expired now; {0, status or ""} when it is not due yet, was
 -- settled before, or is gone.
--- the public user record as JSON, from the user's id and the hash's "r" (a JSON array
--- of the fields after the id: shared.codes.pack_record)
-local function user_json(uid, record)
-  local names = {"username", "first_name", "last_name", "language_code"}
-  local ok, fields = pcall(cjson.decode, record or "")
-  if not ok or type(fields) ~= "table" then
-    fields = {}
-  end
-  local parts = {'{"id":' .. uid}
-  for i, name in ipairs(names) do
-    local value = fields[i]
-    parts[#parts + 1] = ',"' .. name .. '":' .. (value == nil and "null" or cjson.encode(value))
-  end
-  return table.concat(parts) .. "}"
-end
+--!include lib_user_json.lua
 local found = redis.call("HMGET", KEYS[1], "st", "e", "n", "t", "mid", "s", "i")
 local status, expiry = found[1], found[2]
 if status ~= "pending" then

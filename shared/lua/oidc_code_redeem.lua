@@ -11,6 +11,7 @@
 -- Returns {1, generation, nonce, scope, auth_time, record} when redeemed;
 -- {2, family hash} when the code was redeemed before (a reuse: revoke that family);
 -- {0} otherwise (unknown, expired, refused: the code is spent either way).
+--!include lib_list_token.lua
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return {0}
 end
@@ -37,14 +38,9 @@ redis.call("EXPIRE", KEYS[1], ttl)
 redis.call("HSET", KEYS[3], "c", code[1], "n", 0, "g", generation, "s", code[5],
   "a", code[6], "u", code[7], "t" .. ARGV[6], ARGV[7])
 redis.call("EXPIRE", KEYS[3], ttl)
--- the access token in the user's hash, as token_register.lua lists one (at most 256)
-local others = redis.call("HEXISTS", KEYS[2], "r") + redis.call("HEXISTS", KEYS[2], "g")
-if redis.call("HLEN", KEYS[2]) - others < 256 then
-  local expiry, began = tonumber(ARGV[7]), tonumber(code[6])
-  local now = math.floor(tonumber(ARGV[1]) / 1000)
-  redis.call("HSET", KEYS[2], ARGV[6], ARGV[7] .. "|" .. math.floor((expiry - began) / 60)
-    .. "|" .. math.floor((now - began) / 60) .. "|" .. ARGV[9])
-end
+-- the access token in the user's hash, as token_register.lua lists one
+list_token(KEYS[2], ARGV[6], ARGV[7], tonumber(code[6]), math.floor(tonumber(ARGV[1]) / 1000),
+  ARGV[9])
 redis.call("HSET", KEYS[2], "r", code[7])
 if redis.call("TTL", KEYS[2]) < ttl then
   redis.call("EXPIRE", KEYS[2], ttl)

@@ -8,6 +8,7 @@
 -- <client name>" (shared/tokens.py); the session began at the family's auth_time
 -- Returns {1, rotation number, generation, scope, auth_time, record} when rotated;
 -- {2} for a token already rotated (a reuse: revoke the family); {0} otherwise.
+--!include lib_list_token.lua
 if redis.call("EXISTS", KEYS[1]) == 0 then
   return {0}
 end
@@ -38,12 +39,7 @@ local ttl = tonumber(ARGV[6])
 local next = redis.call("HINCRBY", KEYS[1], "n", 1)
 redis.call("HSET", KEYS[1], "t" .. ARGV[3], ARGV[4])
 redis.call("EXPIRE", KEYS[1], ttl)
-local others = redis.call("HEXISTS", KEYS[2], "r") + redis.call("HEXISTS", KEYS[2], "g")
-if redis.call("HLEN", KEYS[2]) - others < 256 then
-  local expiry, began = tonumber(ARGV[4]), tonumber(family[5])
-  redis.call("HSET", KEYS[2], ARGV[3], ARGV[4] .. "|" .. math.floor((expiry - began) / 60)
-    .. "|" .. math.floor((now - began) / 60) .. "|" .. ARGV[7])
-end
+list_token(KEYS[2], ARGV[3], ARGV[4], tonumber(family[5]), now, ARGV[7])
 redis.call("HSET", KEYS[2], "r", family[6])
 if redis.call("TTL", KEYS[2]) < ttl then
   redis.call("EXPIRE", KEYS[2], ttl)

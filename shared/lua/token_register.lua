@@ -13,6 +13,7 @@
 --         token counts; an open API's redeem passes neither and appends nothing
 -- Returns {1, generation[, the event's entry id]} when the token counts (listed, unless
 -- 256 are), {0, generation} when the generation moved on.
+--!include lib_list_token.lua
 local generation = redis.call("HGET", KEYS[1], "g") or "0"
 if ARGV[6] ~= "" and ARGV[6] ~= generation then
   return {0, generation}
@@ -31,13 +32,7 @@ if redis.call("HLEN", KEYS[1]) > 8 then
     end
   end
 end
--- at most 256 ids listed (every scan here stays short): past that a token still counts,
--- /logout ends it by the generation, it is only not counted in the number it reports
-local others = redis.call("HEXISTS", KEYS[1], "r") + redis.call("HEXISTS", KEYS[1], "g")
-if redis.call("HLEN", KEYS[1]) - others < 256 then
-  local lifetime = math.floor((tonumber(ARGV[2]) - now) / 60)
-  redis.call("HSET", KEYS[1], ARGV[1], ARGV[2] .. "|" .. lifetime .. "|0|" .. ARGV[7])
-end
+list_token(KEYS[1], ARGV[1], ARGV[2], now, now, ARGV[7])
 if ARGV[5] ~= "" then
   redis.call("HSET", KEYS[1], "r", ARGV[5])
 end

@@ -6,21 +6,7 @@
 --         user id, and token.revoked's type, client, data without `user` (the script
 --         puts the user's record first), time (shared.events); appended when it ends
 -- Returns 1 when it was live and is now revoked, else 0.
--- the public user record as JSON, from the user's id and the hash's "r" (a JSON array
--- of the fields after the id: shared.codes.pack_record)
-local function user_json(uid, record)
-  local names = {"username", "first_name", "last_name", "language_code"}
-  local ok, fields = pcall(cjson.decode, record or "")
-  if not ok or type(fields) ~= "table" then
-    fields = {}
-  end
-  local parts = {'{"id":' .. uid}
-  for i, name in ipairs(names) do
-    local value = fields[i]
-    parts[#parts + 1] = ',"' .. name .. '":' .. (value == nil and "null" or cjson.encode(value))
-  end
-  return table.concat(parts) .. "}"
-end
+--!include lib_user_json.lua
 if (redis.call("HGET", KEYS[1], "g") or "0") ~= ARGV[2] then
   return 0
 end
