@@ -16,6 +16,14 @@ Rules of this module:
   has it, it leaves the user's stream. A non-2xx, a timeout or no connection is
   retried after EVENT_RETRY_SCHEDULE's waits with the same `webhook-id` while within
   EVENT_RETRY_SECONDS of the first attempt; then it goes to `keys.EVENT_DEAD`.
+- A wake naming a login request's event stream (`l`, `keys.login_events`: a login
+  decision's event, appended in the request's slot) has that stream's entries moved
+  into the user's stream under the user's lock, before the user's own events are
+  delivered (`shared.events.move_login_events`: the user's events newer than it go
+  after it again), each with `eid`, its stable id, which is then its `webhook-id` and
+  the `w` of its pull stream entry: a move repeated after a process died halfway is
+  the same event twice, never two. While another process holds
+  the user, such a wake is tried again a few times, then left pending (claimed later).
 - Redis failures are logged and waited out; the task never dies of one.
 """
 
@@ -40,7 +48,15 @@ from standardwebhooks import Webhook
 from shared import keys
 from shared.codes import now_ms
 from shared.counters import Counter
-from shared.events import client_data, client_hash, event_id, parse_fields, webhook_body
+from shared.events import (
+    client_data,
+    client_hash,
+    event_id,
+    is_login_events,
+    move_login_events,
+    parse_fields,
+    webhook_body,
+)
 from shared.hashing import random_hex
 from shared.redis import Unavailable, connect, scripts, unavailable_on_error
 from shared.settings import EventWebhook, Settings
@@ -54,6 +70,9 @@ CONCURRENCY = 32
 DUE_AT_MOST = 5.0
 # a user another process is delivering to is looked at again after this (ms)
 BUSY_AGAIN_MS = 1000
+# a wake naming a login stream whose user another process holds: tries, and the pause
+# between them (s), before it is left pending for a claim
+LOGIN_WAKE_TRIES, LOGIN_WAKE_PAUSE = 5, 0.2
 # how long the due users just started may take to be taken off the set (s)
 DUE_SETTLE = 0.5
 # wakes read or claimed at a time
@@ -200,7 +219,9 @@ class Deliverer:
 
     async def _handle_wakes(self, entries: list[Any]) -> None:
         for entry_id, fields in entries:
-            await self._spawn(self._wake(str(entry_id), str(fields.get("u", ""))))
+            await self._spawn(self._wake(
+                str(entry_id), str(fields.get("u", "")), str(fields.get("l", ""))
+            ))
 
     async def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         await self._slots.acquire()
@@ -214,10 +235,18 @@ class Deliverer:
         task.add_done_callback(done)
         return task
 
-    async def _wake(self, entry_id: str, user: str) -> None:
+    async def _wake(self, entry_id: str, user: str, login: str = "") -> None:
         try:
             if user.isdigit():
-                await self.deliver(int(user))
+                if is_login_events(login):
+                    for _ in range(LOGIN_WAKE_TRIES):
+                        if await self.deliver(int(user), login):
+                            break
+                        await asyncio.sleep(LOGIN_WAKE_PAUSE)
+                    else:  # not moved: left pending, claimed and handled again later
+                        return
+                else:
+                    await self.deliver(int(user))
             with unavailable_on_error():
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.xack(keys.EVENT_WAKE, keys.EVENT_GROUP, entry_id)
@@ -238,24 +267,29 @@ class Deliverer:
 
     # -- one user -------------------------------------------------------------------------
 
-    async def deliver(self, user_id: int) -> None:
-        """Deliver `user_id`'s events in order until none is left or the head must wait."""
+    async def deliver(self, user_id: int, login_stream: str | None = None) -> bool:
+        """Deliver `user_id`'s events in order until none is left or the head must wait,
+        after moving those of `login_stream` (a login request's) into the user's stream.
+        False when another process holds the user (then nothing was moved)."""
         lock, token = keys.event_lock(user_id), random_hex(8)
         with unavailable_on_error():
             if not await self.redis.set(lock, token, nx=True, px=self._lock_ms):
                 # another process is at it: look again shortly, lest it had just finished
                 await self.redis.zadd(keys.EVENT_DUE, {str(user_id): now_ms() + BUSY_AGAIN_MS})
                 self._due_noted.set()
-                return
+                return False
         try:
             with unavailable_on_error():
                 # taken: whatever was noted for this user is now this process's to do
                 await self.redis.zrem(keys.EVENT_DUE, str(user_id))
+            if login_stream is not None:  # put before the user's events newer than it
+                await move_login_events(self.redis, user_id, login_stream)
             while await self._deliver_head(user_id, lock):
                 pass
         finally:
             with contextlib.suppress(Unavailable), unavailable_on_error():
                 await scripts(self.redis).get("release.lua")(keys=[lock], args=[token])
+        return True
 
     async def _deliver_head(self, user_id: int, lock: str) -> bool:
         """Try the user's oldest event; True when it is done with (delivered or dead)."""
@@ -270,6 +304,8 @@ class Deliverer:
         entry_id, fields = head[0]
         entry_id = str(entry_id)
         type_, client, data, ms = parse_fields(fields)
+        # a moved login event's id is the one it had before the move (`eid`)
+        evt = str(fields.get("eid") or event_id(user_id, entry_id))
         data = client_data(self.settings, user_id, type_, data)
         if state.get("e") != entry_id:
             state = {}
@@ -280,7 +316,7 @@ class Deliverer:
             self._due_noted.set()
             return False
         if "p" not in state:
-            await self._to_pull_stream(user_id, entry_id, type_, client, data, ms, retry)
+            await self._to_pull_stream(evt, entry_id, type_, client, data, ms, retry)
         done = set(json.loads(state.get("ok", "[]")))
         failed: list[str] = []
         body = webhook_body(type_, ms, data)
@@ -289,7 +325,7 @@ class Deliverer:
                 continue
             with unavailable_on_error():
                 await self.redis.pexpire(lock, self._lock_ms)
-            if await self._post(hook, event_id(user_id, entry_id), body):
+            if await self._post(hook, evt, body):
                 done.add(hook.url)
             else:
                 failed.append(hook.url)
@@ -305,7 +341,7 @@ class Deliverer:
         )
 
     async def _to_pull_stream(
-        self, user_id: int, entry_id: str, type_: str, client: str, data: str, ms: int,
+        self, evt: str, entry_id: str, type_: str, client: str, data: str, ms: int,
         retry: str,
     ) -> None:
         chash = self._pull.get(client)
@@ -314,7 +350,7 @@ class Deliverer:
                 if chash is not None:
                     pipe.xadd(
                         keys.event_client(chash),
-                        {"t": type_, "d": data, "ts": str(ms), "w": event_id(user_id, entry_id)},
+                        {"t": type_, "d": data, "ts": str(ms), "w": evt},
                         maxlen=keys.EVENT_LOG_MAXLEN, approximate=True,
                     )
                 pipe.hset(retry, mapping={"e": entry_id, "p": "1"})
@@ -333,7 +369,7 @@ class Deliverer:
         first = int(state.get("f", now))
         schedule = settings.event_retry_schedule
         due = now + int(schedule[attempts - 1] * 1000) if attempts <= len(schedule) else None
-        evt = event_id(user_id, entry_id)
+        evt = str(fields.get("eid") or event_id(user_id, entry_id))
         hosts = ",".join(sorted({urlsplit(url).hostname or "?" for url in failed}))
         if due is None or due > first + settings.event_retry_seconds * 1000:
             logger.warning(

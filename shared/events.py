@@ -28,6 +28,24 @@ From Python, around the flow's own script:
         queue_wake(pipe, uid)
         answer, _ = await pipe.execute()
 
+One flow departs from (1): a deep-link login's decision (`login_decide.lua`) runs on the
+login request's key, in the request's own slot (the first decision wins there, and two
+users may tap one link), so it appends `login.approved`/`login.denied` to the request's
+own stream, `keys.login_events(id hash)`, in the same script (the same fields, plus `u`,
+the user's id). Its wake names that stream too (`queue_wake(pipe, user id,
+login_stream)`), and the deliverer, under the user's lock and before the user's own
+stream, moves each entry into the user's stream (`move_login_events`: XADD there with
+`eid`, the event's stable id, then XDEL here). Two slots, two steps: a process killed
+between them leaves the entry to be moved again, a second copy with the same `eid`, so
+the receiver sees the same `webhook-id` twice (at least once, as everywhere). Order
+holds: the first step, one script in the user's slot, also takes the user's events
+newer than the login's (appended while it waited to be moved: a session it created,
+ended) out and appends them again after it, each keeping its stable id (`eid`). The
+entry ids of two slots are compared: on a Cluster, within the nodes' clock skew.
+On a Cluster a process dying between the decision's node and the wake
+stream's leaves no wake naming the login stream: that event stays there and expires
+with the request (its TTL), never delivered; the decision stands either way.
+
 A script whose change may not happen (a second decision, a token already revoked)
 appends only when it happens; the wake may go regardless (one with nothing to deliver
 is acknowledged and dropped). An event that concerns several clients (a /logout
@@ -86,14 +104,89 @@ def event_args(
     return [type_, client, text, str(now_ms() if ms is None else ms)]
 
 
-def queue_wake(pipe: Pipeline, user_id: int) -> None:
-    """Queue, right after the script that appended an event, the wake of its deliverer."""
-    pipe.xadd(keys.EVENT_WAKE, {"u": str(user_id)}, maxlen=WAKE_MAXLEN, approximate=True)
+def queue_wake(pipe: Pipeline, user_id: int, login_stream: str | None = None) -> None:
+    """Queue, right after the script that appended an event, the wake of its deliverer;
+    naming `login_stream` (`keys.login_events`) when the event went there (`l`)."""
+    fields: dict[Any, Any] = {"u": str(user_id)}
+    if login_stream is not None:
+        fields["l"] = login_stream
+    pipe.xadd(keys.EVENT_WAKE, fields, maxlen=WAKE_MAXLEN, approximate=True)
 
 
 def event_id(user_id: int, entry_id: str) -> str:
     """The event's stable id (its `webhook-id`): the user and the user-stream entry."""
     return f"evt_{user_id}_{entry_id}"
+
+
+def login_event_id(user_id: int, login_stream: str, entry_id: str) -> str:
+    """A login event's stable id: the user, the request (a prefix of its id hash) and
+    the entry in the request's stream; the same however often it is moved."""
+    id_hash = login_stream.removeprefix(keys.LOGIN_EVENTS).strip("{}")
+    return f"evt_{user_id}_l{id_hash[:16]}_{entry_id}"
+
+
+def is_login_events(name: str) -> bool:
+    """Whether a wake's `l` names a login request's event stream."""
+    return name.startswith(keys.LOGIN_EVENTS + "{") and name.endswith("}")
+
+
+# The move's first step, in the user's slot, atomic: the login event appended to the
+# user's stream, then every entry newer than it (by id: appended there after the login
+# was decided, while its event waited to be moved) taken out and appended again after
+# it, each with `eid`, its stable id (kept, or the one its id gave it), so a user's
+# events stay in the order they happened. Kept here, not in shared/lua/, with the code
+# that moves (one script, no other caller).
+# KEYS[1] the user's stream  ARGV[1] the login entry's id  ARGV[2..5] t, c, d, ts
+# ARGV[6] its eid  ARGV[7] the user's id  ARGV[8] the stream's MAXLEN (approximate)
+_MOVE_LUA = """
+local newer = redis.call("XRANGE", KEYS[1], "(" .. ARGV[1], "+")
+local moved = redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[8], "*",
+  "t", ARGV[2], "c", ARGV[3], "d", ARGV[4], "ts", ARGV[5], "eid", ARGV[6])
+for _, entry in ipairs(newer) do
+  local fields, named = entry[2], false
+  for i = 1, #fields, 2 do
+    if fields[i] == "eid" then named = true end
+  end
+  if not named then
+    fields[#fields + 1] = "eid"
+    fields[#fields + 1] = "evt_" .. ARGV[7] .. "_" .. entry[1]
+  end
+  redis.call("XADD", KEYS[1], "*", unpack(fields))
+  redis.call("XDEL", KEYS[1], entry[1])
+end
+return moved
+"""
+
+
+async def copy_login_event(
+    redis: Redis, user_id: int, login_stream: str, entry_id: str, fields: Mapping[str, str]
+) -> str:
+    """The move's first step: the login stream's entry appended to the user's stream
+    with `eid`, its stable id, the user's events newer than it after it; the new id."""
+    script = redis.register_script(_MOVE_LUA)
+    moved = await script(keys=[keys.events(user_id)], args=[
+        entry_id, fields.get("t", ""), fields.get("c", ""), fields.get("d", "{}"),
+        fields.get("ts", "0"), login_event_id(user_id, login_stream, entry_id), user_id,
+        keys.EVENTS_MAXLEN,
+    ])
+    return str(moved)
+
+
+async def move_login_events(redis: Redis, user_id: int, login_stream: str) -> int:
+    """Move `user_id`'s entries of a login request's stream into the user's stream, in
+    order (the caller holds the user's delivery lock), each before whatever the user's
+    stream got after it; how many. Two slots, two steps each: killed between them, an
+    entry is moved again later, a second copy with the same `eid`."""
+    moved = 0
+    with unavailable_on_error():
+        entries: Any = await redis.xrange(login_stream, "-", "+")
+        for entry_id, fields in entries:
+            if fields.get("u") != str(user_id):
+                continue  # not this user's (no decision but the first appends)
+            await copy_login_event(redis, user_id, login_stream, str(entry_id), fields)
+            await redis.xdel(login_stream, entry_id)
+            moved += 1
+    return moved
 
 
 def client_hash(secret: Secret, client: str) -> str:

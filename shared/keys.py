@@ -56,6 +56,11 @@ LOGIN_LINK = PREFIX + "login:link:"
 # per client address: login requests created in the current window;
 # TTL LOGIN_REQUEST_WINDOW_SECONDS
 LOGIN_CREATES = PREFIX + "login:creates:"
+# per request decided for an API client: its login.approved/login.denied, appended by the
+# decision (the request's slot: tagged like LOGIN) with the fields of an EVENTS entry plus
+# u (the deciding user's id), until a deliverer moves it into that user's EVENTS; TTL
+# LOGIN_REQUEST_TTL_SECONDS from the decision (an event never moved expires with it)
+LOGIN_EVENTS = PREFIX + "evl:"
 # pub/sub channel (not a key): each message is the poll-id hash of a request just decided
 LOGIN_DECIDED = PREFIX + "login:decided"
 
@@ -235,6 +240,11 @@ def fail_rate(unix_minute: int) -> str:
 def login(id_hash: str) -> str:
     # tagged by its own hash, so any future companion key can share its slot
     return f"{LOGIN}{{{id_hash}}}"
+
+
+def login_events(id_hash: str) -> str:
+    # the request's own slot: its decision appends the event in the same script
+    return f"{LOGIN_EVENTS}{{{id_hash}}}"
 
 
 def login_link(payload_hash: str) -> str:

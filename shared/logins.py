@@ -30,10 +30,10 @@ from typing import Any, Literal
 
 from shared import keys
 from shared.counters import Counter
-from shared.events import Events
+from shared.events import event_args, queue_wake
 from shared.hashing import digest, new_id
 from shared.limits import address_hash
-from shared.redis import Subscriber, Unavailable, scripts, unavailable_on_error
+from shared.redis import Subscriber, scripts, unavailable_on_error
 from shared.settings import ApiClient, Settings
 from shared.store import (
     RateLimited,
@@ -352,6 +352,7 @@ class Logins:
         comes up. Requests without a match number ignore `pick`.
         """
         decision = "approved" if approve else "denied"
+        uid = int(user["id"])
         with unavailable_on_error():
             id_hash = await self._link_target(payload)
             if id_hash is None:
@@ -359,32 +360,36 @@ class Logins:
             # the token this approval leads to is sealed with the user's session
             # generation now: a /logout from here on ends it too
             generation = await self.store.sessions.enter(user) if approve else 0
+            # the event, if this decision counts for an API client's request, goes to
+            # the request's own stream in the same script (shared.events); its wake,
+            # naming that stream, goes in the same pipeline (nothing to move: dropped)
+            events = keys.login_events(id_hash)
+            # type, client and state are the script's to add (it reads them)
+            _, _, data, ms = event_args("login.approved", "", {"user": public_user(user)})
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._decide(
-                    keys=[keys.login(id_hash)],
+                    keys=[keys.login(id_hash), events],
                     args=[
                         decision,
                         json.dumps(public_user(user), separators=(",", ":")),
-                        str(user["id"]),
+                        str(uid),
                         self.settings.login_request_ttl_seconds * 1000,
                         keys.LOGIN_DECIDED,
                         id_hash,
                         generation,
                         "" if pick is None else str(pick),
+                        data,
+                        ms,
                     ],
                     client=pipe,
                 )
-                # whose request it is and its state, for the event (the same key and
-                # round trip)
-                pipe.hmget(keys.login(id_hash), ["c", "s"])
-                (outcome, status, name, host, mismatch), (owner, state) = await pipe.execute()
+                queue_wake(pipe, uid, events)
+                (outcome, status, name, host, mismatch), _ = await pipe.execute()
             decided = _Decided(int(outcome))
             if decided is _Decided.NOW:
                 counter = (Counter.LOGIN_REQUESTS_APPROVED if status == "approved"
                            else Counter.LOGIN_REQUESTS_DENIED)
                 await self.redis.hincrby(keys.stats(), counter, 1)
-        if decided is _Decided.NOW and name and owner and owner != AUTHORIZATION_CLIENT:
-            await self._emit(int(user["id"]), str(status), str(name), user, state)
         if decided is _Decided.GONE:
             return None
         return Decision(
@@ -394,25 +399,6 @@ class Logins:
             host=str(host),
             mismatch=bool(int(mismatch)),
         )
-
-    async def _emit(
-        self, user_id: int, status: str, client: str, user: User, state: object
-    ) -> None:
-        """login.approved / login.denied for an API client's request decided now.
-
-        Not one atomic step with the decision: the request's key lives in another
-        Cluster slot than the user's event stream, so the event is appended right after
-        the decision (`Events.emit`). A bot process killed between the two loses that one
-        event (the decision stands and the client's poll still sees it). An event that
-        cannot be written (Redis unavailable) is logged and lost the same way: the
-        decision was made and the user told."""
-        data: dict[str, object] = {"user": public_user(user)}
-        if state is not None:
-            data["state"] = str(state)
-        try:
-            await Events(self.redis).emit(user_id, f"login.{status}", client, data)
-        except Unavailable:
-            logger.warning("login.%s for %s not recorded: Redis unavailable", status, client)
 
 
 def decisions(settings: Settings) -> AsyncGenerator[str | None, None]:

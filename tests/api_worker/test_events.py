@@ -1,12 +1,14 @@
 """GET /v1/events: a client's own events in order, `after`, `wait` woken by a new event,
-the errors; and a bad EVENT_WEBHOOKS stopping the process with one line."""
+the errors; a login decision's event moved from the request's stream, once, or twice
+with one id after a move cut short; and a bad EVENT_WEBHOOKS stopping the process with
+one line."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,16 @@ import httpx
 import pytest
 
 from api_worker.app import create_app
+from shared import keys
 from shared.approvals import approval_id
-from shared.events import Events
+from shared.events import Events, client_hash, copy_login_event
+from shared.logins import Logins
+from shared.settings import ApiClient, Secret
 from shared.store import Store
-from tests.fixtures.api import ANN, TestClient, api_settings
+from tests.fixtures.api import ANN, API_SECRET, TestClient, api_settings
 from tests.fixtures.common import run_module, wait_until
 from tests.fixtures.store import run_on_store
-from tests.fixtures.webhooks import new_secret
+from tests.fixtures.webhooks import Receiver, new_secret, receivers
 
 SHOP_KEY, BLOG_KEY = "shop-key-" + "s" * 24, "blog-key-" + "b" * 24
 KEYS = f"shop:{SHOP_KEY},blog:{BLOG_KEY}"
@@ -128,6 +133,83 @@ def test_bad_after_or_wait_is_400(api: TestClient, params: dict[str, str]) -> No
 def test_without_a_valid_key_it_is_401(api: TestClient) -> None:
     assert api.get("/v1/events").status_code == 401
     assert api.get("/v1/events", headers={"X-API-Key": "x" * 30}).status_code == 401
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    yield from receivers()
+
+
+def decide_login(redis_url: str, cut_short: bool) -> tuple[str, str]:
+    """shop's login request approved by ANN while no deliverer runs: its event waits in
+    the request's stream, its wake in the wake stream. With `cut_short`, the move's first
+    step has run already (a deliverer killed before deleting the entry). The request's
+    stream and the event's id prefix."""
+    env = {"API_KEYS": KEYS, "TELEGRAM_BOT_USERNAME": "login_bot"}
+    shop = ApiClient(name="shop", key=Secret(SHOP_KEY))
+
+    async def body(store: Store) -> tuple[str, str]:
+        logins = Logins(store)
+        created = await logins.create(shop, "s-7", "10.0.0.1")
+        assert await logins.decide(created.payload, ANN, True) is not None
+        id_hash = logins.id_hash(created.id)
+        stream = keys.login_events(id_hash)
+        (entry_id, fields), = await store.redis.xrange(stream)
+        if cut_short:
+            await copy_login_event(store.redis, ANN["id"], stream, str(entry_id), fields)
+        return stream, f"evt_{ANN['id']}_l{id_hash[:16]}_{entry_id}"
+
+    found: tuple[str, str] = run_on_store(api_settings(redis_url, **env), body)
+    return found
+
+
+def pull_stream_ids(redis_url: str) -> list[str]:
+    """The webhook-ids (`w`) of shop's pull stream entries."""
+    async def body(store: Store) -> list[str]:
+        stream = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+        return [str(f["w"]) for _, f in await store.redis.xrange(stream)]
+
+    found: list[str] = run_on_store(api_settings(redis_url), body)
+    return found
+
+
+def user_and_login_streams(redis_url: str, login_stream: str) -> tuple[int, int]:
+    async def body(store: Store) -> tuple[int, int]:
+        return (int(await store.redis.xlen(keys.events(ANN["id"]))),
+                int(await store.redis.xlen(login_stream)))
+
+    found: tuple[int, int] = run_on_store(api_settings(redis_url), body)
+    return found
+
+
+@pytest.mark.parametrize("cut_short", [False, True])
+def test_a_login_event_is_moved_and_delivered_with_its_id(
+    redis_url: str, receiver: Callable[..., Receiver], cut_short: bool
+) -> None:
+    """The decision's event reaches the pull API and the webhook with the id it has in
+    the request's stream; a move cut short between its two steps (two slots) delivers
+    it twice with that one id, never as two events."""
+    login_stream, evt = decide_login(redis_url, cut_short)
+    secret = new_secret()
+    hook = receiver([secret])
+    hooks = json.dumps([{"client": "shop", "url": hook.url, "secret": secret}])
+    times = 2 if cut_short else 1
+    app = create_app(api_settings(redis_url, API_KEYS=KEYS, EVENT_WEBHOOKS=hooks))
+    with TestClient(app) as api:
+        events = pull_until(api, SHOP, times)
+        got = hook.wait(f"{times} deliveries", lambda: len(hook.accepted()) >= times
+                        and hook.accepted())
+        wait_until(lambda: user_and_login_streams(redis_url, login_stream) == (0, 0),
+                   timeout=15, what="both streams to be delivered")
+        time.sleep(0.3)  # nothing more comes
+        assert len(hook.accepted()) == times and len(pull(api, SHOP)["events"]) == times
+    assert [d.id for d in got] == [evt] * times
+    assert all(d.verified_by == [secret] for d in got)
+    assert [d.payload["type"] for d in got] == ["login.approved"] * times
+    assert got[0].payload["data"] == {"user": ANN, "state": "s-7"}
+    assert [(e["type"], e["data"]) for e in events] == [
+        ("login.approved", {"user": ANN, "state": "s-7"})] * times
+    assert pull_stream_ids(redis_url) == [evt] * times
 
 
 def test_bad_event_webhooks_stop_the_process_with_one_line(tmp_path: Path) -> None:

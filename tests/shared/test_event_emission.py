@@ -15,7 +15,7 @@ import pytest
 from api_worker.app import create_app
 from shared import keys
 from shared.approvals import Approvals
-from shared.events import EVENT_TYPES
+from shared.events import EVENT_TYPES, move_login_events
 from shared.logins import Logins
 from shared.settings import ApiClient, Secret, Settings
 from shared.store import Store
@@ -255,6 +255,53 @@ def test_login_approved_and_denied(
     assert event["data"] == ({"user": ANN, "state": state} if state else {"user": ANN})
 
 
+async def decide_and_look(store: Store, approve: bool) -> None:
+    """A login decision and its event commit together: the request's stream holds the
+    event iff the decision counted, with the user stream's fields plus the user; a
+    second decision (the same tap again, the other decision, another user) appends
+    nothing; the wake names the user and the stream."""
+    logins = Logins(store)
+    created = await logins.create(SHOP_CLIENT, "s/5", "10.0.0.1")
+    login_stream = keys.login_events(logins.id_hash(created.id))
+    assert await store.redis.exists(login_stream) == 0
+    decided = await logins.decide(created.payload, ANN, approve)
+    assert decided is not None and decided.outcome == "decided"
+    status = await store.redis.hget(keys.login(logins.id_hash(created.id)), "st")
+    (entry_id, fields), = await store.redis.xrange(login_stream)
+    assert status == ("approved" if approve else "denied")
+    assert fields["t"] == f"login.{status}" and fields["c"] == "shop"
+    assert fields["u"] == str(ANN["id"]) and int(fields["ts"]) > 0
+    assert json.loads(fields["d"]) == {"user": ANN, "state": "s/5"}
+    # it expires with the request
+    ttl = await store.redis.pttl(login_stream)
+    assert 0 < ttl <= store.settings.login_request_ttl_seconds * 1000
+    for user, again in ((ANN, approve), (ANN, not approve), ({**ANN, "id": 1002}, approve)):
+        await logins.decide(created.payload, user, again)
+    assert [e for e, _ in await store.redis.xrange(login_stream)] == [entry_id]
+    assert await store.redis.xlen(keys.events(ANN["id"])) == 0  # not moved yet
+    wakes = [fields for _, fields in await store.redis.xrange(keys.EVENT_WAKE)]
+    assert wakes[0] == {"u": str(ANN["id"]), "l": login_stream}
+    # the move: into the user's stream with its stable id, once
+    assert await move_login_events(store.redis, ANN["id"], login_stream) == 1
+    assert await move_login_events(store.redis, ANN["id"], login_stream) == 0
+    (_, moved), = await store.redis.xrange(keys.events(ANN["id"]))
+    assert moved == {
+        "t": fields["t"], "c": "shop", "d": fields["d"], "ts": fields["ts"],
+        "eid": f"evt_{ANN['id']}_l{logins.id_hash(created.id)[:16]}_{entry_id}",
+    }
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_a_login_decision_and_its_event_commit_together(redis_url: str, approve: bool) -> None:
+    on_store(redis_url, lambda store: decide_and_look(store, approve))
+
+
+def test_a_login_decision_and_its_event_commit_together_on_a_cluster(
+    cluster_env: dict[str, str]
+) -> None:
+    run_on_store(settings("", **cluster_env), lambda store: decide_and_look(store, True))
+
+
 def test_an_authorization_pages_login_emits_nothing(redis_url: str) -> None:
     from tests.shared.test_logins import PAGE
 
@@ -263,6 +310,8 @@ def test_an_authorization_pages_login_emits_nothing(redis_url: str) -> None:
         created = await logins.create_authorization(PAGE, "10.0.0.1")
         decided = await logins.decide(created.login.payload, ANN, True, created.match)
         assert decided is not None and decided.status == "approved"
+        assert not await store.redis.exists(
+            keys.login_events(logins.id_hash(created.login.id)))
         return int(await store.redis.xlen(keys.events(ANN["id"])))
 
     assert on_store(redis_url, body) == 0
@@ -303,6 +352,7 @@ def test_an_open_api_emits_nothing(redis_url: str) -> None:
         for approve in (True, False):
             created = await logins.create(None, "s", "10.0.0.1")
             assert await logins.decide(created.payload, ANN, approve) is not None
+            assert not await store.redis.exists(keys.login_events(logins.id_hash(created.id)))
         approvals = Approvals(store.redis, open_settings)
         created_approval = await approvals.create(None, ANN["id"], "Pay", None, False)
         await approvals.decide(ANN, approvals.key_hash(created_approval.id), approve=True)
@@ -329,6 +379,10 @@ def test_the_emitting_scripts_run_on_a_cluster(cluster_env: dict[str, str]) -> N
         logins = Logins(store)
         created = await logins.create(SHOP_CLIENT, "s", "10.0.0.1")
         await logins.decide(created.payload, ANN, True)
+        # the decision's event is in the request's slot; the deliverer moves it
+        login_stream = keys.login_events(logins.id_hash(created.id))
+        assert await store.redis.xlen(login_stream) == 1
+        assert await move_login_events(store.redis, ANN["id"], login_stream) == 1
         approvals = Approvals(store.redis, cluster)
         for approve in (True, False):
             made = await approvals.create(SHOP_CLIENT, ANN["id"], "Pay", None, False)
