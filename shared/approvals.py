@@ -176,7 +176,8 @@ class Approvals:
     ) -> CreatedApproval:
         """Queue an approval for the bot to send to `user_id`.
 
-        Raises UnknownUser, RateLimited (the client's or the user's budget), Unavailable.
+        Raises UnknownUser, RateLimited (the client's budget, the client's budget for the
+        user, or the user's budget from all clients together), Unavailable.
         """
         settings = self.settings
         client_hash = client_id(settings, client)
@@ -197,13 +198,15 @@ class Approvals:
                 keys=[
                     keys.user(user_id), keys.approval(user_id, key_hash),
                     keys.approval_user_count(user_id),
+                    # this client's count for the user: in the user's slot (the tag)
+                    f"{keys.approval_user_count(user_id)}:{client_hash or 'open'}",
                 ],
                 args=[
                     client_hash, client.name if client is not None else "", text,
                     state or "", 0 if state is None else 1,
                     "" if number is None else str(number), ttl * 1000,
                     settings.approval_user_limit, settings.approval_user_window_seconds,
-                    user_id, seed,
+                    user_id, seed, settings.approval_user_total_limit,
                 ],
             )
             created = _Created(int(outcome))

@@ -188,9 +188,11 @@ class Settings:
     # the OpenID Connect provider; None: off
     oidc: OidcSettings | None = None
     # push approvals: how long one waits for the user's tap, and how many may be pushed
-    # to one user (all clients together) and by one API client in their windows
+    # to one user by each API client, to one user by all clients together, and by one
+    # API client in their windows
     approval_ttl_seconds: int = 300
     approval_user_limit: int = 5
+    approval_user_total_limit: int = 30
     approval_user_window_seconds: int = 600
     approval_client_limit: int = 1000
     approval_client_window_seconds: int = 600
@@ -842,6 +844,7 @@ def load_settings(
         oidc=_oidc(values),
         approval_ttl_seconds=_int(values, "APPROVAL_TTL_SECONDS", 300, 2, 3600),
         approval_user_limit=_int(values, "APPROVAL_USER_LIMIT", 5, 1, 1000),
+        approval_user_total_limit=_int(values, "APPROVAL_USER_TOTAL_LIMIT", 30, 1, 100_000),
         approval_user_window_seconds=_int(values, "APPROVAL_USER_WINDOW_SECONDS", 600, 1, 86400),
         approval_client_limit=_int(values, "APPROVAL_CLIENT_LIMIT", 1000, 1, 1_000_000),
         approval_client_window_seconds=_int(

@@ -1,23 +1,37 @@
--- Create a push approval for a user the bot knows, under the per-user limit: one step in
+-- Create a push approval for a user the bot knows, under the user's limits: one step in
 -- the user's Cluster slot (every key is tagged by the user).
 -- KEYS[1] the user (hash; `r` is the record of a user who logged in through tglogin)
--- KEYS[2] the approval (hash)   KEYS[3] the user's approval count in the window
+-- KEYS[2] the approval (hash)   KEYS[3] the user's approval count in the window, all
+-- clients together   KEYS[4] the user's approval count in the window from this client
 -- ARGV[1] client key hash   ARGV[2] client name   ARGV[3] the action text
 -- ARGV[4] state   ARGV[5] 1 when there is a state, 0 when none
--- ARGV[6] match number ("" none)   ARGV[7] lifetime (ms)   ARGV[8] user limit
--- ARGV[9] user window (s)   ARGV[10] the user id   ARGV[11] the id's seed (random; the
--- id is a keyed hash of it, so only AUTH_SECRET's holder turns it into the id: events)
--- Returns {1, expiry ms} created; {0, 0} unknown user; {2, ms until the window ends} over
--- the user's limit (nothing written but the count check).
+-- ARGV[6] match number ("" none)   ARGV[7] lifetime (ms)   ARGV[8] the user's limit per
+-- client   ARGV[9] user window (s)   ARGV[10] the user id   ARGV[11] the id's seed
+-- (random; the id is a keyed hash of it, so only AUTH_SECRET's holder turns it into the
+-- id: events)   ARGV[12] the user's limit, all clients together
+-- Each client has its own budget for the user (one client's spam never refuses another's
+-- approval), under a larger ceiling for all clients (many clients cannot flood the user).
+-- Returns {1, expiry ms} created; {0, 0} unknown user; {2, ms until every full window
+-- ends} over a limit (nothing written but the count checks).
 if redis.call("HEXISTS", KEYS[1], "r") == 0 then
   return {0, 0}
 end
-local count = tonumber(redis.call("GET", KEYS[3]) or "0")
-if count >= tonumber(ARGV[8]) then
-  return {2, redis.call("PTTL", KEYS[3])}
+local wait = nil
+for _, limit in ipairs({{KEYS[4], ARGV[8]}, {KEYS[3], ARGV[12]}}) do
+  if tonumber(redis.call("GET", limit[1]) or "0") >= tonumber(limit[2]) then
+    local left = redis.call("PTTL", limit[1])
+    if wait == nil or left > wait then
+      wait = left
+    end
+  end
 end
-redis.call("INCR", KEYS[3])
-redis.call("EXPIRE", KEYS[3], ARGV[9], "NX")
+if wait ~= nil then
+  return {2, wait}
+end
+for _, count in ipairs({KEYS[4], KEYS[3]}) do
+  redis.call("INCR", count)
+  redis.call("EXPIRE", count, ARGV[9], "NX")
+end
 local now = redis.call("TIME")
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local ttl = tonumber(ARGV[7])

@@ -211,12 +211,29 @@ def test_per_user_limit_is_429_with_retry_after(redis_url: str) -> None:
     known(settings, ANN, BOB)
     with TestClient(create_app(settings), headers=SHOP) as client:
         create(client)
-        assert client.post(PATH, json={"user_id": ANN["id"], "text": "Pay"},
-                           headers=BLOG).status_code == 201
+        create(client)
         refused = client.post(PATH, json={"user_id": ANN["id"], "text": "Pay"})
         assert refused.status_code == 429 and refused.json()["error"] == "rate_limited"
         assert 1 <= int(refused.headers["retry-after"]) <= 600
+        # the shop spent its budget for Ann; another client's approval for her still goes
+        assert client.post(PATH, json={"user_id": ANN["id"], "text": "Pay"},
+                           headers=BLOG).status_code == 201
         assert client.post(PATH, json={"user_id": BOB["id"], "text": "Pay"}).status_code == 201
+
+
+def test_per_user_total_limit_is_429_across_clients(redis_url: str) -> None:
+    settings = settings_for(redis_url, APPROVAL_USER_LIMIT="2", APPROVAL_USER_TOTAL_LIMIT="3")
+    known(settings, ANN, BOB)
+    with TestClient(create_app(settings), headers=SHOP) as client:
+        create(client)
+        create(client)
+        assert client.post(PATH, json={"user_id": ANN["id"], "text": "Pay"},
+                           headers=BLOG).status_code == 201
+        refused = client.post(PATH, json={"user_id": ANN["id"], "text": "Pay"}, headers=BLOG)
+        assert refused.status_code == 429 and refused.json()["error"] == "rate_limited"
+        assert 1 <= int(refused.headers["retry-after"]) <= 600
+        assert client.post(PATH, json={"user_id": BOB["id"], "text": "Pay"},
+                           headers=BLOG).status_code == 201
 
 
 def test_per_client_limit_is_429_with_retry_after(redis_url: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from shared import keys
 from shared.approvals import ApprovalQueue, Approvals, UnknownUser, approval_id, parse_id
 from shared.logins import MATCH_HIGH, MATCH_LOW, decisions
-from shared.settings import ApiClient, Secret, Settings, load_settings
+from shared.settings import ApiClient, Secret, Settings, SettingsError, load_settings
 from shared.store import RateLimited, Store
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.store import run_on_store
@@ -158,16 +158,58 @@ def test_undeliverable_wakes_and_is_final(redis_url: str) -> None:
     run(make_settings(redis_url), body)
 
 
-def test_per_user_limit_across_clients(redis_url: str) -> None:
+def test_per_user_limit_is_per_client(redis_url: str) -> None:
     async def body(store: Store, approvals: Approvals) -> None:
         await approvals.create(SHOP, ANN["id"], "one", None, False)
-        await approvals.create(BLOG, ANN["id"], "two", None, False)
+        await approvals.create(SHOP, ANN["id"], "two", None, False)
         with pytest.raises(RateLimited) as refused:
             await approvals.create(SHOP, ANN["id"], "three", None, False)
         assert 1 <= refused.value.retry_after <= 600
+        # one client's spent budget never refuses another client's approval for the user
+        await approvals.create(BLOG, ANN["id"], "genuine", None, False)
+        await approvals.create(BLOG, ANN["id"], "genuine again", None, False)
         await approvals.create(SHOP, BOB["id"], "for Bob", None, False)  # another user's
+        with pytest.raises(RateLimited):  # a refusal spends nothing
+            await approvals.create(SHOP, ANN["id"], "four", None, False)
 
     run(make_settings(redis_url, APPROVAL_USER_LIMIT="2"), body)
+
+
+def test_per_user_total_limit_across_clients(redis_url: str) -> None:
+    async def body(store: Store, approvals: Approvals) -> None:
+        await approvals.create(SHOP, ANN["id"], "one", None, False)
+        await approvals.create(BLOG, ANN["id"], "two", None, False)
+        await approvals.create(None, ANN["id"], "three", None, False)  # the open API
+        for client in (SHOP, BLOG, None):  # each has budget left, the user has none
+            with pytest.raises(RateLimited) as refused:
+                await approvals.create(client, ANN["id"], "more", None, False)
+            assert 1 <= refused.value.retry_after <= 600
+        await approvals.create(SHOP, BOB["id"], "for Bob", None, False)  # another user's
+
+    run(make_settings(redis_url, APPROVAL_USER_LIMIT="2", APPROVAL_USER_TOTAL_LIMIT="3"),
+        body)
+
+
+def test_retry_after_waits_for_every_full_window(redis_url: str) -> None:
+    async def body(store: Store, approvals: Approvals) -> None:
+        await approvals.create(SHOP, ANN["id"], "one", None, False)
+        total = keys.approval_user_count(ANN["id"])
+        await store.redis.expire(total, 500)  # the all-clients window ends later
+        with pytest.raises(RateLimited) as refused:
+            await approvals.create(SHOP, ANN["id"], "two", None, False)
+        assert 450 < refused.value.retry_after <= 500
+
+    run(make_settings(redis_url, APPROVAL_USER_LIMIT="1", APPROVAL_USER_TOTAL_LIMIT="1",
+                      APPROVAL_USER_WINDOW_SECONDS="100"), body)
+
+
+def test_total_limit_setting_is_validated() -> None:
+    assert make_settings("redis://127.0.0.1:6379/0").approval_user_total_limit == 30
+    for bad in ("0", "many", "100001"):
+        with pytest.raises(SettingsError) as refused:
+            make_settings("redis://127.0.0.1:6379/0", APPROVAL_USER_TOTAL_LIMIT=bad)
+        assert "APPROVAL_USER_TOTAL_LIMIT" in str(refused.value)
+        assert "\n" not in str(refused.value)
 
 
 def test_per_client_limit_counts_unknown_users_too(redis_url: str) -> None:
