@@ -16,6 +16,14 @@ Rules of this module:
   has it, it leaves the user's stream. A non-2xx, a timeout or no connection is
   retried after EVENT_RETRY_SCHEDULE's waits with the same `webhook-id` while within
   EVENT_RETRY_SECONDS of the first attempt; then it goes to `keys.EVENT_DEAD`.
+- An attempt has one deadline, EVENT_TIMEOUT_SECONDS, for all of it (connecting, sending,
+  the answer's status and body): a receiver trickling its answer fails the attempt. Of
+  the answer's body at most BODY_CAP bytes are read, the rest is never read (the
+  connection is closed): a huge answer costs no memory, and its status counts.
+- The user's lock outlasts an attempt (EVENT_TIMEOUT_SECONDS and a margin) and is
+  extended, only while this process still holds it, before each head and each attempt;
+  a process that finds it lost stops for that user (noting it in `keys.EVENT_DUE`):
+  two processes never deliver one user's events at once.
 - A wake naming a login request's event stream (`l`, `keys.login_events`: a login
   decision's event, appended in the request's slot) has that stream's entries moved
   into the user's stream under the user's lock, before the user's own events are
@@ -79,6 +87,18 @@ DUE_SETTLE = 0.5
 BATCH = 16
 # pause after a Redis failure, doubling up to the most (s)
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
+# of a webhook's answer, the body bytes read at most (the rest is never read)
+BODY_CAP = 4096
+# how much longer than one attempt's deadline the user's lock lasts (ms): room for the
+# Redis commands between two extensions
+LOCK_MARGIN_MS = 5000
+# extend KEYS[1] to ARGV[2] ms only while it holds ARGV[1] (this process's lock): 1 if so
+_EXTEND = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 0
+"""
 
 
 class Deliverer:
@@ -104,8 +124,10 @@ class Deliverer:
         self._running: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._claimed = "0-0"  # where XAUTOCLAIM goes on from
-        # a delivery step: one attempt, with room to spare; a dead process's lock expires
-        self._lock_ms = int(settings.event_timeout_seconds * 1000) + 5000
+        # one attempt (its whole deadline) with room to spare, extended before each head
+        # and each attempt; a dead process's lock expires
+        self._lock_ms = int(settings.event_timeout_seconds * 1000) + LOCK_MARGIN_MS
+        self._extend = redis.register_script(_EXTEND)
         # a blocking read waits at most half of REDIS_TIMEOUT (its deadline), up to 5 s:
         # an idle process costs Redis a few commands a second at most
         self._block_ms = max(50, min(5000, int(settings.redis_timeout * 500)))
@@ -284,15 +306,30 @@ class Deliverer:
                 await self.redis.zrem(keys.EVENT_DUE, str(user_id))
             if login_stream is not None:  # put before the user's events newer than it
                 await move_login_events(self.redis, user_id, login_stream)
-            while await self._deliver_head(user_id, lock):
+            while await self._deliver_head(user_id, lock, token):
                 pass
         finally:
             with contextlib.suppress(Unavailable), unavailable_on_error():
                 await scripts(self.redis).get("release.lua")(keys=[lock], args=[token])
         return True
 
-    async def _deliver_head(self, user_id: int, lock: str) -> bool:
-        """Try the user's oldest event; True when it is done with (delivered or dead)."""
+    async def _still_held(self, user_id: int, lock: str, token: str) -> bool:
+        """Extend the user's lock if this process still holds it; if not (it lapsed, and
+        another process may have the user now), note the user to be looked at again and
+        say False: this process stops for that user."""
+        with unavailable_on_error():
+            if await self._extend(keys=[lock], args=[token, self._lock_ms]):
+                return True
+            await self.redis.zadd(keys.EVENT_DUE, {str(user_id): now_ms() + BUSY_AGAIN_MS})
+        self._due_noted.set()
+        logger.warning("event delivery for a user stopped: its lock was lost")
+        return False
+
+    async def _deliver_head(self, user_id: int, lock: str, token: str) -> bool:
+        """Try the user's oldest event; True when it is done with (delivered or dead).
+        False when it must wait, or when this process no longer holds the user."""
+        if not await self._still_held(user_id, lock, token):
+            return False
         stream, retry = keys.events(user_id), keys.event_retry(user_id)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -323,8 +360,8 @@ class Deliverer:
         for hook in self.settings.event_webhooks:
             if hook.client != client or not hook.wants(type_) or hook.url in done:
                 continue
-            with unavailable_on_error():
-                await self.redis.pexpire(lock, self._lock_ms)
+            if not await self._still_held(user_id, lock, token):
+                return False  # what went out is sent again, same webhook-id, by the holder
             if await self._post(hook, evt, body):
                 done.add(hook.url)
             else:
@@ -407,7 +444,8 @@ class Deliverer:
         return False
 
     async def _post(self, hook: EventWebhook, evt: str, body: str) -> bool:
-        """One signed attempt; True on a 2xx."""
+        """One signed attempt, within EVENT_TIMEOUT_SECONDS in all (its answer's body
+        read up to BODY_CAP, the rest left unread); True on a 2xx."""
         moment = datetime.now(UTC)
         signature = " ".join(
             self._signers[secret].sign(evt, moment, body) for secret in hook.secrets
@@ -420,10 +458,20 @@ class Deliverer:
             "webhook-signature": signature,
         }
         try:
-            response = await self._http.post(hook.url, content=body.encode(), headers=headers)
+            async with asyncio.timeout(self.settings.event_timeout_seconds):
+                async with self._http.stream(
+                    "POST", hook.url, content=body.encode(), headers=headers
+                ) as response:
+                    read = 0
+                    # raw: a compressed answer is never inflated
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= BODY_CAP:
+                            break  # leaving the block closes the connection
+        except TimeoutError:  # the attempt's deadline (a slow or trickling receiver)
+            outcome, ok = "deadline", False
         except httpx.HTTPError as exc:
-            outcome = type(exc).__name__
-            ok = False
+            outcome, ok = type(exc).__name__, False
         else:
             outcome = str(response.status_code)
             ok = 200 <= response.status_code < 300

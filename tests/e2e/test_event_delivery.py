@@ -1,8 +1,8 @@
 """Event webhooks end to end: real API processes deliver to a real HTTP receiver that
 verifies every signature with the `standardwebhooks` library; retries with the same
-webhook-id, a timeout, a process killed mid-delivery, exhaustion to the dead letters,
-per-user order behind a failing head, Redis going away, secrets kept out of logs and
-Redis."""
+webhook-id, a timeout, an answer trickled past the attempt's deadline, a huge answer,
+a process killed mid-delivery, exhaustion to the dead letters, per-user order behind a
+failing head, Redis going away, secrets kept out of logs and Redis."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from tests.fixtures.api import ANN, ApiProcess, ApiStarter, api_settings
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.redis import RedisServer, kill
 from tests.fixtures.store import run_on_store
-from tests.fixtures.webhooks import HOLD, Receiver, new_secret, receivers
+from tests.fixtures.webhooks import HOLD, HUGE, TRICKLE, Receiver, new_secret, receivers
 
 SHOP_KEY = "shop-key-" + "s" * 24
 KEYS = f"shop:{SHOP_KEY},blog:{'blog-key-' + 'b' * 24}"
@@ -142,6 +142,45 @@ def test_a_timeout_is_retried(
     emit(redis_url, "token.revoked")
     hook.wait("the retry after a timeout", hook.accepted)
     assert hook.received[0].id == hook.received[1].id
+
+
+def test_an_answer_trickled_past_the_deadline_fails_the_attempt(
+    start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    """A 200 whose body comes a byte every 0.5 s: each read is quick, the whole is not;
+    the attempt ends at EVENT_TIMEOUT_SECONDS (2) and is retried with the same id (the
+    receiver trickles for 60 s: without the deadline the retry would come far later)."""
+    secret = new_secret()
+    hook = receiver([secret], plan=[TRICKLE])
+    api = start(start_api, hooks((hook, secret)), EVENT_TIMEOUT_SECONDS="2")
+    emit(redis_url, "login.approved", id="req-t")
+    (got,) = hook.wait("the retry after a trickled answer", hook.accepted, timeout=30)
+    first = hook.received[0]
+    assert first.status == TRICKLE and got is hook.received[1]
+    assert got.id == first.id and got.body == first.body and got.verified_by == [secret]
+    with sync_client(redis_url) as client:
+        wait_until(lambda: client.xlen(keys.events(1001)) == 0, what="the stream to empty")
+    metrics = httpx.get(f"{api.url}/metrics").text
+    assert "tglogin_webhook_attempts_failed_total 1.0" in metrics
+
+
+def test_a_huge_answer_is_delivered_without_reading_it(
+    start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    """A 200 with a 64 MiB body counts as delivered (its status is what counts; the body
+    is not read past a few KiB), once; the process goes on delivering."""
+    secret = new_secret()
+    hook = receiver([secret], plan=[HUGE])
+    api = start(start_api, hooks((hook, secret)))
+    emit(redis_url, "login.approved", id="req-h")
+    (got,) = hook.wait("the delivery answered with a huge body", hook.accepted)
+    assert got.status == 200 and got.verified_by == [secret]
+    with sync_client(redis_url) as client:
+        wait_until(lambda: client.xlen(keys.events(1001)) == 0, what="the stream to empty")
+    emit(redis_url, "session.ended", id="req-h")
+    hook.wait("the next delivery", lambda: len(hook.accepted()) >= 2)
+    assert len(hook.received) == 2 and hook.received[1].id != got.id
+    assert api.running() and httpx.get(f"{api.url}/readyz").status_code == 200
 
 
 def test_a_process_killed_mid_delivery_loses_nothing(
