@@ -131,13 +131,13 @@ def test_every_response_matches_the_published_document(
 
 def test_the_document_uses_the_codes_own_numbers() -> None:
     """The limits the document states are the code's constants, not copies."""
-    from api_worker import body, login_requests, openapi
+    from api_worker import body, login_requests, openapi, waiters
 
     document = openapi.DOCUMENT
     text = str(document)
     create = document["components"]["schemas"]["LoginRequestCreate"]
     assert create["properties"]["state"]["maxLength"] == login_requests.MAX_STATE
     wait = document["paths"]["/v1/login-requests/{id}"]["get"]["parameters"][1]["schema"]
-    assert wait["maximum"] == login_requests.MAX_WAIT
+    assert wait["maximum"] == waiters.MAX_WAIT
     assert f"{body.MAX_BODY_BYTES} bytes" in text
     assert document["info"]["version"] == openapi.VERSION
