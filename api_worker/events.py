@@ -3,7 +3,10 @@ public URL (pull instead of webhooks).
 
 The caller sees its own client's events only, oldest first, from its pull stream
 (`keys.event_client`, filled by `api_worker.delivery`). `after` is the `id` of the last
-event it has (none: from the oldest kept); `next` is what to pass next time. With
+event it has (none: from the oldest kept); `next` is what to pass next time. Each
+event's `webhook_id` is its stable id (the pull stream entry's `w`, its webhook's
+`webhook-id`): at least once, an event may be appended twice, two `id`s with one
+`webhook_id`, so that is what a client deduplicates on. With
 `wait` the request is held until an event arrives or `wait` seconds pass (woken
 through the same pub/sub channel as login decisions, `api_worker.waiters`).
 """
@@ -55,6 +58,7 @@ def _after(request: Request) -> str:
 def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     return {
         "id": entry_id,
+        "webhook_id": fields.get("w", ""),
         "type": fields.get("t", ""),
         "timestamp": iso_time(int(fields.get("ts", "0"))),
         "data": json.loads(fields.get("d", "{}")),

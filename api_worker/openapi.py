@@ -289,11 +289,18 @@ SCHEMAS: Json = {
     },
     "Event": {
         "type": "object",
-        "required": ["id", "type", "timestamp", "data"],
+        "required": ["id", "webhook_id", "type", "timestamp", "data"],
         "properties": {
             "id": {
                 "type": "string", "pattern": "^[0-9]+-[0-9]+$",
-                "description": "Pass as `after` to get what came later.",
+                "description": "The pull cursor: pass as `after` to get what came later. "
+                "Not the event's identity (a duplicate has an `id` of its own).",
+            },
+            "webhook_id": {
+                "type": "string",
+                "description": "The event's stable id, the same as its webhooks' "
+                "`webhook-id`. Delivery is at least once: an event may appear twice, "
+                "with two `id`s and this one `webhook_id`; deduplicate on it.",
             },
             "type": {"enum": list(EVENT_TYPES)},
             "timestamp": {"type": "string", "format": "date-time"},

@@ -1,7 +1,8 @@
 """GET /v1/events: a client's own events in order, `after`, `wait` woken by a new event,
 the errors; a login decision's event moved from the request's stream, once, or twice
 with one id after a move cut short; and a bad EVENT_WEBHOOKS stopping the process with
-one line."""
+one line; each pulled event's `webhook_id` (its webhook's `webhook-id`), the same for
+both copies of a duplicate."""
 
 from __future__ import annotations
 
@@ -210,6 +211,48 @@ def test_a_login_event_is_moved_and_delivered_with_its_id(
     assert [(e["type"], e["data"]) for e in events] == [
         ("login.approved", {"user": ANN, "state": "s-7"})] * times
     assert pull_stream_ids(redis_url) == [evt] * times
+    # pulled: one webhook_id (the webhook-id) for both copies, a cursor `id` each
+    assert [e["webhook_id"] for e in events] == [evt] * times
+    assert len({e["id"] for e in events}) == times
+
+
+def append_again(redis_url: str, entry_id: str) -> None:
+    """shop's pull stream entry appended once more, fields as they are: what a deliverer
+    killed after appending it (before noting that) does when the event is delivered
+    again."""
+    async def body(store: Store) -> None:
+        stream = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+        (_, fields), = await store.redis.xrange(stream, entry_id, entry_id)
+        await store.redis.xadd(stream, fields)
+
+    run_on_store(api_settings(redis_url), body)
+
+
+def test_a_pulled_event_carries_its_webhook_id_the_same_for_a_duplicate(
+    redis_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    """`webhook_id` is the `webhook-id` its webhook had; appended twice, the event comes
+    back under two cursor ids with one webhook_id (what a client deduplicates on)."""
+    secret = new_secret()
+    hook = receiver([secret])
+    hooks = json.dumps([{"client": "shop", "url": hook.url, "secret": secret}])
+    app = create_app(api_settings(redis_url, API_KEYS=KEYS, EVENT_WEBHOOKS=hooks))
+    with TestClient(app) as api:
+        emit(redis_url, "token.revoked", "shop", session="5e55")
+        (event,) = pull_until(api, SHOP, 1)
+        (got,) = hook.wait("the delivery", hook.accepted)
+        assert event["webhook_id"] == got.id and got.id.startswith(f"evt_{ANN['id']}_")
+        assert event["id"] != got.id and event["data"] == got.payload["data"]
+        append_again(redis_url, event["id"])
+        first, again = pull(api, SHOP)["events"]
+        assert first == event
+        assert again["id"] != event["id"] and again["webhook_id"] == event["webhook_id"]
+        assert {k: again[k] for k in ("type", "timestamp", "data")} == {
+            k: event[k] for k in ("type", "timestamp", "data")}
+        # the cursor still goes by `id`: after the first copy comes the second
+        later = pull(api, SHOP, after=event["id"])
+        assert [e["id"] for e in later["events"]] == [again["id"]]
+        assert later["next"] == again["id"]
 
 
 def test_bad_event_webhooks_stop_the_process_with_one_line(tmp_path: Path) -> None:
