@@ -130,8 +130,10 @@ RESPONSES: Json = {
         "unknown_user",
     ),
     "ApprovalRateLimited": _error(
-        "Too many approvals: for this user, all clients together (APPROVAL_USER_LIMIT per "
-        "APPROVAL_USER_WINDOW_SECONDS), or from this client (APPROVAL_CLIENT_LIMIT per "
+        "Too many approvals: for this user from this client (APPROVAL_USER_LIMIT per "
+        "APPROVAL_USER_WINDOW_SECONDS), for this user from all clients together "
+        "(APPROVAL_USER_TOTAL_LIMIT in the same window), or from this client "
+        "(APPROVAL_CLIENT_LIMIT per "
         "APPROVAL_CLIENT_WINDOW_SECONDS, unknown users included); or too many failed API "
         "keys from this address. Wait `Retry-After` seconds.",
         "rate_limited",

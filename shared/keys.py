@@ -122,8 +122,9 @@ EVENT_LOG_MAXLEN = 10000
 # (pending until `e`, then read as expired), set to APPROVAL_TTL_SECONDS by a decision
 # (the result waits that long to be read)
 APPROVAL = PREFIX + "approval:"
-# per user: approvals created for them in the current window, all clients together;
-# TTL APPROVAL_USER_WINDOW_SECONDS from the first
+# per user: approvals created for them in the current window, all clients together
+# (this key), and per client (this key + ":<client key hash>", or ":open"); TTL
+# APPROVAL_USER_WINDOW_SECONDS from the first
 APPROVAL_USER_COUNT = PREFIX + "approval:user:"
 # per API client (its key hash): approvals asked for in the current window, refused
 # ones (unknown users) too; TTL APPROVAL_CLIENT_WINDOW_SECONDS from the first
