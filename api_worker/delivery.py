@@ -92,13 +92,6 @@ BODY_CAP = 4096
 # how much longer than one attempt's deadline the user's lock lasts (ms): room for the
 # Redis commands between two extensions
 LOCK_MARGIN_MS = 5000
-# extend KEYS[1] to ARGV[2] ms only while it holds ARGV[1] (this process's lock): 1 if so
-_EXTEND = """
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-  return redis.call("PEXPIRE", KEYS[1], ARGV[2])
-end
-return 0
-"""
 
 
 class Deliverer:
@@ -127,7 +120,7 @@ class Deliverer:
         # one attempt (its whole deadline) with room to spare, extended before each head
         # and each attempt; a dead process's lock expires
         self._lock_ms = int(settings.event_timeout_seconds * 1000) + LOCK_MARGIN_MS
-        self._extend = redis.register_script(_EXTEND)
+        self._extend = scripts(redis).get("lock_extend.lua")
         # a blocking read waits at most half of REDIS_TIMEOUT (its deadline), up to 5 s:
         # an idle process costs Redis a few commands a second at most
         self._block_ms = max(50, min(5000, int(settings.redis_timeout * 500)))

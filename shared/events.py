@@ -130,32 +130,6 @@ def is_login_events(name: str) -> bool:
     return name.startswith(keys.LOGIN_EVENTS + "{") and name.endswith("}")
 
 
-# The move's first step, in the user's slot, atomic: the login event appended to the
-# user's stream, then every entry newer than it (by id: appended there after the login
-# was decided, while its event waited to be moved) taken out and appended again after
-# it, each with `eid`, its stable id (kept, or the one its id gave it), so a user's
-# events stay in the order they happened. Kept here, not in shared/lua/, with the code
-# that moves (one script, no other caller).
-# KEYS[1] the user's stream  ARGV[1] the login entry's id  ARGV[2..5] t, c, d, ts
-# ARGV[6] its eid  ARGV[7] the user's id  ARGV[8] the stream's MAXLEN (approximate)
-_MOVE_LUA = """
-local newer = redis.call("XRANGE", KEYS[1], "(" .. ARGV[1], "+")
-local moved = redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[8], "*",
-  "t", ARGV[2], "c", ARGV[3], "d", ARGV[4], "ts", ARGV[5], "eid", ARGV[6])
-for _, entry in ipairs(newer) do
-  local fields, named = entry[2], false
-  for i = 1, #fields, 2 do
-    if fields[i] == "eid" then named = true end
-  end
-  if not named then
-    fields[#fields + 1] = "eid"
-    fields[#fields + 1] = "evt_" .. ARGV[7] .. "_" .. entry[1]
-  end
-  redis.call("XADD", KEYS[1], "*", unpack(fields))
-  redis.call("XDEL", KEYS[1], entry[1])
-end
-return moved
-"""
 
 
 async def copy_login_event(
@@ -163,8 +137,7 @@ async def copy_login_event(
 ) -> str:
     """The move's first step: the login stream's entry appended to the user's stream
     with `eid`, its stable id, the user's events newer than it after it; the new id."""
-    script = redis.register_script(_MOVE_LUA)
-    moved = await script(keys=[keys.events(user_id)], args=[
+    moved = await scripts(redis).get("event_move.lua")(keys=[keys.events(user_id)], args=[
         entry_id, fields.get("t", ""), fields.get("c", ""), fields.get("d", "{}"),
         fields.get("ts", "0"), login_event_id(user_id, login_stream, entry_id), user_id,
         keys.EVENTS_MAXLEN,
