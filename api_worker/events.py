@@ -2,8 +2,12 @@
 public URL (pull instead of webhooks).
 
 The caller sees its own client's events only, oldest first, from its pull stream
-(`keys.event_client`, filled by `api_worker.delivery`). `after` is the `id` of the last
-event it has (none: from the oldest kept); `next` is what to pass next time. Each
+(`keys.event_client`, filled by `api_worker.user_delivery`). `after` is the `id` of the last
+event it has (none: from the oldest kept); `next` is what to pass next time. A pull
+stream keeps its client's last EVENT_LOG_MAXLEN events: when events after `after` are
+no longer kept (the client fell that far behind), the answer says `"gap": true` and
+starts from the oldest kept, so a client knows to reconcile what it missed rather
+than miss it silently (`gap` is false otherwise, and when `after` is not given). Each
 event's `webhook_id` is its stable id (the pull stream entry's `w`, its webhook's
 `webhook-id`): at least once, an event may be appended twice, two `id`s with one
 `webhook_id`, so that is what a client deduplicates on. With
@@ -40,10 +44,10 @@ _PARAMETERS = frozenset({"after", "wait"})
 _CLOCK_SLACK_MS = 60_000
 
 
-def _after(request: Request) -> str:
+def _after(request: Request) -> str | None:
     raw = request.query_params.get("after")
     if raw is None:
-        return "0-0"
+        return None
     found = _STREAM_ID.fullmatch(raw)
     # an id names its event's time (ms): one from the future names no event, and no
     # event would ever come after it (a poll would wait for nothing)
@@ -53,6 +57,24 @@ def _after(request: Request) -> str:
     return raw
 
 
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def _gap(redis: Any, stream: str, after: str) -> bool:
+    """Whether events after `after` were trimmed off the pull stream (it holds some):
+    the newest trimmed is its max-deleted-entry-id (`event_pull.lua`)."""
+    with unavailable_on_error():
+        info: Any = await redis.xinfo_stream(stream)
+    deleted = info.get("max-deleted-entry-id")
+    if deleted is None:  # a server before Redis 7: the oldest kept, once any was trimmed
+        first = info.get("first-entry")
+        return bool(first) and _id(str(first[0])) > _id(after) \
+            and int(info.get("length", 0)) >= keys.EVENT_LOG_MAXLEN
+    return _id(str(deleted)) > _id(after)
 
 
 def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
@@ -74,21 +96,21 @@ async def list_events(request: Request) -> Response:
     settings = context.settings(request)
     chash = client_hash(settings.auth_secret, client.name if client is not None else "")
     redis = context.store(request).redis
+    stream = keys.event_client(chash)
 
     async def read() -> list[Any]:
         with unavailable_on_error():
-            found: Any = await redis.xrange(
-                keys.event_client(chash), f"({after}", "+", count=PAGE
-            )
+            found: Any = await redis.xrange(stream, f"({after or '0-0'}", "+", count=PAGE)
         return list(found)
 
     entries = await context.waiters(request).hold(
         "evc:" + chash, read, lambda found: not found, wait
     )
     events = [_event(str(entry_id), fields) for entry_id, fields in entries]
-    return JSONResponse(
-        {"events": events, "next": events[-1]["id"] if events else after}, headers=NO_STORE
-    )
+    # trimmed events leave kept ones after them: a gap comes with events
+    gap = after is not None and bool(events) and await _gap(redis, stream, after)
+    last = events[-1]["id"] if events else (after or "0-0")
+    return JSONResponse({"events": events, "next": last, "gap": gap}, headers=NO_STORE)
 
 
 routes = [Route("/v1/events", list_events, methods=["GET"])]

@@ -28,6 +28,7 @@ from api_worker.waiters import MAX_WAIT
 from shared.approvals import MAX_STATE as MAX_APPROVAL_STATE
 from shared.approvals import MAX_TEXT as MAX_APPROVAL_TEXT
 from shared.events import EVENT_TYPES
+from shared.keys import EVENT_LOG_MAXLEN
 
 Json = dict[str, Any]
 
@@ -316,11 +317,18 @@ SCHEMAS: Json = {
     },
     "Events": {
         "type": "object",
-        "required": ["events", "next"],
+        "required": ["events", "next", "gap"],
         "properties": {
             "events": {"type": "array", "items": _ref("schemas", "Event"),
                        "maxItems": EVENTS_PAGE},
             "next": {"type": "string", "description": "The `after` of the next call."},
+            "gap": {
+                "type": "boolean",
+                "description": "True when events after your `after` are no longer kept "
+                f"(a client keeps its last {EVENT_LOG_MAXLEN:,} events): `events` then "
+                "start from the oldest kept, and what you missed must be reconciled "
+                "another way. False otherwise, and when `after` is not given.",
+            },
         },
     },
     "LoginStatus": {
@@ -539,7 +547,9 @@ PATHS: Json = {
                     "required": False,
                     "schema": {"type": "string", "pattern": "^[0-9]{1,20}-[0-9]{1,20}$"},
                     "description": "The `id` of the last event you have (or the `next` of "
-                                   "the last answer); none: from the oldest kept.",
+                                   "the last answer); none: from the oldest kept. If "
+                                   "events after it are no longer kept, the answer has "
+                                   "`gap` true.",
                 },
                 {
                     "name": "wait",

@@ -6,14 +6,17 @@ The emission contract (every flow that emits follows it):
    `keys.events(user id)` (tagged like `keys.user`, so it shares that user's Cluster
    slot), passed as one of its KEYS; four ARGV carry what `event_args()` gives:
 
-       redis.call("XADD", KEYS[k], "MAXLEN", "~", 1000, "*",
+       redis.call("XADD", KEYS[k], "*",
          "t", ARGV[i], "c", ARGV[i + 1], "d", ARGV[i + 2], "ts", ARGV[i + 3])
 
    (type, the client it concerns by its API_KEYS name or "", the data as JSON with at
    least `user`, the public user record, and `id` of the request it concerns where one
    exists, the time in ms). Change and event are then one step in any deployment.
+   No MAXLEN: the stream is never trimmed; an entry leaves it only once its client has
+   it (delivered, or dead-lettered after its retries), and the key goes once it is empty.
 2. In the same pipeline, right after that script, `queue_wake(pipe, user id)` queues
-   an entry on the global wake stream that the API processes' deliverers read.
+   an entry on the global wake stream that the API processes' deliverers read (never
+   trimmed either: a wake is deleted once handled).
    A pipeline is one socket write on a single server or Sentinel: a process that dies
    sends both or neither. A Cluster sends them to two nodes (the user's slot and the
    wake stream's): a process that dies between the two writes leaves an event without
@@ -32,26 +35,31 @@ One flow departs from (1): a deep-link login's decision (`login_decide.lua`) run
 login request's key, in the request's own slot (the first decision wins there, and two
 users may tap one link), so it appends `login.approved`/`login.denied` to the request's
 own stream, `keys.login_events(id hash)`, in the same script (the same fields, plus `u`,
-the user's id). Its wake names that stream too (`queue_wake(pipe, user id,
-login_stream)`), and the deliverer, under the user's lock and before the user's own
-stream, moves each entry into the user's stream (`move_login_events`: XADD there with
-`eid`, the event's stable id, then XDEL here). Two slots, two steps: a process killed
-between them leaves the entry to be moved again, a second copy with the same `eid`, so
-the receiver sees the same `webhook-id` twice (at least once, as everywhere). Order
-holds: the first step, one script in the user's slot, also takes the user's events
-newer than the login's (appended while it waited to be moved: a session it created,
-ended) out and appends them again after it, each keeping its stable id (`eid`). The
-entry ids of two slots are compared: on a Cluster, within the nodes' clock skew.
-On a Cluster a process dying between the decision's node and the wake
-stream's leaves no wake naming the login stream: that event stays there and expires
-with the request (its TTL), never delivered; the decision stands either way.
+the user's id). Its wake names that stream (`queue_wake(pipe, user id, login_stream)`),
+which also notes it in the user's slot (SADD to `keys.event_logins(user id)`) in the
+same pipeline. Whoever holds the user's delivery lock drains every noted login stream
+before it delivers any of the user's events (and again whenever one is noted while it
+delivers), so a login event is moved ahead of the session it led to whichever process
+holds the wake. The move (`move_login_events`) appends the entry to the user's stream
+with `eid`, the event's stable id, then XDELs it here, then the note goes. Two slots,
+two steps: a process killed between them leaves the entry (and its note) to be moved
+again, a second copy with the same `eid`, so the receiver sees the same `webhook-id`
+twice (at least once, as everywhere). Order holds: the first step, one script in the
+user's slot, also takes the user's events newer than the login's (appended while it
+waited to be moved) out and appends them again after it, each keeping its stable id
+(`eid`). The entry ids of two slots are compared: on a Cluster, within the nodes' clock
+skew. On a Cluster a process dying between the decision's node and the others leaves
+neither note nor wake naming the login stream: that event stays there and expires with
+the request (its TTL), never delivered; the decision stands either way.
 
 A script whose change may not happen (a second decision, a token already revoked)
 appends only when it happens; the wake may go regardless (one with nothing to deliver
 is acknowledged and dropped). An event that concerns several clients (a /logout
 ending sessions of two) is one XADD per client, each with its own `c`; one wake
-covers them all. `data` is JSON the receivers see as it is: never a code, a token or
-anything secret.
+covers them all. Order is kept per (user, client): a client's events go out in the
+order they were appended, and one client's failing endpoint holds back only that
+client's later events. `data` is JSON the receivers see as it is: never a code, a
+token or anything secret.
 
 What a script cannot compute goes in `data` as what it can, and delivery fills it in
 (`client_data`, with AUTH_SECRET): an `approval.*` event carries `"approval_seed"`, the
@@ -90,8 +98,6 @@ EVENT_TYPES = (
     "session.ended",
     "user.logged_out",
 )
-# wake entries kept at most (approximately); each is handled within seconds
-WAKE_MAXLEN = 10000
 
 
 def event_args(
@@ -106,11 +112,14 @@ def event_args(
 
 def queue_wake(pipe: Pipeline, user_id: int, login_stream: str | None = None) -> None:
     """Queue, right after the script that appended an event, the wake of its deliverer;
-    naming `login_stream` (`keys.login_events`) when the event went there (`l`)."""
+    naming `login_stream` (`keys.login_events`) when the event went there (`l`), and
+    then noting that stream in the user's slot first (`keys.event_logins`), for whoever
+    holds the user to move it before the user's other events. Never trimmed."""
     fields: dict[Any, Any] = {"u": str(user_id)}
     if login_stream is not None:
+        pipe.sadd(keys.event_logins(user_id), login_stream)
         fields["l"] = login_stream
-    pipe.xadd(keys.EVENT_WAKE, fields, maxlen=WAKE_MAXLEN, approximate=True)
+    pipe.xadd(keys.EVENT_WAKE, fields)
 
 
 def event_id(user_id: int, entry_id: str) -> str:
@@ -140,7 +149,6 @@ async def copy_login_event(
     moved = await scripts(redis).get("event_move.lua")(keys=[keys.events(user_id)], args=[
         entry_id, fields.get("t", ""), fields.get("c", ""), fields.get("d", "{}"),
         fields.get("ts", "0"), login_event_id(user_id, login_stream, entry_id), user_id,
-        keys.EVENTS_MAXLEN,
     ])
     return str(moved)
 

@@ -85,27 +85,36 @@ OIDC_CODE_TTL_SECONDS = 60
 # TTL API_KEY_FAIL_WINDOW_SECONDS from the first
 OIDC_FAILS = PREFIX + "oidc:fails:"
 
-# Events (`shared.events`, delivery in `api_worker.events`). A user's events, in order:
+# Events (`shared.events`, delivery in `api_worker.delivery`). A user's events, in order:
 # a stream per user, tagged like USER, so the script that makes a change appends its
-# event in the same atomic step (fields t type, c client name, d data JSON, ts ms);
-# MAXLEN ~ EVENTS_MAXLEN; an entry is deleted once every target has it; no TTL
+# event in the same atomic step (fields t type, c client name, d data JSON, ts ms; a
+# moved one eid its stable id); never trimmed: an entry is deleted once its client has
+# it (delivered or dead-lettered), the key once it is empty; no TTL
 EVENTS = PREFIX + "ev:"
-EVENTS_MAXLEN = 1000
-# stream of "user u has events to deliver" (field u), read by the API processes'
-# consumer group EVENT_GROUP; entries acked and deleted once handled; MAXLEN ~ 10000
+# stream of "user u has events to deliver" (field u; l a login request's EVENTS-like
+# stream to move from), read by the API processes' consumer group EVENT_GROUP; never
+# trimmed: an entry is acked and deleted once handled, so it holds only the unread and
+# the pending
 EVENT_WAKE = PREFIX + "evwake"
 EVENT_GROUP = "deliver"
+# per user (tagged like USER): the login requests' event streams (LOGIN_EVENTS names)
+# whose decision may hold an event of this user's not yet moved into EVENTS; added with
+# the decision's wake, drained by whoever holds the user's EVENT_LOCK before it delivers
+# any of the user's events; no TTL (emptied at the user's next delivery)
+EVENT_LOGINS = PREFIX + "evlogins:"
 # per client (by a keyed hash of its API_KEYS name): the events delivered to it, read by
 # GET /v1/events (fields t, d, ts, w the event's webhook-id); MAXLEN ~ EVENT_LOG_MAXLEN
+# (GET /v1/events says `gap` when a cursor falls before what is kept)
 EVENT_CLIENT = PREFIX + "evc:"
 # sorted set user id -> ms when that user's delivery is due again (a retry, or a
 # user another process was busy with); no TTL, members removed when handled
 EVENT_DUE = PREFIX + "evdue"
 # per user: the process delivering that user's events (a lock); TTL a delivery step
 EVENT_LOCK = PREFIX + "evlock:"
-# per user: hash of the head event's retry state {e entry id, p 1 once in the pull
-# stream, f first attempt ms, n attempts, due ms of the next, ok JSON list of the URLs
-# that have it}; TTL EVENT_RETRY_SECONDS + a day
+# per user: hash of retry states, one per event being retried, by its stable id (its
+# webhook-id, so a moved event keeps it): JSON {p 1 once in the pull stream, f first
+# attempt ms, n attempts, due ms of the next, ok the URLs that have it}; a field is
+# dropped with its event; TTL EVENT_RETRY_SECONDS + a day from the last write
 EVENT_RETRY = PREFIX + "evretry:"
 # events that exhausted their retries, kept for inspection; MAXLEN ~ EVENT_LOG_MAXLEN
 EVENT_DEAD = PREFIX + "evdead"
@@ -201,6 +210,10 @@ def event_lock(user_id: int) -> str:
 
 def event_retry(user_id: int) -> str:
     return EVENT_RETRY + _user_tag(user_id)
+
+
+def event_logins(user_id: int) -> str:
+    return EVENT_LOGINS + _user_tag(user_id)
 
 
 def event_client(client_hash: str) -> str:

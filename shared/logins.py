@@ -362,7 +362,8 @@ class Logins:
             generation = await self.store.sessions.enter(user) if approve else 0
             # the event, if this decision counts for an API client's request, goes to
             # the request's own stream in the same script (shared.events); its wake,
-            # naming that stream, goes in the same pipeline (nothing to move: dropped)
+            # naming that stream and noting it in the user's slot, goes in the same
+            # pipeline (nothing to move: dropped)
             events = keys.login_events(id_hash)
             # type, client and state are the script's to add (it reads them)
             _, _, data, ms = event_args("login.approved", "", {"user": public_user(user)})
@@ -384,7 +385,7 @@ class Logins:
                     client=pipe,
                 )
                 queue_wake(pipe, uid, events)
-                (outcome, status, name, host, mismatch), _ = await pipe.execute()
+                (outcome, status, name, host, mismatch), *_ = await pipe.execute()
             decided = _Decided(int(outcome))
             if decided is _Decided.NOW:
                 counter = (Counter.LOGIN_REQUESTS_APPROVED if status == "approved"

@@ -67,7 +67,7 @@ if KEYS[2] and name ~= "" and (decision == "approved" or decision == "denied") t
   if state then
     data = data .. ',"state":' .. cjson.encode(state)
   end
-  redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+  redis.call("XADD", KEYS[2], "*",
     "t", "approval." .. decision, "c", name, "d", data .. "}", "ts", ARGV[8])
 end
 return {1, decision, name, mismatch, has_state, state or ""}

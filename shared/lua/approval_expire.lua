@@ -33,7 +33,7 @@ if KEYS[3] and found[3] and found[3] ~= "" then
   if found[6] then
     data = data .. ',"state":' .. cjson.encode(found[6])
   end
-  redis.call("XADD", KEYS[3], "MAXLEN", "~", 1000, "*",
+  redis.call("XADD", KEYS[3], "*",
     "t", "approval.expired", "c", found[3], "d", data .. "}", "ts", ARGV[2])
 end
 return {1, found[3] or "", found[4] or "", found[5] or "", has_state, found[6] or "",

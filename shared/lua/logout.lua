@@ -54,7 +54,7 @@ if #clients > 0 then
   table.sort(clients)
   local user = user_json(ARGV[3], redis.call("HGET", KEYS[1], "r"))
   for _, client in ipairs(clients) do
-    redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*", "t", "user.logged_out",
+    redis.call("XADD", KEYS[2], "*", "t", "user.logged_out",
       "c", client, "d", '{"user":' .. user .. ',"sessions":' .. per_client[client] .. "}",
       "ts", ARGV[4])
   end

@@ -41,7 +41,7 @@ if KEYS[3] and redis.call("EXISTS", KEYS[3]) == 1 then
 end
 -- session.ended, in this same atomic step
 if ARGV[3] then
-  redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+  redis.call("XADD", KEYS[2], "*",
     "t", ARGV[3], "c", ARGV[4], "d", ARGV[5], "ts", ARGV[6])
 end
 return {1, state, client}

@@ -38,7 +38,7 @@ if ARGV[5] ~= "" then
 end
 redis.call("EXPIRE", KEYS[1], ARGV[4])
 if KEYS[2] then
-  return {1, generation, redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+  return {1, generation, redis.call("XADD", KEYS[2], "*",
     "t", ARGV[8], "c", ARGV[9], "d", ARGV[10], "ts", ARGV[11])}
 end
 return {1, generation}

@@ -22,7 +22,7 @@ end
 if KEYS[2] then
   local data = '{"user":' .. user_json(ARGV[5], redis.call("HGET", KEYS[1], "r")) .. ","
     .. string.sub(ARGV[8], 2)
-  redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",
+  redis.call("XADD", KEYS[2], "*",
     "t", ARGV[6], "c", ARGV[7], "d", data, "ts", ARGV[9])
 end
 return 1

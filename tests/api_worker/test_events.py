@@ -1,11 +1,14 @@
 """GET /v1/events: a client's own events in order, `after`, `wait` woken by a new event,
-the errors; a login decision's event moved from the request's stream, once, or twice
-with one id after a move cut short; and a bad EVENT_WEBHOOKS stopping the process with
-one line; each pulled event's `webhook_id` (its webhook's `webhook-id`), the same for
-both copies of a duplicate."""
+the errors, `gap` when a cursor fell behind what is kept; a login decision's event
+moved from the request's stream, once, or twice with one id after a move cut short,
+and ahead of the user's later events when another deliverer holds the user as its
+wake comes; a wake backlog past any old cap stranding nothing; and a bad
+EVENT_WEBHOOKS stopping the process with one line; each pulled event's `webhook_id`
+(its webhook's `webhook-id`), the same for both copies of a duplicate."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -17,16 +20,18 @@ import httpx
 import pytest
 
 from api_worker.app import create_app
+from api_worker.delivery import Deliverer
 from shared import keys
 from shared.approvals import approval_id
-from shared.events import Events, client_hash, copy_login_event
+from shared.events import Events, client_hash, copy_login_event, queue_wake
 from shared.logins import Logins
+from shared.redis import scripts
 from shared.settings import ApiClient, Secret
 from shared.store import Store
 from tests.fixtures.api import ANN, API_SECRET, TestClient, api_settings
 from tests.fixtures.common import run_module, wait_until
 from tests.fixtures.store import run_on_store
-from tests.fixtures.webhooks import Receiver, new_secret, receivers
+from tests.fixtures.webhooks import HOLD, Receiver, new_secret, receivers
 
 SHOP_KEY, BLOG_KEY = "shop-key-" + "s" * 24, "blog-key-" + "b" * 24
 KEYS = f"shop:{SHOP_KEY},blog:{BLOG_KEY}"
@@ -84,7 +89,8 @@ def test_a_client_pulls_its_own_events_in_order(api: TestClient, redis_url: str)
     later = pull(api, SHOP, after=events[0]["id"])
     assert [e["id"] for e in later["events"]] == [e["id"] for e in events[1:]]
     assert later["next"] == events[-1]["id"]
-    assert pull(api, SHOP, after=events[-1]["id"]) == {"events": [], "next": events[-1]["id"]}
+    assert pull(api, SHOP, after=events[-1]["id"]) == {
+        "events": [], "next": events[-1]["id"], "gap": False}
 
 
 def test_an_approval_event_names_the_approval_by_its_id(
@@ -116,7 +122,42 @@ def test_wait_is_woken_by_a_new_event(api: TestClient, redis_url: str) -> None:
 
 
 def test_wait_ends_empty_when_nothing_comes(api: TestClient) -> None:
-    assert pull(api, SHOP, wait="1") == {"events": [], "next": "0-0"}
+    assert pull(api, SHOP, wait="1") == {"events": [], "next": "0-0", "gap": False}
+
+
+def fill_pull_stream(redis_url: str, count: int, kept: int) -> list[str]:
+    """`count` events appended to shop's pull stream by the script delivery appends with,
+    keeping the last `kept` (trimmed each time one more piles up); every id added."""
+    async def body(store: Store) -> list[str]:
+        stream = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+        append = scripts(store.redis).get("event_pull.lua")
+        data = json.dumps({"user": ANN})
+        return [str(await append(keys=[stream], args=[
+            kept, 1, "t", "code.redeemed", "d", data, "ts", "1750000000000", "w", f"evt_{n}",
+        ])) for n in range(count)]
+
+    found: list[str] = run_on_store(api_settings(redis_url), body)
+    return found
+
+
+def test_a_cursor_before_what_is_kept_says_gap(api: TestClient, redis_url: str) -> None:
+    """A client more events behind than its pull stream keeps is told so: `gap` true,
+    and the events from the oldest kept on, never a silent skip; a cursor whose next
+    events are all kept has no gap; nor has a first pull (no `after`)."""
+    ids = fill_pull_stream(redis_url, 30, kept=10)
+    kept = ids[20:]
+    for after in (ids[0], ids[18]):  # ids[19] (and maybe more) after it are gone
+        behind = pull(api, SHOP, after=after, wait="30")  # answered at once
+        assert behind["gap"] is True and [e["id"] for e in behind["events"]] == kept
+        assert behind["next"] == kept[-1]
+    for after in (ids[19], ids[25]):
+        answer = pull(api, SHOP, after=after)
+        assert answer["gap"] is False
+        assert [e["id"] for e in answer["events"]] == ids[ids.index(after) + 1:]
+    first = pull(api, SHOP)
+    assert first["gap"] is False and [e["id"] for e in first["events"]] == kept
+    # gap or not, the cursor goes on as ever
+    assert pull(api, SHOP, after=kept[-1]) == {"events": [], "next": kept[-1], "gap": False}
 
 
 @pytest.mark.parametrize(
@@ -272,3 +313,107 @@ def test_bad_event_webhooks_stop_the_process_with_one_line(tmp_path: Path) -> No
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "EVENT_WEBHOOKS" in lines[0] and says in lines[0]
         assert str(entry["secret"])[6:] not in done.stderr + done.stdout
+
+
+def test_a_wake_backlog_strands_no_event(redis_url: str) -> None:
+    """Wakes pile up while no API process runs (10,500 of them, past the 10,000 the wake
+    stream used to be trimmed to): the oldest, ANN's, is still there, and her event is
+    delivered once a deliverer starts."""
+    emit(redis_url, "token.revoked", "shop", session="0ld")
+
+    async def pile(store: Store) -> tuple[int, dict[str, str]]:
+        for batch in range(21):
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for n in range(500):
+                    queue_wake(pipe, 500_000 + batch * 500 + n)  # users with no events
+                await pipe.execute()
+        (_, first), = await store.redis.xrange(keys.EVENT_WAKE, count=1)
+        return int(await store.redis.xlen(keys.EVENT_WAKE)), first
+
+    assert run_on_store(api_settings(redis_url), pile) == (10_501, {"u": str(ANN["id"])})
+    with TestClient(create_app(api_settings(redis_url, API_KEYS=KEYS))) as api:
+        (event,) = pull_until(api, SHOP, 1)
+    assert event["type"] == "token.revoked" and event["data"]["session"] == "0ld"
+
+
+async def until(what: str, condition: Callable[[], Any]) -> None:
+    """Poll `condition` in the loop for up to 15 s."""
+    deadline = time.monotonic() + 15
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("mid_pass", [False, True])
+def test_a_login_event_goes_first_whichever_process_holds_the_user(
+    redis_url: str, receiver: Callable[..., Receiver], mid_pass: bool
+) -> None:
+    """Another process holds ANN when her deep-link login is approved for shop: the
+    login's wake reaches a deliverer that cannot take her (so cannot move the event);
+    then the session that login led to ends. Whoever delivers ANN next moves the noted
+    login event in before shop's next event: shop gets login.approved before
+    session.ended (webhook and pull stream). `mid_pass`: the holder is a deliverer in
+    the middle of ANN's events (blog's, to an endpoint that takes its time, and whose
+    failure holds back none of shop's); else the lock's holder finishes and a deliverer
+    takes ANN when she is due."""
+    secret = new_secret()
+    shop_hook, blog_hook = receiver([secret]), receiver([secret], plan=[HOLD])
+    hooks = json.dumps([
+        {"client": "shop", "url": shop_hook.url, "secret": secret},
+        {"client": "blog", "url": blog_hook.url, "secret": secret},
+    ])
+    settings = api_settings(redis_url, API_KEYS=KEYS, EVENT_WEBHOOKS=hooks,
+                            TELEGRAM_BOT_USERNAME="login_bot", EVENT_TIMEOUT_SECONDS="8")
+    shop = ApiClient(name="shop", key=Secret(SHOP_KEY))
+
+    async def body(store: Store) -> None:
+        events, logins = Events(store.redis), Logins(store)
+        created = await logins.create(shop, "s-8", "10.0.0.1")
+        holder, other = Deliverer(settings, store.redis), Deliverer(settings, store.redis)
+        lock = keys.event_lock(ANN["id"])
+        try:
+            if mid_pass:
+                await events.emit(ANN["id"], "code.redeemed", "blog",
+                                  {"user": ANN, "session": "b1"})
+                delivering = asyncio.create_task(holder.deliver(ANN["id"]))
+                await until("the holder's attempt to blog", lambda: blog_hook.held == 1)
+            else:
+                assert await store.redis.set(lock, "another-process", px=30_000)
+            assert await logins.decide(created.payload, ANN, True) is not None
+            wakes = await store.redis.xrange(keys.EVENT_WAKE)
+            wake_id, wake = next((i, f) for i, f in wakes if "l" in f)
+            assert not await other.deliver(ANN["id"])  # busy
+            await other._wake(str(wake_id), wake["u"], wake["l"])
+            await events.emit(ANN["id"], "session.ended", "shop", {"user": ANN, "session": "s1"})
+            if mid_pass:
+                blog_hook.release()  # blog's attempt fails (no answer): retried later
+                assert await asyncio.wait_for(delivering, 30)
+            else:
+                await store.redis.delete(lock)
+                assert await holder.deliver(ANN["id"])
+        finally:
+            await holder.close()
+            await other.close()
+
+    run_on_store(settings, body)
+    first = shop_hook.wait("shop's first event", shop_hook.accepted)[0]
+    assert first.payload["type"] == "login.approved"
+    got = shop_hook.wait("shop's two events", lambda: len(shop_hook.accepted()) >= 2
+                         and shop_hook.accepted())
+    assert [d.payload["type"] for d in got] == ["login.approved", "session.ended"]
+    assert [d.payload["data"].get("state") for d in got] == ["s-8", None]
+    pulled = pull_stream_ids(redis_url)
+    assert len(pulled) == 2 and pulled[0].startswith(f"evt_{ANN['id']}_l")
+    if mid_pass:  # blog's event waits for its retry; shop's are out of ANN's stream
+        (_, left), = user_stream(redis_url)
+        assert left["c"] == "blog" and len(blog_hook.received) == 1
+    else:
+        assert user_stream(redis_url) == []
+
+
+def user_stream(redis_url: str) -> list[Any]:
+    async def body(store: Store) -> list[Any]:
+        return list(await store.redis.xrange(keys.events(ANN["id"])))
+
+    found: list[Any] = run_on_store(api_settings(redis_url), body)
+    return found

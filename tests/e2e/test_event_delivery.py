@@ -1,8 +1,9 @@
 """Event webhooks end to end: real API processes deliver to a real HTTP receiver that
 verifies every signature with the `standardwebhooks` library; retries with the same
 webhook-id, a timeout, an answer trickled past the attempt's deadline, a huge answer,
-a process killed mid-delivery, exhaustion to the dead letters, per-user order behind a
-failing head, Redis going away, secrets kept out of logs and Redis."""
+a process killed mid-delivery, exhaustion to the dead letters, per-(user, client) order
+behind a failing head (another client's events going on), emptied streams deleted, Redis
+going away, secrets kept out of logs and Redis."""
 
 from __future__ import annotations
 
@@ -76,10 +77,15 @@ def test_events_arrive_signed_with_the_body_of_the_spec(
     assert first["type"] == "login.approved" and first["data"] == {"user": ANN, "id": "req-1"}
     assert [d.payload["type"] for d in got] == ["login.approved", "session.ended"]
     assert got[0].id.startswith("evt_1001_") and got[0].id != got[1].id
-    # delivered: gone from the user's stream, every wake acknowledged (the second's
-    # events were already out when it was read: acked all the same)
+    # delivered: gone from the user's stream, whose key goes once empty (within a few
+    # seconds: not while its newest id is from the last second), every wake
+    # acknowledged (the second's events were already out when it was read: acked all
+    # the same)
     with sync_client(redis_url) as client:
         wait_until(lambda: client.xlen(keys.events(1001)) == 0, what="the stream to empty")
+        wait_until(lambda: client.exists(keys.events(1001), keys.event_retry(1001),
+                                         keys.event_logins(1001)) == 0,
+                   timeout=15, what="the emptied stream's key to go")
         wait_until(
             lambda: client.xpending(keys.EVENT_WAKE, keys.EVENT_GROUP)["pending"] == 0
             and client.xlen(keys.EVENT_WAKE) == 0, what="the wakes to be acknowledged",
@@ -251,6 +257,33 @@ def test_a_failing_head_holds_back_that_users_later_events(
     assert ann == [("login.approved", 500), ("login.approved", 500),
                    ("login.approved", 204), ("session.ended", 204)]
     assert types.index(("code.redeemed", 204)) < types.index(("login.approved", 204))
+
+
+def test_one_clients_failing_endpoint_holds_back_only_its_own_events(
+    start_api: ApiStarter, redis_url: str, receiver: Callable[..., Receiver]
+) -> None:
+    """shop's endpoint fails (its retry a minute away); the same user's event for blog,
+    appended after shop's, arrives at once; shop's later event still waits behind
+    shop's head; both of shop's stay in the user's stream until shop has them."""
+    secret = new_secret()
+    shop, blog = receiver([secret], plan=[500] * 10), receiver([secret])
+    both = json.dumps([
+        {"client": "shop", "url": shop.url, "secret": secret},
+        {"client": "blog", "url": blog.url, "secret": secret},
+    ])
+    start(start_api, both, EVENT_RETRY_SCHEDULE="60,60")
+    emit(redis_url, "login.approved", id="req-1")
+    shop.wait("shop's first attempt", lambda: shop.received)
+    emit(redis_url, "code.redeemed", client="blog", session="b1")
+    emit(redis_url, "session.ended", id="req-1")
+    (got,) = blog.wait("blog's event, not held behind shop's", blog.accepted, timeout=15)
+    assert got.payload["type"] == "code.redeemed" and got.verified_by == [secret]
+    with sync_client(redis_url) as client:
+        wait_until(lambda: [f["c"] for _, f in client.xrange(keys.events(1001))]
+                   == ["shop", "shop"], what="blog's event out of the stream, shop's kept")
+        assert [f["t"] for _, f in client.xrange(keys.events(1001))] == [
+            "login.approved", "session.ended"]
+    assert [d.payload["type"] for d in shop.received] == ["login.approved"]
 
 
 def test_redis_down_answers_503_and_delivery_recovers(

@@ -281,6 +281,8 @@ async def decide_and_look(store: Store, approve: bool) -> None:
     assert await store.redis.xlen(keys.events(ANN["id"])) == 0  # not moved yet
     wakes = [fields for _, fields in await store.redis.xrange(keys.EVENT_WAKE)]
     assert wakes[0] == {"u": str(ANN["id"]), "l": login_stream}
+    # noted in the user's slot with the wake, for whoever holds the user to move first
+    assert await store.redis.smembers(keys.event_logins(ANN["id"])) == {login_stream}
     # the move: into the user's stream with its stable id, once
     assert await move_login_events(store.redis, ANN["id"], login_stream) == 1
     assert await move_login_events(store.redis, ANN["id"], login_stream) == 0

@@ -4,6 +4,8 @@ Cluster, and the settings' checks (one line naming the variable, never a secret)
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +48,7 @@ def test_the_snippet_in_another_script_commits_with_the_change(redis_url: str) -
     wake queued right after it in the same pipeline."""
     change = (
         'redis.call("HSET", KEYS[1], "g", 1)\n'
-        'return redis.call("XADD", KEYS[2], "MAXLEN", "~", 1000, "*",\n'
+        'return redis.call("XADD", KEYS[2], "*",\n'
         '  "t", ARGV[1], "c", ARGV[2], "d", ARGV[3], "ts", ARGV[4])\n'
     )
 
@@ -88,6 +90,67 @@ def test_emission_runs_on_a_cluster(cluster_env: dict[str, str]) -> None:
         )
 
     run_on_store(make_settings("", **cluster_env), body)
+
+
+def test_a_users_stream_is_never_trimmed(redis_url: str) -> None:
+    """1,200 undelivered events of one user (past the 1,000 the stream used to be cut to):
+    every one kept, the oldest first; one wake each."""
+    async def body(store: Store) -> tuple[int, bool, int]:
+        events = Events(store.redis)
+        first = await events.emit(1001, "code.redeemed", "shop", {"user": ANN, "n": 0})
+        for n in range(1, 1200):
+            await events.emit(1001, "code.redeemed", "shop", {"user": ANN, "n": n})
+        (oldest, _), = await store.redis.xrange(keys.events(1001), count=1)
+        return (int(await store.redis.xlen(keys.events(1001))), str(oldest) == first,
+                int(await store.redis.xlen(keys.EVENT_WAKE)))
+
+    assert run_on_store(make_settings(redis_url), body) == (1200, True, 1200)
+
+
+def test_no_script_trims_an_event_stream() -> None:
+    """Every XADD of the emitting scripts (and the move) appends without MAXLEN or MINID:
+    an undelivered event never leaves silently."""
+    lua = Path(__file__).resolve().parents[2] / "shared" / "lua"
+    xadds = [
+        (path.name, line) for path in sorted(lua.glob("*.lua"))
+        for line in path.read_text().splitlines() if '"XADD"' in line
+    ]
+    # the pull stream's (event_pull.lua) keeps its last EVENT_LOG_MAXLEN, saying `gap`
+    assert len(xadds) >= 9
+    trimming = [(name, line) for name, line in xadds if re.search(r"MAXLEN|MINID", line)]
+    assert trimming == []
+
+
+def test_wakes_are_never_trimmed(redis_url: str) -> None:
+    """10,500 wakes not yet read (past the 10,000 the wake stream used to be cut to): the
+    oldest is still there."""
+    async def body(store: Store) -> tuple[int, dict[str, str]]:
+        for batch in range(21):
+            async with store.redis.pipeline(transaction=False) as pipe:
+                for n in range(500):
+                    queue_wake(pipe, 1001 + batch * 500 + n)
+                await pipe.execute()
+        (_, first), = await store.redis.xrange(keys.EVENT_WAKE, count=1)
+        return int(await store.redis.xlen(keys.EVENT_WAKE)), first
+
+    assert run_on_store(make_settings(redis_url), body) == (10_500, {"u": "1001"})
+
+
+def test_a_login_wake_notes_its_stream_in_the_users_slot(redis_url: str) -> None:
+    """A wake naming a login stream notes it in the user's slot, in the same pipeline,
+    for whoever holds the user to move it first."""
+    login_stream = keys.login_events("ab" * 16)
+
+    async def body(store: Store) -> tuple[set[str], list[dict[str, str]]]:
+        async with store.redis.pipeline(transaction=False) as pipe:
+            queue_wake(pipe, 1001, login_stream)
+            await pipe.execute()
+        wakes = [fields for _, fields in await store.redis.xrange(keys.EVENT_WAKE)]
+        return set(await store.redis.smembers(keys.event_logins(1001))), wakes
+
+    noted, wakes = run_on_store(make_settings(redis_url), body)
+    assert noted == {login_stream} and wakes == [{"u": "1001", "l": login_stream}]
+    assert keys.event_logins(1001).endswith(keys.events(1001).removeprefix(keys.EVENTS))
 
 
 def test_event_args_refuse_an_unknown_type() -> None:
