@@ -140,6 +140,12 @@ RESPONSES: Json = {
         "rate_limited",
         headers={"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
     ),
+    "ApprovalUnavailable": _error(
+        "Redis cannot be reached, or answered too slowly; try again shortly. The approval "
+        "may have been created all the same: then the bot sends it within seconds and its "
+        "events (approval.approved, .denied, .expired) name it, with your `state`.",
+        "unavailable",
+    ),
     "ApprovalNotFound": _error(
         "No such approval for this client: unknown, gone (APPROVAL_TTL_SECONDS after it "
         "was decided or expired), or another client's.",
@@ -493,7 +499,7 @@ PATHS: Json = {
                 "415": _ref("responses", "NotJson"),
                 "429": _ref("responses", "ApprovalRateLimited"),
                 "500": _ref("responses", "Internal"),
-                "503": _ref("responses", "Unavailable"),
+                "503": _ref("responses", "ApprovalUnavailable"),
             },
         }
     },

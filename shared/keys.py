@@ -127,16 +127,19 @@ EVENT_LOG_MAXLEN = 10000
 # (absent when none), m match number (absent when none), e expiry (unix ms), uid the
 # user's id, i the seed the id is keyed from (`shared.approvals.approval_id`), st
 # pending|approved|denied|undeliverable|expired, by decider id, u decider JSON, mid the
-# message the bot sent}; TTL 2 x APPROVAL_TTL_SECONDS from creation
+# message the bot sent, sg when a bot took it to send (ms) and sq for which queue entry
+# (`approval_sending.lua`)}; TTL 2 x APPROVAL_TTL_SECONDS from creation
 # (pending until `e`, then read as expired), set to APPROVAL_TTL_SECONDS by a decision
-# (the result waits that long to be read)
+# (the result waits that long to be read). A tombstone {x} takes the key of an approval
+# the sweep found never created at its check time; TTL 2 x APPROVAL_TTL_SECONDS
 APPROVAL = PREFIX + "approval:"
 # per user: approvals created for them in the current window, all clients together
 # (this key), and per client (this key + ":<client key hash>", or ":open"); TTL
 # APPROVAL_USER_WINDOW_SECONDS from the first
 APPROVAL_USER_COUNT = PREFIX + "approval:user:"
 # per API client (its key hash): approvals asked for in the current window, refused
-# ones (unknown users) too; TTL APPROVAL_CLIENT_WINDOW_SECONDS from the first
+# ones (unknown users) too; TTL APPROVAL_CLIENT_WINDOW_SECONDS from the first; tagged
+# with APPROVAL_DUE's name, so one script counts and writes the due entry (one slot)
 APPROVAL_CLIENT_COUNT = PREFIX + "approval:client:"
 # stream of approvals for the bot to send: entries {u user id, h approval key hash};
 # consumer group APPROVAL_GROUP (every bot process); an entry is deleted once sent or
@@ -145,10 +148,11 @@ APPROVAL_QUEUE = PREFIX + "approval:queue"
 # the queue's length at most (approximately), should no bot read it for a long time
 APPROVAL_QUEUE_MAXLEN = 100_000
 APPROVAL_GROUP = "bots"
-# sorted set "<user id>:<approval key hash>" -> expiry ms of every approval created: the
-# bot's sweep marks the pending ones expired when their time comes (approval.expired)
-# and removes every member whose approval is settled or gone; no TTL (members live as
-# long as their approval)
+# sorted set "<user id>:<approval key hash>" -> when the bot's sweep looks at it: written
+# before the approval (its check time, seconds later), then its expiry ms; the sweep
+# queues one no bot took, marks the pending ones expired when their time comes
+# (approval.expired) and removes every member whose approval is settled or gone (or
+# was never created); no TTL (members live as long as their approval)
 APPROVAL_DUE = PREFIX + "approval:due"
 
 # Everything about one bot (the Telegram bot id) is tagged `{b<bot id>}`, so the
@@ -278,7 +282,7 @@ def approval_user_count(user_id: int) -> str:
 
 
 def approval_client_count(client_hash: str) -> str:
-    return APPROVAL_CLIENT_COUNT + client_hash
+    return f"{APPROVAL_CLIENT_COUNT}{client_hash}{{{APPROVAL_DUE}}}"
 
 
 def _bot(bot_id: int, suffix: str) -> str:

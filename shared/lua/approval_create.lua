@@ -12,7 +12,12 @@
 -- Each client has its own budget for the user (one client's spam never refuses another's
 -- approval), under a larger ceiling for all clients (many clients cannot flood the user).
 -- Returns {1, expiry ms} created; {0, 0} unknown user; {2, ms until every full window
--- ends} over a limit (nothing written but the count checks).
+-- ends} over a limit (nothing written but the count checks); {3, 0} too late: the key is
+-- taken by a tombstone (the sweep found no approval at its check time and wrote one,
+-- approval_expire.lua), so nothing is written and the caller answers 503.
+if redis.call("EXISTS", KEYS[2]) == 1 then
+  return {3, 0}
+end
 if redis.call("HEXISTS", KEYS[1], "r") == 0 then
   return {0, 0}
 end

@@ -12,15 +12,17 @@
 --         approval.denied (shared.events) here, in the same step
 -- An approval with a match number `m` is approved only with ARGV[4] == m: an approval
 -- with another number, or none (a forged Approve), denies it.
--- Returns {outcome, status, client name, mismatch, has state, state}:
+-- Returns {outcome, status, client name, mismatch, has state, state, message id or ""}
+-- (the message the bot noted sending, `mid`; outcome -1 has no seventh):
 --   outcome 1   decided now (status is this decision)
 --   outcome 2   this same user's same decision again (a redelivered tap)
 --   outcome 0   decided before: status is that decision (or undeliverable)
 --   outcome -2  expired (status "expired"); has state etc. as usual
 --   outcome -1  no such approval (unknown, gone, or another user's)
-local found = redis.call("HMGET", KEYS[1], "st", "n", "by", "m", "e", "uid", "s", "i")
-local status, name, by, match, expiry, uid, state, seed =
-  found[1], found[2], found[3], found[4], found[5], found[6], found[7], found[8]
+local found = redis.call("HMGET", KEYS[1], "st", "n", "by", "m", "e", "uid", "s", "i", "mid")
+local status, name, by, match, expiry, uid, state, seed, mid =
+  found[1], found[2], found[3], found[4], found[5], found[6], found[7], found[8],
+  found[9] or ""
 if not status then
   return {-1, "", "", 0, 0, ""}
 end
@@ -38,11 +40,11 @@ if status == "pending" then
   local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   if now_ms >= tonumber(expiry) then
     -- past its expiry: too late (approval_expire.lua marks it expired, with its event)
-    return {-2, "expired", name, 0, has_state, state or ""}
+    return {-2, "expired", name, 0, has_state, state or "", mid}
   end
 end
 if status == "expired" then
-  return {-2, "expired", name, 0, has_state, state or ""}
+  return {-2, "expired", name, 0, has_state, state or "", mid}
 end
 local mismatch = 0
 if decision == "approved" and match and ARGV[4] ~= match then
@@ -50,9 +52,9 @@ if decision == "approved" and match and ARGV[4] ~= match then
 end
 if status ~= "pending" then
   if by == deciding and status == decision then
-    return {2, status, name, mismatch, has_state, state or ""}
+    return {2, status, name, mismatch, has_state, state or "", mid}
   end
-  return {0, status, name, mismatch, has_state, state or ""}
+  return {0, status, name, mismatch, has_state, state or "", mid}
 end
 redis.call("HSET", KEYS[1], "st", decision)
 if deciding ~= "" then
@@ -70,4 +72,4 @@ if KEYS[2] and name ~= "" and (decision == "approved" or decision == "denied") t
   redis.call("XADD", KEYS[2], "*",
     "t", "approval." .. decision, "c", name, "d", data .. "}", "ts", ARGV[8])
 end
-return {1, decision, name, mismatch, has_state, state or ""}
+return {1, decision, name, mismatch, has_state, state or "", mid}

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared import keys
 from shared.settings import load_settings
 from shared.store import Store
 from tests.fixtures.api import ApiProcess, ApiStarter
@@ -403,3 +404,85 @@ def test_a_webhook_mode_bot_sends_and_takes_taps(
         query = tap(bot, prompt, buttons(prompt)[0]["callback_data"])
         answer_and_edit(bot, prompt, query)
         assert status(api, created["id"]).json()["status"] == "approved"
+
+
+def _settings(bot: BotProcess) -> Any:
+    return load_settings(
+        env={"AUTH_SECRET": AUTH_SECRET, "REDIS_URL": bot.env["REDIS_URL"]},
+        env_file="/nonexistent",
+    )
+
+
+def test_an_approval_whose_queue_entry_was_lost_is_sent_at_its_check(
+    start_api: ApiStarter, start_bot: BotStarter,
+) -> None:
+    """The last step of creating an approval (its queue entry) lost, as when the API
+    process is killed between its steps: the bot's sweep finds the approval untaken at
+    its check time (seconds after creation), queues it, and it is sent and decided."""
+    token = make_token()
+    bot = start_bot(token=token)
+    api = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=KEYS, LOG_LEVEL="DEBUG")
+    log_in(api, bot, ANN)
+    after = latest(bot, ANN)
+    bot.stop()  # nobody reads the queue entry before it is lost
+    created = push(api, ANN)
+
+    async def lose(store: Store) -> None:
+        assert await store.redis.delete(keys.APPROVAL_QUEUE) == 1
+
+    run_on_store(_settings(bot), lose)
+    successor = start_bot(token=token)
+    prompt = message_after(successor, ANN, after)
+    assert quote(prompt) == "Pay 25.00 EUR"
+    assert "queued 1 approvals no bot had taken by their check time" in successor.output()
+    query = tap(successor, prompt, buttons(prompt)[0]["callback_data"])
+    answer_and_edit(successor, prompt, query)
+    assert status(api, created["id"]).json()["status"] == "approved"
+    sent = [m for m in successor.messages(ANN["id"], after=after) if m["from_bot"]]
+    assert len(sent) == 1, sent
+
+
+def test_a_second_message_after_a_send_cut_short_decides_the_same_approval(
+    start_api: ApiStarter, start_bot: BotStarter,
+) -> None:
+    """A bot killed after Telegram took the approval's message but before it noted it: the
+    next bot sends it again (exactly once is not possible). Harmless: a tap on either
+    message decides the one approval, the bot edits both where it knows them, and the
+    other message's tap is told it was already decided."""
+    token = make_token()
+    bot = start_bot(token=token)
+    api = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=KEYS, LOG_LEVEL="DEBUG")
+    sandbox = bot.sandbox
+    log_in(api, bot, ANN)
+    after = latest(bot, ANN)
+    sandbox.fault("sendMessage", token=token, hold=60, count=1)
+    created = push(api, ANN)
+    wait_until(lambda: sandbox.bot_summary(token)["held_calls"].get("sendmessage"),
+               timeout=20, what="the bot to send the approval (held)")
+    assert bot.proc is not None
+    os.killpg(bot.proc.pid, signal.SIGSTOP)  # connected, but it will never note the send
+    try:
+        sandbox.release("sendMessage", token=token)  # Telegram takes the message
+        first = message_after(bot, ANN, after)
+    finally:
+        os.killpg(bot.proc.pid, signal.SIGKILL)  # a stopped process dies as well
+    bot.proc.wait(10)
+
+    successor = start_bot(token=token)
+    second = message_after(successor, ANN, first["message_id"])  # the entry, claimed
+    assert quote(second) == quote(first) == "Pay 25.00 EUR"
+    query = tap(successor, first, buttons(first)[0]["callback_data"])  # the unnoted one
+    _, edited = answer_and_edit(successor, first, query)
+    assert edited["text"].startswith("You approved") and not buttons(edited)
+    assert status(api, created["id"]).json()["status"] == "approved"
+
+    def noted_edited() -> Message | None:
+        found = [m for m in successor.messages(ANN["id"], after=first["message_id"])
+                 if m["message_id"] == second["message_id"] and m["edited"]]
+        return found[0] if found else None
+
+    other = wait_until(noted_edited, timeout=20, what="the noted message to be edited")
+    assert other["text"].startswith("You approved") and not buttons(other)
+    sent = [m for m in successor.messages(ANN["id"], after=after) if m["from_bot"]]
+    assert len(sent) == 2, sent  # two messages, one decision
+    assert "sending an approval to user 5001 again" in successor.output()

@@ -9,9 +9,17 @@ from contextlib import aclosing
 
 import pytest
 
-from shared import keys
-from shared.approvals import ApprovalQueue, Approvals, UnknownUser, approval_id, parse_id
+from shared import approval_decisions, approval_due, keys
+from shared.approvals import (
+    ApprovalQueue,
+    Approvals,
+    Prompt,
+    UnknownUser,
+    approval_id,
+    parse_id,
+)
 from shared.logins import MATCH_HIGH, MATCH_LOW, decisions
+from shared.redis import Unavailable, scripts
 from shared.settings import ApiClient, Secret, Settings, SettingsError, load_settings
 from shared.store import RateLimited, Store
 from tests.fixtures.redis import RedisServer
@@ -28,6 +36,11 @@ def make_settings(redis_url: str, **env: str) -> Settings:
     return load_settings(
         env={"AUTH_SECRET": SECRET, "REDIS_URL": redis_url, **env}, env_file="/nonexistent"
     )
+
+
+async def prompt_of(approvals: Approvals, user_id: int, key_hash: str) -> Prompt | None:
+    """What a bot taking the approval for a queue entry would send (None: nothing)."""
+    return (await approvals.take(user_id, key_hash, "1-1")).prompt
 
 
 def run(settings: Settings, body: Callable[[Store, Approvals], Awaitable[None]]) -> None:
@@ -48,7 +61,7 @@ def test_approve_once_then_later_taps_say_so(redis_url: str) -> None:
         assert pending is not None and pending.status == "pending" and pending.state == "s-1"
         assert pending.expires_in is not None and 295 <= pending.expires_in <= 300
         key_hash = approvals.key_hash(created.id)
-        prompt = await approvals.prompt(ANN["id"], key_hash)
+        prompt = await prompt_of(approvals, ANN["id"], key_hash)
         assert prompt is not None
         assert (prompt.client_name, prompt.text, prompt.language_code) == (
             "shop.example", "Pay 10 EUR", "en",
@@ -63,7 +76,7 @@ def test_approve_once_then_later_taps_say_so(redis_url: str) -> None:
             result = await approvals.status(created.id, SHOP)
             assert result is not None and result.status == "approved"
             assert result.user == ANN and result.state == "s-1"
-        assert await approvals.prompt(ANN["id"], key_hash) is None  # nothing to send now
+        assert await prompt_of(approvals, ANN["id"], key_hash) is None  # nothing to send now
         counters = await store.counters()
         assert counters["approvals_created"] == 1 and counters["approvals_approved"] == 1
 
@@ -101,7 +114,7 @@ def test_a_numbered_approval_needs_its_number(redis_url: str) -> None:
         right = await approvals.create(SHOP, ANN["id"], "New device", None, True)
         number = right.match_number
         assert number is not None and MATCH_LOW <= number <= MATCH_HIGH
-        prompt = await approvals.prompt(ANN["id"], approvals.key_hash(right.id))
+        prompt = await prompt_of(approvals, ANN["id"], approvals.key_hash(right.id))
         assert prompt is not None and prompt.match == number
         decided = await approvals.decide(ANN, approvals.key_hash(right.id), True, number)
         assert decided is not None and decided.status == "approved" and not decided.mismatch
@@ -134,7 +147,7 @@ def test_expired_until_the_record_is_gone(redis_url: str) -> None:
             await asyncio.sleep(0.2)
         late = await approvals.decide(ANN, key_hash, approve=True)
         assert late is not None and (late.outcome, late.status) == ("expired", "expired")
-        assert await approvals.prompt(ANN["id"], key_hash) is None
+        assert await prompt_of(approvals, ANN["id"], key_hash) is None
         ttl = await store.redis.pttl(keys.approval(ANN["id"], key_hash))
         assert 0 < ttl <= 2000  # gone after as long again
 
@@ -290,7 +303,7 @@ def test_every_operation_runs_on_a_real_cluster(cluster_env: dict[str, str]) -> 
         (entry,) = await queue.read(10, 100)
         key_hash = approvals.key_hash(created.id)
         assert entry[1:] == (ANN["id"], key_hash)
-        prompt = await approvals.prompt(ANN["id"], key_hash)
+        prompt = await prompt_of(approvals, ANN["id"], key_hash)
         assert prompt is not None and prompt.match == created.match_number
         await approvals.sent(ANN["id"], key_hash, 7)
         await queue.done(entry[0])
@@ -329,3 +342,132 @@ def test_the_sweep_marks_expired_once_and_forgets_settled(redis_url: str) -> Non
         assert result is not None and result.status == "expired"
 
     run(make_settings(redis_url, APPROVAL_TTL_SECONDS="2"), body)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def deployment(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A single server, or a real Cluster (the due set, the user's slot and the queue on
+    different nodes): REDIS_URL and REDIS_CLUSTER."""
+    if request.param == "single":
+        return {"REDIS_URL": request.getfixturevalue("redis_url")}
+    cluster: dict[str, str] = request.getfixturevalue("cluster_env")
+    return {"REDIS_URL": cluster["REDIS_URL"], "REDIS_CLUSTER": "1"}
+
+
+async def _until(check: Callable[[], Awaitable[object]], what: str, within: float = 15) -> object:
+    """What `check` gives once it is truthy; fails after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not (found := await check()):
+        assert loop.time() < deadline, f"no {what} within {within:g} s"
+        await asyncio.sleep(0.2)
+    return found
+
+
+def test_an_approval_whose_queue_step_was_lost_is_queued_at_its_check(
+    deployment: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An API process killed (or a Redis stalled) after the create script and before the
+    queue entry: the sweep queues the approval at its check time, then it expires with
+    approval.expired like any other."""
+    monkeypatch.setattr(approval_due, "CHECK_MIN_MS", 1000)
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        queue = ApprovalQueue(store.redis, "bot-1")
+        await store.redis.set(keys.APPROVAL_QUEUE, "not a stream")  # the queue step fails
+        with pytest.raises(Unavailable):
+            await approvals.create(SHOP, ANN["id"], "Pay", "s-1", False)
+        await store.redis.delete(keys.APPROVAL_QUEUE)
+        await queue.ensure_group()
+        (member,) = await store.redis.zrange(keys.APPROVAL_DUE, 0, -1)
+        key_hash = str(member).partition(":")[2]
+        assert await queue.read(10, 100) == []  # never queued
+
+        async def queued() -> list[tuple[str, int, str]]:
+            await approvals.expire_due()
+            return await queue.read(10, 100)
+
+        entries = await _until(queued, "queue entry from the sweep")
+        assert [(u, h) for _, u, h in entries] == [(ANN["id"], key_hash)]
+        expiry = await store.redis.hget(keys.approval(ANN["id"], key_hash), "e")
+        assert await store.redis.zscore(keys.APPROVAL_DUE, member) == int(str(expiry))
+        (expired,) = await _until(approvals.expire_due, "expiry")
+        assert (expired.key_hash, expired.state) == (key_hash, "s-1")
+        events = await store.redis.xrange(keys.events(ANN["id"]))
+        assert [fields["t"] for _, fields in events] == ["approval.expired"]
+        assert await store.redis.zcard(keys.APPROVAL_DUE) == 0
+
+    # checked 3 s after admission (twice REDIS_TIMEOUT and a second), expired at 6 s
+    run(make_settings(deployment["REDIS_URL"], **deployment, APPROVAL_TTL_SECONDS="6",
+                      REDIS_TIMEOUT="1"), body)
+
+
+def test_a_creation_that_never_ran_is_forgotten_and_refused_if_it_comes_late(
+    deployment: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The due entry is written first; a create script that never ran (refused, or its
+    process died) leaves a member the sweep drops at its check time, with a tombstone
+    that refuses the same creation should it still arrive (a node stalled with it)."""
+    monkeypatch.setattr(approval_due, "CHECK_MIN_MS", 1000)
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        with pytest.raises(UnknownUser):
+            await approvals.create(SHOP, 4242, "Pay", None, False)
+        count = keys.approval_user_count(ANN["id"])
+        await store.redis.hset(count, "x", "1")  # the create script fails: it never ran
+        with pytest.raises(Unavailable):
+            await approvals.create(SHOP, ANN["id"], "Pay", None, False)
+        members = await store.redis.zrange(keys.APPROVAL_DUE, 0, -1)
+        assert len(members) == 2
+        key_hash = next(str(m) for m in members if str(m).startswith(f"{ANN['id']}:"))[-32:]
+
+        async def forgotten() -> bool:
+            await approvals.expire_due()
+            return await store.redis.zcard(keys.APPROVAL_DUE) == 0
+
+        await _until(forgotten, "due members dropped")
+        record = keys.approval(ANN["id"], key_hash)
+        assert await store.redis.hgetall(record) == {"x": "1"}  # a tombstone
+        await store.redis.delete(count)
+        late = await scripts(store.redis).get("approval_create.lua")(
+            keys=[keys.user(ANN["id"]), record, count, f"{count}:late"],
+            args=["c", "shop.example", "Pay", "", 0, "", 60_000, 5, 600, ANN["id"], "seed", 30],
+        )
+        assert int(late[0]) == 3  # too late: nothing made, no budget spent
+        assert await store.redis.hgetall(record) == {"x": "1"}
+        assert await store.redis.exists(count) == 0
+
+    run(make_settings(deployment["REDIS_URL"], **deployment, REDIS_TIMEOUT="1"), body)
+
+
+def test_two_entries_for_one_approval_send_it_once_unless_a_sender_died(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sweep may queue an approval a second time: the entry that takes it first
+    sends; the other waits while that send's note is fresh. A sender killed after
+    Telegram took the message (its note goes stale, no message id) leaves it to be sent
+    again, said so; the message id noted last is what a decision reports for editing."""
+    monkeypatch.setattr(approval_decisions, "SEND_LEASE_MS", 1000)
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        created = await approvals.create(SHOP, ANN["id"], "Pay", None, False)
+        key_hash = approvals.key_hash(created.id)
+        first = await approvals.take(ANN["id"], key_hash, "1-1")
+        assert first.outcome == "send" and not first.again and first.prompt is not None
+        assert (await approvals.take(ANN["id"], key_hash, "2-1")).outcome == "busy"
+        assert (await approvals.take(ANN["id"], key_hash, "1-1")).outcome == "send"  # renewed
+
+        async def taken_over() -> object:
+            taken = await approvals.take(ANN["id"], key_hash, "2-1")
+            return taken if taken.outcome == "send" else None
+
+        again = await _until(taken_over, "take-over after the lease")
+        assert again.again
+        await approvals.sent(ANN["id"], key_hash, 43)
+        for entry in ("1-1", "2-1", "3-1"):
+            assert (await approvals.take(ANN["id"], key_hash, entry)).outcome == "nothing"
+        decision = await approvals.decide(ANN, key_hash, approve=True)
+        assert decision is not None and decision.message_id == 43
+        assert (await approvals.take(ANN["id"], key_hash, "2-1")).outcome == "nothing"
+
+    run(make_settings(redis_url), body)
