@@ -148,6 +148,8 @@ class UserDelivery:
             with unavailable_on_error():
                 page: Any = await self.redis.xrange(stream, start, "+", count=PAGE)
             if not page:
+                if start == "-":  # empty from the start: its key may be left to delete
+                    await self._finish(user_id, "", "")
                 return due
             for entry_id, fields in page:
                 start = "(" + str(entry_id)
@@ -239,7 +241,8 @@ class UserDelivery:
         self, user_id: int, entry_id: str, evt: str, dead: dict[str, str] | None = None
     ) -> None:
         """The event out of the user's stream (and its retry state), with its dead letter
-        when it ran out; the stream's key deleted once empty."""
+        when it ran out; the stream's key deleted once empty (with `entry_id` "": only
+        that)."""
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 if dead is not None:

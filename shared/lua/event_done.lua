@@ -6,9 +6,12 @@
 -- deliverer comes back for it.
 -- KEYS[1] the user's stream  KEYS[2] the user's retry states (hash: stable id -> JSON)
 -- ARGV[1] the entry's id  ARGV[2] the event's stable id  ARGV[3] the margin (ms)
+-- (ARGV[1] "": no entry, only the key's deletion if the stream is empty)
 -- Returns the entries left, 0 when the key is gone, -1 when empty and kept for now.
-redis.call("XDEL", KEYS[1], ARGV[1])
-redis.call("HDEL", KEYS[2], ARGV[2])
+if ARGV[1] ~= "" then
+  redis.call("XDEL", KEYS[1], ARGV[1])
+  redis.call("HDEL", KEYS[2], ARGV[2])
+end
 local left = redis.call("XLEN", KEYS[1])
 if left > 0 then
   return left

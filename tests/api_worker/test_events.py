@@ -417,3 +417,21 @@ def user_stream(redis_url: str) -> list[Any]:
 
     found: list[Any] = run_on_store(api_settings(redis_url), body)
     return found
+
+
+def test_an_emptied_stream_is_deleted_even_right_after_its_last_event(
+    api: TestClient, redis_url: str
+) -> None:
+    """Delivered within a second of being appended (a pull-only client), the user's
+    last event leaves an empty stream kept a moment (its newest id is that recent); the
+    deliverer comes back and deletes the key."""
+    emit(redis_url, "code.redeemed", "shop", user=1002)  # the deliverers are reading
+    pull_until(api, SHOP, 1)
+    emit(redis_url, "token.revoked", "shop", session="5e55")
+    pull_until(api, SHOP, 2)
+
+    async def left(store: Store) -> int:
+        return int(await store.redis.exists(keys.events(ANN["id"]), keys.event_retry(ANN["id"])))
+
+    wait_until(lambda: run_on_store(api_settings(redis_url), left) == 0, timeout=15,
+               what="the emptied stream's key to go")
