@@ -804,7 +804,7 @@ def load_settings(
     issue_limit, issue_window = _issue_limit(values)
     api_keys = _api_keys(values.get("API_KEYS", ""))
 
-    return Settings(
+    settings = Settings(
         auth_secret=Secret(secret),
         redis_url=redis_url,
         telegram_bot_token=Secret(token),
@@ -858,3 +858,38 @@ def load_settings(
             values, "EVENT_CLAIM_IDLE_SECONDS", 10.0, 0.5, 3600.0
         ),
     )
+    _distinct_client_names(values, settings)
+    return settings
+
+
+# the bytes of its client's name a session keeps at the least (an API client's session
+# from an IPv6 address: shared.tokens.field_tail); a longer name is cut there
+SESSION_NAME_BYTES = 31
+
+
+def _cut(name: str) -> bytes:
+    return name.encode()[:SESSION_NAME_BYTES].decode(errors="ignore").encode()
+
+
+def _distinct_client_names(values: Mapping[str, str], settings: Settings) -> None:
+    """Refuse two client names (API_KEYS, OIDC_CLIENTS) that a session could not tell
+    apart: a session keeps a name's first SESSION_NAME_BYTES bytes at the least, and
+    finds the client again as the one name that starts so. If one name starts as
+    another's cut does, a session of the other could be taken for it (and its events
+    go to the wrong client) or for neither."""
+    named = [(client.name, "API_KEYS") for client in settings.api_keys]
+    if settings.oidc is not None:
+        variable = "OIDC_CLIENTS_FILE" if values.get("OIDC_CLIENTS_FILE", "").strip() \
+            else "OIDC_CLIENTS"
+        named += [(client.name, variable) for client in settings.oidc.clients]
+    for name, variable in named:
+        cut = _cut(name)
+        for other, other_variable in named:
+            if other != name and other.encode().startswith(cut):
+                blame = other_variable if variable == "API_KEYS" else variable
+                raise SettingsError(
+                    blame,
+                    f"names {name!r} and {other!r} begin alike: sessions keep "
+                    f"only the first {SESSION_NAME_BYTES} bytes of a name, so names must "
+                    "differ within them",
+                )

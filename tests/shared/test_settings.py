@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import MAX_CODE_SLOTS, Secret, SettingsError, code_windows, load_settings
+from shared.settings import (
+    MAX_CODE_SLOTS,
+    SESSION_NAME_BYTES,
+    Secret,
+    SettingsError,
+    code_windows,
+    load_settings,
+)
+from shared.tokens import field_tail
+from tests.fixtures.oidc import SHOP, oidc_env
 
 SECRET = "x" * 32
 KEY_ONE, KEY_TWO = "key-one-0123456789abcdefgh", "key-two-0123456789abcdefgh"
@@ -186,6 +195,41 @@ def test_api_keys_shorter_than_24_characters_are_refused() -> None:
     settings = load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": "shop:" + "k" * 24},
                              env_file="/nonexistent")
     assert [c.name for c in settings.api_keys] == ["shop"]
+
+
+def test_client_names_a_session_could_not_tell_apart_are_refused(tmp_path: Path) -> None:
+    """A session keeps the first SESSION_NAME_BYTES bytes of its client's name (at the
+    least: an IPv6 client's API session) and finds the client again by them; two names
+    that begin alike would send one client's events to another, or to none."""
+    long = "a" * SESSION_NAME_BYTES
+
+    def names(*given: str) -> list[str]:
+        keys = ",".join(f"{name}:{KEY_ONE[:-2]}{n:02d}" for n, name in enumerate(given))
+        s = load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": keys},
+                          env_file="/nonexistent")
+        return [client.name for client in s.api_keys]
+
+    for clash in ([long + "x", long + "y"], [long, long + "y"], ["shop", "shop" + long]):
+        with pytest.raises(SettingsError, match=r"API_KEYS names .* begin alike") as error:
+            names(*clash)
+        assert "\n" not in str(error.value)
+    # distinct within the kept bytes, or the same client under two keys (a rotation)
+    assert names(long[:-1] + "x" + "tail", long[:-1] + "y" + "tail", "shop", "shop") == [
+        long[:-1] + "x" + "tail", long[:-1] + "y" + "tail", "shop", "shop"]
+    # an OpenID Connect client's name counts too
+    env = oidc_env(tmp_path, [{**SHOP, "name": long + "z"}])
+    with pytest.raises(SettingsError, match=r"OIDC_CLIENTS names .* begin alike"):
+        load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": f"{long}x:{KEY_ONE}", **env},
+                      env_file="/nonexistent")
+
+
+def test_a_session_keeps_at_least_the_bytes_of_a_name_the_settings_assume() -> None:
+    """The least room `field_tail` leaves a client's name (an IPv6 address's network) is
+    what the settings check names against."""
+    tail = field_tail("2001:db8::1", client="n" * 100)
+    assert tail.split("|")[-1] == "n" * SESSION_NAME_BYTES
+    for address in ("192.0.2.1", "unknown", "::ffff:192.0.2.1"):
+        assert len(field_tail(address, client="n" * 100).split("|")[-1]) >= SESSION_NAME_BYTES
 
 
 def test_the_slots_an_issue_reads_are_bounded() -> None:
