@@ -21,6 +21,11 @@ Rules of this module:
   not per command, so this is what lets one process answer many requests a second.
   Transactions, blocking commands and connection state (SELECT, WATCH, CLIENT ...)
   never join a batch; pub/sub has connections of its own. A Cluster is not batched.
+- A batch sends a script as EVALSHA, after a SCRIPT LOAD in front of the first batch
+  that uses it on a connection (a new connection, to a restarted or promoted server,
+  loads again). A server whose scripts are flushed while connected (SCRIPT FLUSH)
+  answers that batch's scripts NOSCRIPT, an error for their callers (503 at the API),
+  and the next batch loads them again.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
@@ -46,6 +52,7 @@ from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
+    NoScriptError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -131,6 +138,8 @@ def load_script(name: str) -> str:
 # every script registered on a Cluster client, by its SHA1, so a pipeline can send it whole
 # (as UTF-8, encoded once: a script's text is a kilobyte, sent with every call)
 _BODIES: dict[str, bytes] = {}
+# and each text's SHA1, by the text (the very object a queued EVAL carries)
+_SHAS: dict[bytes, str] = {}
 _REGISTRY = "_tglogin_scripts"
 
 
@@ -138,7 +147,8 @@ class Script(AsyncScript):
     """A registered script, called as redis-py's (`await script(keys=..., args=...,
     client=...)`), without its cost on a pipeline of this module: queued there it goes
     as EVAL with its text at once (redis-py's call imports a module and queues the
-    script for a `SCRIPT EXISTS` check that these pipelines skip, each time)."""
+    script for a `SCRIPT EXISTS` check that these pipelines skip, each time). When the
+    pipeline joins a batch, the batch sends it as EVALSHA (`_by_sha`)."""
 
     async def __call__(
         self,
@@ -313,19 +323,43 @@ class _Batcher:
     async def _exchange(
         self, connection: AbstractConnection, commands: list[_Command]
     ) -> list[Any]:
-        await connection.send_packed_command(
-            connection.pack_commands([args for args, _ in commands])
-        )
+        loads, sent = _by_sha(connection, commands)
+        await _send(connection, connection.pack_commands([*loads, *sent]))
+        if loads:
+            try:
+                for _ in loads:
+                    await connection.read_response()
+            except BaseException:
+                # the server has not got them all; the answers behind stay unread
+                await connection.disconnect(nowait=True)
+                raise
         callbacks = self._client.response_callbacks
         answers: list[Any] = []
+        parser = _buffered_parser(connection)
         for args, options in commands:
-            try:
-                answer = await connection.read_response(
-                    disable_decoding=NEVER_DECODE in options
-                )
-            except ResponseError as exc:
+            raw = NEVER_DECODE in options
+            # an answer already read from the socket is taken from the reader as it is;
+            # the first of a batch (and any not all arrived yet) is waited for as
+            # redis-py waits
+            answer = NOT_ENOUGH_DATA
+            if parser is not None:
+                answer = _next_buffered(parser, raw)
+                while answer is not NOT_ENOUGH_DATA and _is_push(parser, answer):
+                    await parser.handle_push_response(answer)  # as read_response does
+                    answer = _next_buffered(parser, raw)
+            if answer is NOT_ENOUGH_DATA:
+                try:
+                    answer = await connection.read_response(disable_decoding=raw)
+                except ResponseError as exc:
+                    answer = exc
+            elif isinstance(answer, RedisConnectionError):  # as read_response raises it
+                await connection.disconnect(nowait=True)
+                raise answer
+            if isinstance(answer, ResponseError):
+                if isinstance(answer, NoScriptError):  # SCRIPT FLUSH: load them again
+                    _scripts_lost()
                 if EMPTY_RESPONSE not in options:
-                    answers.append(exc)
+                    answers.append(answer)
                     continue
                 answer = options[EMPTY_RESPONSE]
             else:
@@ -344,6 +378,101 @@ class _Batcher:
                         answer = exc
             answers.append(answer)
         return answers
+
+
+async def _send(connection: AbstractConnection, packed: list[bytes]) -> None:
+    """`connection.send_packed_command(packed)` without its own deadline: with
+    REDIS_TIMEOUT as socket timeout, redis-py makes a task to write in (`wait_for`), one
+    more turn of the loop before a batch leaves; a batch has its deadline already
+    (`_bounded`). Errors as redis-py has them, the connection closed."""
+    writer = getattr(connection, "_writer", None)
+    if writer is None or not connection.is_connected:
+        await connection.send_packed_command(packed)
+        return
+    await connection.check_health()  # type: ignore[no-untyped-call]
+    try:
+        writer.writelines(packed)
+        await writer.drain()
+    except OSError as exc:
+        await connection.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+    except BaseException:  # cancelled at the deadline: the rest of the batch is unsent
+        await connection.disconnect(nowait=True)
+        raise
+
+
+def _scripts_loaded(connection: AbstractConnection) -> set[str]:
+    """The SHA1s of the scripts this connection's server has loaded, as far as this
+    process knows: empty again on each new socket (a restarted or promoted server has
+    none), and on every connection once any answered NOSCRIPT (`_scripts_lost`)."""
+    socket_reader = getattr(connection, "_reader", None)  # a new one on each connect
+    known: tuple[Any, int, set[str]] | None = getattr(connection, _LOADED, None)
+    if known is None or known[0] is not socket_reader or known[1] != _LOST[0]:
+        known = (socket_reader, _LOST[0], set())
+        setattr(connection, _LOADED, known)
+    return known[2]
+
+
+def _scripts_lost() -> None:
+    """A server answered NOSCRIPT (its scripts were flushed): every connection loads its
+    scripts again before its next batch."""
+    _LOST[0] += 1
+
+
+_LOADED = "_tglogin_scripts_loaded"
+_LOST = [0]  # how many times a server was found without its scripts
+
+
+def _by_sha(
+    connection: AbstractConnection, commands: list[_Command]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A batch's commands with each registered script's EVAL (its text, as queued on a
+    pipeline) sent as EVALSHA, and the SCRIPT LOADs to send first: each script once per
+    connection. A script's text is kilobytes, sent with every call, and hashed by the
+    server each time; its SHA1 is 40 bytes."""
+    loaded = _scripts_loaded(connection)
+    loads: list[tuple[Any, ...]] = []
+    sent: list[tuple[Any, ...]] = []
+    for args, _ in commands:
+        if args[0] == "EVAL" and type(args[1]) is bytes:
+            sha = _SHAS.get(args[1])
+            if sha is not None:
+                if sha not in loaded:
+                    loads.append(("SCRIPT", "LOAD", args[1]))
+                    loaded.add(sha)
+                args = ("EVALSHA", sha, *args[2:])
+        sent.append(args)
+    return loads, sent
+
+
+def _buffered_parser(connection: AbstractConnection) -> Any:
+    """The connection's hiredis parser when answers may be taken from its reader as they
+    are (`_next_buffered`); None when they must go through `read_response` (another
+    parser, a connection being closed).
+
+    A batch's answers mostly arrive in one read: taking all but the first straight from
+    the reader skips redis-py's layers per answer (a timeout context, health-check
+    bookkeeping, two coroutines), a few microseconds each.
+    """
+    parser = getattr(connection, "_parser", None)
+    if type(parser) is not _AsyncHiredisParser or not getattr(parser, "_connected", False) \
+            or getattr(parser, "_reader", None) is None:
+        return None
+    return parser
+
+
+def _next_buffered(parser: Any, raw: bool) -> Any:
+    """The next answer the parser's reader holds whole, or NOT_ENOUGH_DATA."""
+    reader = parser._reader
+    if not reader.has_data():
+        return NOT_ENOUGH_DATA
+    return reader.gets(False) if raw else reader.gets()
+
+
+def _is_push(parser: Any, answer: Any) -> bool:
+    """Whether `answer` is a RESP3 out-of-band push, not an answer."""
+    push = parser._hiredis_PushNotificationType
+    return push is not None and isinstance(answer, push)
 
 
 # options of a queued command that are not its answer's callback's (redis-py drops them)
@@ -389,7 +518,8 @@ class _Bounded(Redis):
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
         registered = Script(self, script)
-        _BODIES[registered.sha] = _utf8(script)  # for this client's pipelines
+        body = _BODIES.setdefault(registered.sha, _utf8(script))  # for this client's pipelines
+        _SHAS[body] = registered.sha
         return registered
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
@@ -494,7 +624,8 @@ class _BoundedCluster(RedisCluster):
 
     def register_script(self, script: Any) -> AsyncScript:  # type: ignore[override]
         registered = Script(self, script)
-        _BODIES[registered.sha] = _utf8(script)  # for this client's pipelines
+        body = _BODIES.setdefault(registered.sha, _utf8(script))  # for this client's pipelines
+        _SHAS[body] = registered.sha
         return registered
 
     def pipeline(

@@ -32,6 +32,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from shared.addresses import parse_ip
 from shared.hashing import TOKEN_PREFIX, b64url, keyed, random_hex, unb64url
 from shared.settings import ApiClient, Secret
 
@@ -120,12 +121,9 @@ def network(address: str) -> str:
     """The network a client address belongs to, compactly (base64url of its first 3
     bytes for IPv4, 6 for IPv6; an IPv4-mapped IPv6 address is IPv4); "" for anything
     that is not an IP address."""
-    try:
-        ip = ipaddress.ip_address(address.strip().strip("[]").split("%", 1)[0])
-    except ValueError:
+    ip = parse_ip(address)
+    if ip is None:
         return ""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     size = _V4_BYTES if ip.version == 4 else _V6_BYTES
     return b64url(ip.packed[:size])
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.redis import Unavailable, connect, scripts, unavailable_on_error
 from tests.fixtures.redis import RedisServer
@@ -97,6 +97,72 @@ def test_scripts_reload_in_a_batch_after_the_server_lost_them(redis_url: str) ->
             )
             assert won == [1] + [1] * 99  # b0 is held by "me" already: 1 again
             assert await client.get("{b99}:lease") == "me"
+        finally:
+            await client.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_batch_sends_scripts_by_sha_loading_each_once_per_connection(
+    redis_url: str,
+) -> None:
+    """Pipelines queue a script with its text; a batch sends it as EVALSHA, after one
+    SCRIPT LOAD per connection: 2 x 200 concurrent pipelines make 400 EVALSHA, no EVAL,
+    and at most one load per connection the pool opened."""
+
+    async def body() -> tuple[dict[str, Any], int]:
+        client = connect(settings_for(redis_url))
+        admin = connect(settings_for(redis_url), batched=False)
+        lease = scripts(client).get("lease.lua")
+        try:
+            await client.config_resetstat()
+
+            async def piped(n: int) -> Any:
+                async with client.pipeline(transaction=False) as pipe:
+                    await lease(keys=[f"{{s{n}}}:lease"], args=[f"me{n}", 10_000], client=pipe)
+                    pipe.get(f"{{s{n}}}:lease")
+                    return await pipe.execute()
+
+            for _ in range(2):
+                got = await asyncio.gather(*(piped(n) for n in range(200)))
+                assert got == [[1, f"me{n}"] for n in range(200)]
+            stats: dict[str, Any] = await admin.info("commandstats")
+            # the batching client's connections (the admin's one aside)
+            opened = len(await admin.client_list()) - 1
+            return stats, opened
+        finally:
+            await client.aclose()
+            await admin.aclose()
+
+    stats, opened = asyncio.run(body())
+    assert stats["cmdstat_evalsha"]["calls"] == 400, stats
+    assert "cmdstat_eval" not in stats, stats
+    loads = stats.get("cmdstat_script|load", stats.get("cmdstat_script", {})).get("calls", 0)
+    assert 1 <= loads <= opened, (loads, opened)
+
+
+def test_after_script_flush_one_batch_fails_and_the_next_loads_again(redis_url: str) -> None:
+    """SCRIPT FLUSH under a connected client: the batch that meets it gets NOSCRIPT for its
+    script (its caller's error: a 503 at the API), and the next batch loads the script
+    again and runs it."""
+
+    async def body() -> None:
+        client = connect(settings_for(redis_url))
+        lease = scripts(client).get("lease.lua")
+
+        async def piped(n: int) -> Any:
+            async with client.pipeline(transaction=False) as pipe:
+                await lease(keys=[f"{{f{n}}}:lease"], args=["me", 10_000], client=pipe)
+                return await pipe.execute()
+
+        try:
+            assert await piped(0) == [1]
+            await client.script_flush()
+            with pytest.raises(NoScriptError):
+                await piped(1)  # the same pooled connection, which had loaded it
+            assert await client.get("{f1}:lease") is None  # it did not run
+            assert await asyncio.gather(*(piped(n) for n in range(2, 50))) == [[1]] * 48
+            assert await client.get("{f49}:lease") == "me"
         finally:
             await client.aclose()
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import warnings
 
 import pytest
 
-from shared.addresses import limit_subject
+from shared.addresses import limit_subject, parse_ip
 from shared.hashing import random_hex
 from shared.settings import ApiClient, Secret
 from shared.tokens import Claims, client_tag, new_token_id, seal, unseal
@@ -62,13 +63,38 @@ def test_the_client_is_sealed_in() -> None:
         ("::FFFF:c000:0201", "192.0.2.1"),
         ("192.0.2.1", "192.0.2.1"),
         ("fe80::1%eth0", "fe80::/64"),
+        (" 192.0.2.1 ", "192.0.2.1"),
+        ("[192.0.2.1]", "192.0.2.1"),
         ("unknown", "unknown"),
+        # not addresses (kept as sent, each its own budget): octal-looking, short,
+        # full-width digits, a NUL
+        ("010.0.2.1", "010.0.2.1"),
+        ("192.0.2", "192.0.2"),
+        ("\uff11\uff19\uff12.0.2.1", "\uff11\uff19\uff12.0.2.1"),
+        ("192.0.2.1\x00", "192.0.2.1\x00"),
     ],
 )
 def test_every_spelling_of_an_address_and_every_address_of_a_64_is_one_budget(
     address: str, subject: str
 ) -> None:
     assert limit_subject(address) == subject
+
+
+def test_an_address_parses_the_same_from_the_cache_and_from_ipaddress() -> None:
+    """`parse_ip` (cached; dotted quads through inet_pton) agrees with `ipaddress` on
+    every spelling, the second reading (from the cache) as the first."""
+    spellings = ["192.0.2.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "1.2.3.04",
+                 "0x1.2.3.4", "1.2.3.4.5", "+1.2.3.4", "::1", "::ffff:10.0.0.1",
+                 "2001:db8::1", "1.2.3.4/32", "", "\u0661.\u0662.\u0663.\u0664"]
+    for text in spellings:
+        try:
+            ip: object = ipaddress.ip_address(text)
+        except ValueError:
+            ip = None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        assert parse_ip(text) == ip, text
+        assert parse_ip(text) == ip, text
 
 
 def test_the_ipv6_prefix_is_configurable() -> None:
