@@ -26,6 +26,13 @@ has come and runs `approval_expire.lua` on each, which answers for every state:
 An approval queued twice is sent once: the bot that takes it notes so in the record
 (`Approvals.take`), and the other entry finds it taken or sent. A process that dies
 anywhere in 1-3 leaves at worst a member to drop or an approval sent at its check time.
+
+Why not one pipeline of all three: the client's budget must refuse before anything is
+written (else a client over its budget would still fill the due set and the queue),
+and on a Cluster a pipeline's commands reach their nodes in no set order, so a bot
+could read the queue entry before the record exists, and a due entry could be lost
+while the record is written. Writing each step only after the one before answered
+keeps every partial state one the sweep recognises.
 """
 
 from __future__ import annotations
