@@ -873,10 +873,11 @@ def _cut(name: str) -> bytes:
 
 def _distinct_client_names(values: Mapping[str, str], settings: Settings) -> None:
     """Refuse two client names (API_KEYS, OIDC_CLIENTS) that a session could not tell
-    apart: a session keeps a name's first SESSION_NAME_BYTES bytes at the least, and
-    finds the client again as the one name that starts so. If one name starts as
-    another's cut does, a session of the other could be taken for it (and its events
-    go to the wrong client) or for neither."""
+    apart: a session keeps a name's first SESSION_NAME_BYTES bytes at the least (a
+    shorter name whole), and finds the client again as the name it is, or as the one
+    name that starts so. If a name starts as a longer name's cut does, a session of the
+    longer one could be taken for it (and its events go to the wrong client) or for
+    neither."""
     named = [(client.name, "API_KEYS") for client in settings.api_keys]
     if settings.oidc is not None:
         variable = "OIDC_CLIENTS_FILE" if values.get("OIDC_CLIENTS_FILE", "").strip() \
@@ -884,6 +885,8 @@ def _distinct_client_names(values: Mapping[str, str], settings: Settings) -> Non
         named += [(client.name, variable) for client in settings.oidc.clients]
     for name, variable in named:
         cut = _cut(name)
+        if cut == name.encode():  # kept whole: found again by itself
+            continue
         for other, other_variable in named:
             if other != name and other.encode().startswith(cut):
                 blame = other_variable if variable == "API_KEYS" else variable

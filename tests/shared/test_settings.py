@@ -209,13 +209,15 @@ def test_client_names_a_session_could_not_tell_apart_are_refused(tmp_path: Path)
                           env_file="/nonexistent")
         return [client.name for client in s.api_keys]
 
-    for clash in ([long + "x", long + "y"], [long, long + "y"], ["shop", "shop" + long]):
+    for clash in ([long + "x", long + "y"], [long, long + "y"], [long + "y", long + "yz"]):
         with pytest.raises(SettingsError, match=r"API_KEYS names .* begin alike") as error:
             names(*clash)
         assert "\n" not in str(error.value)
-    # distinct within the kept bytes, or the same client under two keys (a rotation)
-    assert names(long[:-1] + "x" + "tail", long[:-1] + "y" + "tail", "shop", "shop") == [
-        long[:-1] + "x" + "tail", long[:-1] + "y" + "tail", "shop", "shop"]
+    # distinct within the kept bytes; short names, kept whole, even when one begins
+    # another; the same client under two keys (a rotation)
+    allowed = [long[:-1] + "x" + "tail", long[:-1] + "y" + "tail", "Acme Shop",
+               "Acme Shop (demo)", "shop", "shop" + long, "shop"]
+    assert names(*allowed) == allowed
     # an OpenID Connect client's name counts too
     env = oidc_env(tmp_path, [{**SHOP, "name": long + "z"}])
     with pytest.raises(SettingsError, match=r"OIDC_CLIENTS names .* begin alike"):
