@@ -133,7 +133,7 @@ def render(
     shown = sessions[first: first + PAGE_SIZE]
     entries, rows = [], []
     for number, session in enumerate(shown, start=first + 1):
-        name = client_name(settings, session.client)
+        name = client_name(settings, session.client, oidc=bool(session.family))
         entries.append(_entry(lang, number, session, name, now))
         label = end_button(lang, number) + (f" · {name}" if name else "")
         rows.append([InlineKeyboardButton(
@@ -190,7 +190,8 @@ async def session_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
                 answer = already_ended(lang)
             else:
                 # session.ended: emitted by token_end.lua's step (see shared.sessions.Ended)
-                answer = ended(lang, client_name(store.settings, done.session.client))
+                answer = ended(lang, client_name(
+                    store.settings, done.session.client, oidc=bool(done.session.family)))
                 logger.info("user %d ended a session from the bot", user.id)
         else:
             assert turn is not None

@@ -53,13 +53,16 @@ class Ended:
     oidc_client_id: str  # the OIDC client's id for a token family's session, else ""
 
 
-def client_name(settings: Settings, stored: str) -> str:
+def client_name(settings: Settings, stored: str, oidc: bool = False) -> str:
     """The name of the client a session's field names, as configured: the stored one, or
-    the one configured name (API_KEYS, OIDC_CLIENTS) it is the start of (a long name is
-    cut to fit the field); as stored when no configured name matches."""
-    names = [client.name for client in settings.api_keys]
-    if settings.oidc is not None:
-        names += [client.name for client in settings.oidc.clients]
+    the one configured name it is the start of (a long name is cut to fit the field),
+    among API_KEYS for an API token's session and among OIDC_CLIENTS for an OpenID
+    Connect session (`oidc`: its field names a token family, and keeps fewer bytes of
+    the name); as stored when no configured name matches."""
+    if oidc:
+        names = [client.name for client in settings.oidc.clients] if settings.oidc else []
+    else:
+        names = [client.name for client in settings.api_keys]
     if not stored or stored in names:
         return stored
     longer = {name for name in names if name.startswith(stored)}

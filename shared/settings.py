@@ -858,12 +858,12 @@ def load_settings(
             values, "EVENT_CLAIM_IDLE_SECONDS", 10.0, 0.5, 3600.0
         ),
     )
-    _distinct_client_names(values, settings)
+    _distinct_client_names(settings)
     return settings
 
 
-# the bytes of its client's name a session keeps at the least (an API client's session
-# from an IPv6 address: shared.tokens.field_tail); a longer name is cut there
+# the bytes of its API client's name an API token's session keeps at the least (from an
+# IPv6 address: shared.tokens.field_tail); a longer name is cut there
 SESSION_NAME_BYTES = 31
 
 
@@ -871,28 +871,24 @@ def _cut(name: str) -> bytes:
     return name.encode()[:SESSION_NAME_BYTES].decode(errors="ignore").encode()
 
 
-def _distinct_client_names(values: Mapping[str, str], settings: Settings) -> None:
-    """Refuse two client names (API_KEYS, OIDC_CLIENTS) that a session could not tell
-    apart: a session keeps a name's first SESSION_NAME_BYTES bytes at the least (a
-    shorter name whole), and finds the client again as the name it is, or as the one
-    name that starts so. If a name starts as a longer name's cut does, a session of the
-    longer one could be taken for it (and its events go to the wrong client) or for
-    neither."""
-    named = [(client.name, "API_KEYS") for client in settings.api_keys]
-    if settings.oidc is not None:
-        variable = "OIDC_CLIENTS_FILE" if values.get("OIDC_CLIENTS_FILE", "").strip() \
-            else "OIDC_CLIENTS"
-        named += [(client.name, variable) for client in settings.oidc.clients]
-    for name, variable in named:
+def _distinct_client_names(settings: Settings) -> None:
+    """Refuse two API_KEYS names a session could not tell apart: an API token's session
+    keeps a name's first SESSION_NAME_BYTES bytes at the least (a shorter name whole),
+    and finds its client again as the name it is, or as the one API_KEYS name that
+    starts so. If a name starts as a longer name's cut does, a session of the longer
+    one could be taken for it (its events going to the wrong client) or for neither.
+    (An OpenID Connect session is looked up among OIDC_CLIENTS names, and tells no
+    client of anything: a cut there only shortens what /sessions shows.)"""
+    names = [client.name for client in settings.api_keys]
+    for name in names:
         cut = _cut(name)
         if cut == name.encode():  # kept whole: found again by itself
             continue
-        for other, other_variable in named:
+        for other in names:
             if other != name and other.encode().startswith(cut):
-                blame = other_variable if variable == "API_KEYS" else variable
                 raise SettingsError(
-                    blame,
-                    f"names {name!r} and {other!r} begin alike: sessions keep "
-                    f"only the first {SESSION_NAME_BYTES} bytes of a name, so names must "
-                    "differ within them",
+                    "API_KEYS",
+                    f"names {name!r} and {other!r} begin alike: sessions keep only the "
+                    f"first {SESSION_NAME_BYTES} bytes of a name, so names must differ "
+                    "within them",
                 )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.sessions import api_client_name, client_name
 from shared.settings import (
     MAX_CODE_SLOTS,
     SESSION_NAME_BYTES,
@@ -198,9 +199,10 @@ def test_api_keys_shorter_than_24_characters_are_refused() -> None:
 
 
 def test_client_names_a_session_could_not_tell_apart_are_refused(tmp_path: Path) -> None:
-    """A session keeps the first SESSION_NAME_BYTES bytes of its client's name (at the
-    least: an IPv6 client's API session) and finds the client again by them; two names
-    that begin alike would send one client's events to another, or to none."""
+    """An API token's session keeps the first SESSION_NAME_BYTES bytes of its client's
+    name (at the least: from an IPv6 address) and finds the client again by them; two
+    API_KEYS names that begin alike would send one client's events to another, or to
+    none."""
     long = "a" * SESSION_NAME_BYTES
 
     def names(*given: str) -> list[str]:
@@ -218,11 +220,11 @@ def test_client_names_a_session_could_not_tell_apart_are_refused(tmp_path: Path)
     allowed = [long[:-1] + "x" + "tail", long[:-1] + "y" + "tail", "Acme Shop",
                "Acme Shop (demo)", "shop", "shop" + long, "shop"]
     assert names(*allowed) == allowed
-    # an OpenID Connect client's name counts too
+    # an OpenID Connect client's name is looked up among those only
     env = oidc_env(tmp_path, [{**SHOP, "name": long + "z"}])
-    with pytest.raises(SettingsError, match=r"OIDC_CLIENTS names .* begin alike"):
-        load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": f"{long}x:{KEY_ONE}", **env},
-                      env_file="/nonexistent")
+    settings = load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": f"{long}x:{KEY_ONE}",
+                                  **env}, env_file="/nonexistent")
+    assert settings.oidc is not None and settings.oidc.clients[0].name == long + "z"
 
 
 def test_a_session_keeps_at_least_the_bytes_of_a_name_the_settings_assume() -> None:
@@ -244,3 +246,20 @@ def test_the_slots_an_issue_reads_are_bounded() -> None:
     assert slots() == 5 * 2  # 300 s codes, 600 s windows: this window and the last
     assert slots(CODE_ISSUE_WINDOW_SECONDS="60") == 5 * 6
     assert slots(CODE_ISSUE_LIMIT="1000") == MAX_CODE_SLOTS  # the largest limit still fits
+
+
+def test_a_session_finds_its_client_among_its_own_kind(tmp_path: Path) -> None:
+    """An OpenID Connect session keeps fewer bytes of its client's name (its field names
+    the token family too): the demo's "Acme Shop (demo)" is kept as "Acme Shop" from
+    IPv6, which is also an API client's whole name. Each kind of session is looked up
+    among its own kind's names, so each is named right."""
+    env = oidc_env(tmp_path, [{**SHOP, "name": "Acme Shop (demo)"}])
+    settings = load_settings(env={"AUTH_SECRET": SECRET, "API_KEYS": f"Acme Shop:{KEY_ONE}",
+                                  **env}, env_file="/nonexistent")
+    family = "f" * 22
+    oidc_kept = field_tail("2001:db8::1", family, "Acme Shop (demo)").split("|")[-1]
+    assert oidc_kept == "Acme Shop"  # cut
+    assert client_name(settings, oidc_kept, oidc=True) == "Acme Shop (demo)"
+    api_kept = field_tail("2001:db8::1", client="Acme Shop").split("|")[-1]
+    assert client_name(settings, api_kept) == "Acme Shop"
+    assert api_client_name(settings, api_kept) == "Acme Shop"
