@@ -334,19 +334,29 @@ def test_markup_in_the_text_is_shown_as_text(system: tuple[ApiProcess, BotProces
     assert [e["type"] for e in prompt.get("entities", [])] == ["blockquote"]
 
 
-def test_an_approval_a_killed_bot_held_is_sent_by_the_next(
+def _an_approval_held_at_telegram(
     start_api: ApiStarter, start_bot: BotStarter,
-) -> None:
+) -> tuple[str, BotProcess, ApiProcess, int, dict[str, Any]]:
+    """A bot and an API, ANN logged in, and an approval pushed to ANN whose message the
+    sandbox holds (sendMessage answers only once released): the bot's token, the bot,
+    the API, ANN's last message before it and the created approval."""
     token = make_token()
     bot = start_bot(token=token)
     api = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=KEYS, LOG_LEVEL="DEBUG")
-    sandbox = bot.sandbox
     log_in(api, bot, ANN)
     after = latest(bot, ANN)
-    sandbox.fault("sendMessage", token=token, hold=60, count=1)
+    bot.sandbox.fault("sendMessage", token=token, hold=60, count=1)
     created = push(api, ANN)
-    wait_until(lambda: sandbox.bot_summary(token)["held_calls"].get("sendmessage"),
+    wait_until(lambda: bot.sandbox.bot_summary(token)["held_calls"].get("sendmessage"),
                timeout=20, what="the bot to send the approval (held)")
+    return token, bot, api, after, created
+
+
+def test_an_approval_a_killed_bot_held_is_sent_by_the_next(
+    start_api: ApiStarter, start_bot: BotStarter,
+) -> None:
+    token, bot, api, after, created = _an_approval_held_at_telegram(start_api, start_bot)
+    sandbox = bot.sandbox
     assert bot.proc is not None
     os.killpg(bot.proc.pid, signal.SIGKILL)
     bot.proc.wait(10)
@@ -449,16 +459,8 @@ def test_a_second_message_after_a_send_cut_short_decides_the_same_approval(
     next bot sends it again (exactly once is not possible). Harmless: a tap on either
     message decides the one approval, the bot edits both where it knows them, and the
     other message's tap is told it was already decided."""
-    token = make_token()
-    bot = start_bot(token=token)
-    api = start_api(AUTH_SECRET=AUTH_SECRET, API_KEYS=KEYS, LOG_LEVEL="DEBUG")
+    token, bot, api, after, created = _an_approval_held_at_telegram(start_api, start_bot)
     sandbox = bot.sandbox
-    log_in(api, bot, ANN)
-    after = latest(bot, ANN)
-    sandbox.fault("sendMessage", token=token, hold=60, count=1)
-    created = push(api, ANN)
-    wait_until(lambda: sandbox.bot_summary(token)["held_calls"].get("sendmessage"),
-               timeout=20, what="the bot to send the approval (held)")
     assert bot.proc is not None
     os.killpg(bot.proc.pid, signal.SIGSTOP)  # connected, but it will never note the send
     try:
