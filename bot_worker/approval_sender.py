@@ -14,9 +14,16 @@ user gets a second one (logged as sent again), whose buttons decide the same app
 An entry whose approval another entry's send holds (the sweep queued it twice) waits,
 pending, and is claimed again later: by then it was sent, or its sender died.
 
-The same task sweeps: every `SWEEP_EVERY` it queues approvals no bot took by their
-check time, marks the approvals whose time is up expired (`Approvals.expire_due`) and
-edits their messages to say so, without buttons.
+Beside it the sender sweeps (`sweeping`): every `SWEEP_EVERY` a round of
+`Approvals.expire_due` queues approvals no bot took by their check time and marks the
+approvals whose time is up expired (with approval.expired). Each bot process claims its
+own share of the due approvals (`shared.approval_due`), so more bots sweep more. The
+messages of approvals that turned expired are edited to say so, without buttons, off the
+sweep's path: they wait in this process's edit queue for `EDITORS` tasks that send the
+edits through the shared flood limiter, so a slow or flood-limited Telegram never holds
+the sweep up. An edit lost with its process (killed, or the queue full) loses nothing
+that counts: the approval is expired in Redis, and a tap on the message is told so and
+edits it then.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ TOUCH_EVERY = 5.0
 FORGET_EVERY = 600.0
 # how often the due approvals are looked at (s)
 SWEEP_EVERY = 2.0
+# edits of expired approvals' messages: tasks that send them side by side (each waits
+# for the flood limiter), and how many may wait in the queue (more are dropped, logged)
+EDITORS = 4
+EDITS_WAITING = 10_000
 
 
 class Sender:
@@ -59,17 +70,60 @@ class Sender:
         self.approvals = approvals
         self.queue = queue
         self._block_ms = max(100, min(2000, int(approvals.settings.redis_timeout * 500)))
+        self._edits: asyncio.Queue[Expired] = asyncio.Queue(EDITS_WAITING)
+        self._editors: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
+        """Send and sweep until cancelled; ride out Redis failures."""
+        sweeping = asyncio.create_task(self.sweeping())
+        try:
+            await self.sending()
+        finally:
+            sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop the editors; edits still queued are dropped (the approvals are expired
+        in Redis all the same)."""
+        editors, self._editors = self._editors, []
+        for editor in editors:
+            editor.cancel()
+        for editor in editors:
+            with contextlib.suppress(asyncio.CancelledError):
+                await editor
+
+    async def sweeping(self) -> None:
+        """A sweep round every SWEEP_EVERY until cancelled; ride out Redis failures."""
+        loop = asyncio.get_running_loop()
+        delay = RETRY_FIRST
+        while True:
+            started = loop.time()
+            try:
+                await self.sweep()
+                delay = RETRY_FIRST
+            except Unavailable as exc:
+                logger.warning("approval sweep: Redis unavailable (%s); again in %.1f s",
+                               exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+                continue
+            except Exception:  # never let the sweep die: approvals would never expire
+                logger.exception("unexpected error sweeping approvals; again in %.1f s",
+                                 delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+                continue
+            await asyncio.sleep(max(0.0, started + SWEEP_EVERY - loop.time()))
+
+    async def sending(self) -> None:
         """Send until cancelled; ride out Redis failures."""
         loop = asyncio.get_running_loop()
         delay = RETRY_FIRST
-        next_claim = next_forget = next_sweep = loop.time()
+        next_claim = next_forget = loop.time()
         while True:
             try:
-                if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + SWEEP_EVERY
-                    await self.sweep()
                 if loop.time() >= next_forget:
                     next_forget = loop.time() + FORGET_EVERY
                     await self.queue.ensure_group()
@@ -95,11 +149,35 @@ class Sender:
                 delay = min(delay * 2, RETRY_CAP)
 
     async def sweep(self) -> None:
-        """Queue approvals no bot took by their check time; mark approvals whose time is
-        up expired, and take the buttons off their messages (a tap would only be told it
-        expired)."""
+        """One round: queue approvals no bot took by their check time; mark approvals
+        whose time is up expired, and queue the edits that take the buttons off their
+        messages (a tap would only be told it expired), which go out after."""
         expired = await self.approvals.expire_due()
-        await asyncio.gather(*(self._expired(e) for e in expired if e.message_id))
+        dropped = 0
+        for one in expired:
+            if one.message_id:
+                try:
+                    self._edits.put_nowait(one)
+                except asyncio.QueueFull:
+                    dropped += 1
+        if dropped:
+            logger.warning("%d expired approvals' messages keep their buttons: too many "
+                           "edits waiting (a tap is told they expired)", dropped)
+        if not self._edits.empty():
+            self._start_editors()
+
+    def _start_editors(self) -> None:
+        self._editors = [e for e in self._editors if not e.done()]
+        while len(self._editors) < EDITORS:
+            self._editors.append(asyncio.create_task(self._editing()))
+
+    async def _editing(self) -> None:
+        while True:
+            expired = await self._edits.get()
+            try:
+                await self._expired(expired)
+            except Exception:  # one bad edit never stops the others
+                logger.exception("could not mark an expired approval's message")
 
     async def _expired(self, expired: Expired) -> None:
         lang = lang_of(expired.language_code)

@@ -16,7 +16,7 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.approval_due import Expired, sweep
+from shared.approval_due import SWEEP_BATCH, Expired, claim, lease_ms, sweep
 from shared.approval_queue import CLAIM_IDLE_MS, is_key_hash
 from shared.codes import User, now_ms, public_user, unpack_record
 from shared.counters import Counter
@@ -101,6 +101,7 @@ class ApprovalDecisions:
         self._sending = scripts(redis).get("approval_sending.lua")
         self._sent = scripts(redis).get("approval_sent.lua")
         self._expire = scripts(redis).get("approval_expire.lua")
+        self._claim = scripts(redis).get("approval_claim.lua")
 
     async def take(self, user_id: int, key_hash: str, entry_id: str) -> Taken:
         """Take the approval a queue entry names to send it, noted in its record before
@@ -154,10 +155,16 @@ class ApprovalDecisions:
             int(user["id"]), key_hash, "approved" if approve else "denied", user, pick
         )
 
-    async def expire_due(self, limit: int = 100) -> list[Expired]:
-        """The sweep (`shared.approval_due.sweep`): queue again what no bot took by its
-        check time, mark expired what is past its expiry, forget the rest when settled."""
-        return await sweep(self.redis, self.settings, self._expire, limit)
+    async def expire_due(self, limit: int = SWEEP_BATCH) -> list[Expired]:
+        """One round of the sweep (`shared.approval_due.sweep`): claim due members batch
+        after batch, queue again what no bot took by its check time, mark expired what
+        is past its expiry, forget the rest when settled."""
+        return await sweep(self.redis, self.settings, self._expire, self._claim, limit)
+
+    async def claim_due(self, limit: int = SWEEP_BATCH) -> list[tuple[str, int]]:
+        """Only the sweep's first step: claim up to `limit` due members for a lease (and
+        do nothing more with them, as a sweeper that dies then)."""
+        return await claim(self.redis, self._claim, limit, lease_ms(self.settings))
 
     async def _run_decide(
         self, user_id: int, key_hash: str, decision: str, user: User | None, pick: int | None

@@ -10,8 +10,12 @@ write them all, so creation goes in an order in which every crash point is repai
 2. `approval_create.lua` writes the record (known user, the user's budgets).
 3. The queue entry (`shared.approval_queue`) and the created counter.
 
-The sweep (`sweep`, every bot process every few seconds) reads the members whose time
-has come and runs `approval_expire.lua` on each, which answers for every state:
+The sweep (`sweep`, every bot process every few seconds) claims the members whose time
+has come, a batch at a time and batch after batch while they come back full
+(`approval_claim.lua`: the claim moves their score on by a lease, so the bots share the
+work rather than all reading the same lowest members, and the members of a bot that
+dies mid-sweep come back after the lease), and runs `approval_expire.lua` on each, which
+answers for every state:
 
 - no record at the check time (the create script refused, or its API process died
   before it): a tombstone takes the record's key, so a create script that arrives even
@@ -20,7 +24,10 @@ has come and runs `approval_expire.lua` on each, which answers for every state:
 - pending, and no bot took it to send (the API process died before step 3, or the
   fleet is behind or down): queued again; either way the member waits for the expiry;
 - pending past its expiry: marked expired, appending approval.expired in the same
-  step (the emission contract), and the bot edits its message; the member goes;
+  step (the emission contract), its record's lifetime set to APPROVAL_TTL_SECONDS from
+  then (until then it is kept PENDING_KEEP_MS past the expiry, so a late sweep still
+  finds it), and the bot edits its message (later, off the sweep's path); the member
+  goes;
 - settled (decided, undeliverable, expired) or gone: the member goes.
 
 An approval queued twice is sent once: the bot that takes it notes so in the record
@@ -58,6 +65,24 @@ logger = logging.getLogger(__name__)
 # when sooner): long enough for the two round trips of its creation, each within
 # REDIS_TIMEOUT (`check_ms`)
 CHECK_MIN_MS = 10_000
+# a pending approval's record outlasts its expiry by this long (approval_create.lua), so
+# a sweep that comes late (the bot fleet down, or behind) still finds it, marks it
+# expired and appends approval.expired; marking (or a decision) sets its lifetime to
+# APPROVAL_TTL_SECONDS from then. A sweep later still finds nothing: no event
+PENDING_KEEP_MS = 86_400_000
+# members claimed per batch, and batches per round at most (a round goes on while its
+# batches come back full): a bot sweeps up to SWEEP_BATCH x SWEEP_BATCHES members a round
+SWEEP_BATCH = 100
+SWEEP_BATCHES = 20
+# a claimed member is the claiming sweeper's for this long at least (`lease_ms`): long
+# enough for a batch's three round trips, each within REDIS_TIMEOUT; a sweeper that
+# dies with members claimed leaves them to come back after it
+LEASE_MIN_MS = 10_000
+
+
+def lease_ms(settings: Settings) -> int:
+    """How long a sweeper's claim on due members holds others off."""
+    return max(LEASE_MIN_MS, int(settings.redis_timeout * 1000) * 3 + 1000)
 
 
 def check_ms(settings: Settings) -> int:
@@ -91,22 +116,50 @@ class Expired:
     language_code: str | None
 
 
-async def sweep(
-    redis: Redis, settings: Settings, expire: AsyncScript, limit: int = 100
-) -> list[Expired]:
-    """Look at the members whose time has come: queue again what no bot took, mark
-    expired what is past its expiry (the one place approval.expired is appended), drop
-    what is settled, gone or never created. What turned expired now, for the bot to
-    edit its message."""
-    tombstone_ms = 2 * settings.approval_ttl_seconds * 1000
+async def claim(
+    redis: Redis, claim_script: AsyncScript, limit: int, lease: int
+) -> list[tuple[str, int]]:
+    """Claim up to `limit` due members for this sweeper (`approval_claim.lua`): each with
+    the score it had; their scores move on by `lease` ms, so no other sweeper takes them
+    meanwhile, and they come back once it is over should this one die with them."""
     with unavailable_on_error():
-        due = cast(list[tuple[Any, float]], await redis.zrangebyscore(
-            keys.APPROVAL_DUE, "-inf", now_ms(), start=0, num=limit, withscores=True
-        ))
-        found = [(str(m), int(score), *_member(str(m))) for m, score in due]
-        members = [m for m in found if m[2]]
-        settled = [m for m, _, user_id, _ in found if not user_id]  # not ours
-        answers: list[list[Any]] = []
+        found = cast(list[Any], await claim_script(keys=[keys.APPROVAL_DUE],
+                                                   args=[limit, lease]))
+    return [(str(found[i]), int(float(found[i + 1]))) for i in range(0, len(found), 2)]
+
+
+async def sweep(
+    redis: Redis, settings: Settings, expire: AsyncScript, claim_script: AsyncScript,
+    limit: int = SWEEP_BATCH, batches: int = SWEEP_BATCHES,
+) -> list[Expired]:
+    """One round of the sweep: batches of due members claimed for this sweeper, one
+    after another while a batch comes back full (at most `batches`): queue again what no
+    bot took, mark expired what is past its expiry (the one place approval.expired is
+    appended), drop what is settled, gone or never created. What turned expired now, for
+    the bot to edit its message."""
+    expired: list[Expired] = []
+    for _ in range(batches):
+        claimed = await claim(redis, claim_script, limit, lease_ms(settings))
+        expired += await settle(redis, settings, expire, claimed)
+        if len(claimed) < limit:
+            break
+    return expired
+
+
+async def settle(
+    redis: Redis, settings: Settings, expire: AsyncScript, claimed: list[tuple[str, int]]
+) -> list[Expired]:
+    """Settle claimed members (each with its score before the claim): one pipeline of
+    `approval_expire.lua` runs, then the queue entries of approvals no bot took, then
+    the members' new scores (their approvals' expiry) or their removal. A crash
+    anywhere leaves the members claimed, to come back after the lease."""
+    tombstone_ms = 2 * settings.approval_ttl_seconds * 1000
+    expired_ms = settings.approval_ttl_seconds * 1000
+    found = [(m, score, *_member(m)) for m, score in claimed]
+    members = [m for m in found if m[2]]
+    settled = [m for m, _, user_id, _ in found if not user_id]  # not ours
+    answers: list[list[Any]] = []
+    with unavailable_on_error():
         if members:
             when = now_ms()
             async with redis.pipeline(transaction=False) as pipe:
@@ -116,7 +169,7 @@ async def sweep(
                     await expire(
                         keys=[keys.approval(user_id, key_hash), keys.user(user_id),
                               keys.events(user_id)],
-                        args=[user_id, when, tombstone_ms], client=pipe,
+                        args=[user_id, when, tombstone_ms, expired_ms], client=pipe,
                     )
                 for user_id in dict.fromkeys(user_id for _, _, user_id, _ in members):
                     queue_wake(pipe, user_id)
@@ -128,8 +181,7 @@ async def sweep(
                 expiry, handed = int(answer[2]), int(answer[3])
                 if not handed and score < expiry:  # its check: no bot took it
                     requeue.append((user_id, key_hash))
-                if score != expiry:
-                    rescore[member] = expiry
+                rescore[member] = expiry  # the claim moved it on: back to its expiry
             else:
                 settled.append(member)
         if requeue:  # queued before the member waits for the expiry: a crash requeues

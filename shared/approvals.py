@@ -22,7 +22,10 @@ login) within TOKEN_TTL_SECONDS of their last login or /logout. Others are unkno
 Expiry: an approval past its `e` reads as expired everywhere at once (the poll and the
 decision scripts compare with Redis's clock); the bot's sweep (`expire_due`, every bot
 process every few seconds, over `APPROVAL_DUE`) is the one step that marks it expired,
-the moment approval.expired belongs to, and takes the buttons off its message.
+the moment approval.expired belongs to, and takes the buttons off its message. A pending
+record is kept a day past its expiry (`PENDING_KEEP_MS`), so a sweep that comes late
+still marks it and appends the event; marking it (or deciding it) sets its lifetime to
+APPROVAL_TTL_SECONDS from then.
 
 Creation is three round trips, in an order that no crash point can lose: the client's
 budget with the approval's due entry (a check time a few seconds on), the create script
@@ -59,7 +62,7 @@ from shared.approval_decisions import (
     Status,
     Taken,
 )
-from shared.approval_due import Expired, check_ms, due_member
+from shared.approval_due import PENDING_KEEP_MS, Expired, check_ms, due_member
 from shared.approval_queue import ApprovalQueue, Entry, is_key_hash, queue_send
 from shared.codes import User, public_user
 from shared.counters import Counter
@@ -182,7 +185,7 @@ class Approvals(ApprovalDecisions):
                     state or "", 0 if state is None else 1,
                     "" if number is None else str(number), ttl * 1000,
                     settings.approval_user_limit, settings.approval_user_window_seconds,
-                    user_id, seed, settings.approval_user_total_limit,
+                    user_id, seed, settings.approval_user_total_limit, PENDING_KEEP_MS,
                 ],
             )
             created = _Created(int(outcome))

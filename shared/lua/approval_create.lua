@@ -9,6 +9,9 @@
 -- client   ARGV[9] user window (s)   ARGV[10] the user id   ARGV[11] the id's seed
 -- (random; the id is a keyed hash of it, so only AUTH_SECRET's holder turns it into the
 -- id: events)   ARGV[12] the user's limit, all clients together
+-- ARGV[13] how long a pending record outlasts its expiry (ms): the bot's sweep marks it
+-- expired (approval_expire.lua, with approval.expired) and shortens it then; a sweep
+-- late by up to this long still finds it (shared.approval_due.PENDING_KEEP_MS)
 -- Each client has its own budget for the user (one client's spam never refuses another's
 -- approval), under a larger ceiling for all clients (many clients cannot flood the user).
 -- Returns {1, expiry ms} created; {0, 0} unknown user; {2, ms until every full window
@@ -49,6 +52,7 @@ end
 if ARGV[6] ~= "" then
   redis.call("HSET", KEYS[2], "m", ARGV[6])
 end
--- pending until `e`; then read as expired for as long again
-redis.call("PEXPIRE", KEYS[2], 2 * ttl)
+-- pending until `e`, then read as expired until the sweep marks it so (which sets its
+-- lifetime from then), or a decision does
+redis.call("PEXPIRE", KEYS[2], ttl + tonumber(ARGV[13]))
 return {1, expiry}

@@ -5,7 +5,9 @@
 -- KEYS[3] the user's event stream   ARGV[1] the user id   ARGV[2] the time (ms): an API
 --         client's approval (name set) turned expired appends approval.expired
 --         (shared.events) here, in the same step
--- ARGV[3] how long a tombstone lasts (ms)
+-- ARGV[3] how long a tombstone lasts (ms)   ARGV[4] how long an approval marked expired
+-- stays readable (ms): until then it was kept past its expiry for a late sweep
+-- (approval_create.lua)
 -- The sweep also runs it at an approval's check time (shared.approval_due): an approval
 -- that does not exist then was never created (refused, or its API process died before
 -- the create script): a tombstone (a hash with only `x`) takes its key, so a create
@@ -34,6 +36,7 @@ if now_ms < tonumber(expiry) then
   return {0, "pending", tonumber(expiry), handed}
 end
 redis.call("HSET", KEYS[1], "st", "expired")
+redis.call("PEXPIRE", KEYS[1], ARGV[4])
 local has_state = 0
 if found[6] then
   has_state = 1

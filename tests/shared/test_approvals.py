@@ -10,6 +10,7 @@ from contextlib import aclosing
 import pytest
 
 from shared import approval_decisions, approval_due, keys
+from shared.approval_due import PENDING_KEEP_MS
 from shared.approvals import (
     ApprovalQueue,
     Approvals,
@@ -148,8 +149,11 @@ def test_expired_until_the_record_is_gone(redis_url: str) -> None:
         late = await approvals.decide(ANN, key_hash, approve=True)
         assert late is not None and (late.outcome, late.status) == ("expired", "expired")
         assert await prompt_of(approvals, ANN["id"], key_hash) is None
-        ttl = await store.redis.pttl(keys.approval(ANN["id"], key_hash))
-        assert 0 < ttl <= 2000  # gone after as long again
+        record = keys.approval(ANN["id"], key_hash)
+        assert await store.redis.pttl(record) > 2000  # kept for the sweep to mark it
+        await _until(approvals.expire_due, "the sweep to mark it expired")
+        ttl = await store.redis.pttl(record)
+        assert 0 < ttl <= 2000  # readable APPROVAL_TTL_SECONDS from then, then gone
 
     run(make_settings(redis_url, APPROVAL_TTL_SECONDS="2"), body)
 
@@ -471,3 +475,127 @@ def test_two_entries_for_one_approval_send_it_once_unless_a_sender_died(
         assert (await approvals.take(ANN["id"], key_hash, "2-1")).outcome == "nothing"
 
     run(make_settings(redis_url), body)
+
+
+async def _redis_ms(store: Store) -> int:
+    seconds, micros = await store.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_a_late_sweep_still_marks_expired_with_its_event(redis_url: str) -> None:
+    """No sweep reaches an approval until long after its expiry (the bot fleet was
+    down): its record is still there, the poll reads it expired all along, and the late
+    sweep marks it with approval.expired; only then does its lifetime shorten."""
+    async def body(store: Store, approvals: Approvals) -> None:
+        created = await approvals.create(SHOP, ANN["id"], "Pay", "s-9", False)
+        key_hash = approvals.key_hash(created.id)
+        await approvals.sent(ANN["id"], key_hash, 42)
+        record = keys.approval(ANN["id"], key_hash)
+        expiry = int(str(await store.redis.hget(record, "e")))
+
+        async def long_past() -> bool:  # past where a record used to end (2 x the TTL)
+            result = await approvals.status(created.id, SHOP)
+            now = await _redis_ms(store)
+            assert result is not None, "the poll of an unswept approval turned 404"
+            assert result.status == ("pending" if now < expiry else "expired")
+            return now > expiry + 2000 + 500
+
+        await _until(long_past, "time past twice the lifetime")
+        assert await store.redis.pttl(record) > PENDING_KEEP_MS - 10_000  # kept past it
+        (expired,) = await approvals.expire_due()
+        assert (expired.key_hash, expired.message_id, expired.state) == (key_hash, 42, "s-9")
+        events = await store.redis.xrange(keys.events(ANN["id"]))
+        assert [fields["t"] for _, fields in events] == ["approval.expired"]
+        result = await approvals.status(created.id, SHOP)
+        assert result is not None and result.status == "expired"
+        assert 0 < await store.redis.pttl(record) <= 2000
+        assert await store.redis.zcard(keys.APPROVAL_DUE) == 0
+
+    run(make_settings(redis_url, APPROVAL_TTL_SECONDS="2"), body)
+
+
+def _many(redis_url: str, **env: str) -> Settings:
+    """Settings under which one client may push hundreds of approvals to a user."""
+    return make_settings(redis_url, APPROVAL_TTL_SECONDS="2", APPROVAL_USER_LIMIT="1000",
+                         APPROVAL_USER_TOTAL_LIMIT="1000", APPROVAL_CLIENT_LIMIT="1000",
+                         **env)
+
+
+async def _all_due(store: Store, approvals: Approvals, created: list[str]) -> None:
+    """Wait until every approval in `created` is past its expiry."""
+    last = keys.approval(parse_id(created[-1]) or 0, approvals.key_hash(created[-1]))
+    expiry = int(str(await store.redis.hget(last, "e")))
+
+    async def due() -> bool:
+        return await _redis_ms(store) >= expiry
+
+    await _until(due, "the approvals to be due")
+
+
+def test_two_sweepers_share_the_due_approvals(deployment: dict[str, str]) -> None:
+    """300 approvals due at once and two bot processes sweeping side by side: each claims
+    its own members (no approval is looked at twice), batch after batch while they come
+    back full, so one round of each expires all 300, each with its event."""
+    settings = _many(deployment["REDIS_URL"], **deployment)
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        created = [
+            (await approvals.create(SHOP, user["id"], f"Pay {n}", None, False)).id
+            for n in range(150) for user in (ANN, BOB)
+        ]
+        await _all_due(store, approvals, created)
+        other = Store.from_settings(settings)  # the second bot process's Redis client
+        try:
+            second = Approvals(other.redis, settings)
+            started = asyncio.get_running_loop().time()
+            mine, theirs = await asyncio.gather(approvals.expire_due(), second.expire_due())
+            took = asyncio.get_running_loop().time() - started
+        finally:
+            await other.close()
+        ours = {e.key_hash for e in mine}
+        others = {e.key_hash for e in theirs}
+        assert len(ours) == len(mine) and len(others) == len(theirs)
+        assert ours and others and not ours & others  # disjoint shares
+        assert ours | others == {approvals.key_hash(i) for i in created}
+        assert took < 10, f"a round took {took:.1f} s"
+        for user in (ANN, BOB):
+            events = await store.redis.xrange(keys.events(user["id"]))
+            assert [fields["t"] for _, fields in events] == ["approval.expired"] * 150
+        assert await store.redis.zcard(keys.APPROVAL_DUE) == 0
+        for approval in created[:3] + created[-3:]:
+            result = await approvals.status(approval, SHOP)
+            assert result is not None and result.status == "expired"
+
+    run(settings, body)
+
+
+def test_a_sweeper_killed_after_claiming_leaves_its_members_for_after_the_lease(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bot process that claimed due members and died before settling them: the other
+    sweepers leave them alone while the claim's lease lasts, then take them and expire
+    them with their events."""
+    monkeypatch.setattr(approval_due, "LEASE_MIN_MS", 1000)
+    settings = _many(redis_url, REDIS_TIMEOUT="0.5")
+    lease = approval_due.lease_ms(settings)
+    assert lease == 2500
+
+    async def body(store: Store, approvals: Approvals) -> None:
+        created = [(await approvals.create(SHOP, ANN["id"], f"Pay {n}", None, False)).id
+                   for n in range(12)]
+        await _all_due(store, approvals, created)
+        claimed = await approvals.claim_due(5)  # and the process is killed
+        claimed_at = await _redis_ms(store)
+        assert len(claimed) == 5
+        held = {member.partition(":")[2] for member, _ in claimed}
+        first = await approvals.expire_due()  # another bot process's round
+        assert len(first) == 7 and not held & {e.key_hash for e in first}
+        assert await approvals.expire_due() == []  # still claimed
+        late = await _until(approvals.expire_due, "the claimed members after the lease")
+        assert await _redis_ms(store) >= claimed_at + lease - 50
+        assert {e.key_hash for e in late} == held
+        events = await store.redis.xrange(keys.events(ANN["id"]))
+        assert [fields["t"] for _, fields in events] == ["approval.expired"] * 12
+        assert await store.redis.zcard(keys.APPROVAL_DUE) == 0
+
+    run(settings, body)
