@@ -148,7 +148,8 @@ RESPONSES: Json = {
     ),
     "ApprovalNotFound": _error(
         "No such approval for this client: unknown, gone (APPROVAL_TTL_SECONDS after it "
-        "was decided or expired), or another client's.",
+        "was decided, or after the bot marked it expired, within seconds of its expiry), "
+        "or another client's.",
         "not_found",
     ),
     "InvalidEventsQuery": _error(
@@ -286,7 +287,8 @@ SCHEMAS: Json = {
             "status": {
                 "enum": ["pending", "approved", "denied", "expired", "undeliverable"],
                 "description": "`undeliverable`: the bot cannot message the user (they "
-                "blocked it, or never opened a chat with it).",
+                "blocked it, or never opened a chat with it). `expired`: past its expiry, "
+                "read so at once (the bot marks it, with approval.expired, within seconds).",
             },
             "expires_in": {"type": "integer", "description": "pending: seconds left"},
             "user": {

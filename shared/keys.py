@@ -58,8 +58,9 @@ LOGIN_LINK = PREFIX + "login:link:"
 LOGIN_CREATES = PREFIX + "login:creates:"
 # per request decided for an API client: its login.approved/login.denied, appended by the
 # decision (the request's slot: tagged like LOGIN) with the fields of an EVENTS entry plus
-# u (the deciding user's id), until a deliverer moves it into that user's EVENTS; TTL
-# LOGIN_REQUEST_TTL_SECONDS from the decision (an event never moved expires with it)
+# u (the deciding user's id), until a deliverer moves it into that user's EVENTS (then the
+# emptied key is deleted); TTL EVENT_RETRY_SECONDS + a day from the decision, past the
+# request's own (shared.events.login_events_ttl_ms: an event never moved expires then)
 LOGIN_EVENTS = PREFIX + "evl:"
 # pub/sub channel (not a key): each message is the poll-id hash of a request just decided
 LOGIN_DECIDED = PREFIX + "login:decided"
@@ -103,11 +104,14 @@ EVENT_GROUP = "deliver"
 # any of the user's events; no TTL (emptied at the user's next delivery)
 EVENT_LOGINS = PREFIX + "evlogins:"
 # per client (by a keyed hash of its API_KEYS name): the events delivered to it, read by
-# GET /v1/events (fields t, d, ts, w the event's webhook-id); MAXLEN ~ EVENT_LOG_MAXLEN
+# GET /v1/events (fields t, d the data as written, an approval's seed not its id, ts, w
+# the event's webhook-id, u the user's id); MAXLEN ~ EVENT_LOG_MAXLEN
 # (GET /v1/events says `gap` when a cursor falls before what is kept)
 EVENT_CLIENT = PREFIX + "evc:"
 # sorted set user id -> ms when that user's delivery is due again (a retry, or a
-# user another process was busy with); no TTL, members removed when handled
+# user another process was busy with); no TTL; a pass that takes the user re-scores it
+# to its lock's end plus half a ms (a lease, event_due.lua), and removes it at its end
+# only if the score is still that
 EVENT_DUE = PREFIX + "evdue"
 # per user: the process delivering that user's events (a lock); TTL a delivery step
 EVENT_LOCK = PREFIX + "evlock:"
@@ -128,10 +132,12 @@ EVENT_LOG_MAXLEN = 10000
 # user's id, i the seed the id is keyed from (`shared.approvals.approval_id`), st
 # pending|approved|denied|undeliverable|expired, by decider id, u decider JSON, mid the
 # message the bot sent, sg when a bot took it to send (ms) and sq for which queue entry
-# (`approval_sending.lua`)}; TTL 2 x APPROVAL_TTL_SECONDS from creation
-# (pending until `e`, then read as expired), set to APPROVAL_TTL_SECONDS by a decision
-# (the result waits that long to be read). A tombstone {x} takes the key of an approval
-# the sweep found never created at its check time; TTL 2 x APPROVAL_TTL_SECONDS
+# (`approval_sending.lua`)}; TTL APPROVAL_TTL_SECONDS + a day from creation (pending
+# until `e`, then read as expired; kept so a late sweep still marks it and appends
+# approval.expired: `approval_due.PENDING_KEEP_MS`), set to APPROVAL_TTL_SECONDS by a
+# decision or by the sweep marking it expired (the result waits that long to be read).
+# A tombstone {x} takes the key of an approval the sweep found never created at its
+# check time; TTL 2 x APPROVAL_TTL_SECONDS
 APPROVAL = PREFIX + "approval:"
 # per user: approvals created for them in the current window, all clients together
 # (this key), and per client (this key + ":<client key hash>", or ":open"); TTL
@@ -149,7 +155,8 @@ APPROVAL_QUEUE = PREFIX + "approval:queue"
 APPROVAL_QUEUE_MAXLEN = 100_000
 APPROVAL_GROUP = "bots"
 # sorted set "<user id>:<approval key hash>" -> when the bot's sweep looks at it: written
-# before the approval (its check time, seconds later), then its expiry ms; the sweep
+# before the approval (its check time, seconds later), then its expiry ms; a sweeper
+# claims due members by moving their score on by a lease (`approval_claim.lua`), then
 # queues one no bot took, marks the pending ones expired when their time comes
 # (approval.expired) and removes every member whose approval is settled or gone (or
 # was never created); no TTL (members live as long as their approval)
