@@ -10,7 +10,9 @@ Rules of this module:
   its wake pending, and another process claims it (XAUTOCLAIM) after
   EVENT_CLAIM_IDLE_SECONDS and delivers again: at least once.
 - A user locked by another process, or whose first waiting event is due later, is
-  noted in `keys.EVENT_DUE` (the earliest time wins) and looked at again then.
+  noted in `keys.EVENT_DUE` (the earliest time wins) and looked at again then. A due
+  user is not taken off the set when a pass starts but leased (re-scored to its lock's
+  end, `event_due.lua`): one whose pass fails or is killed is due again by itself.
 - A wake naming a login request's event stream (`l`, `keys.login_events`) hands it on:
   its events are moved into the user's stream before the user's own are delivered (and
   noted for the holder when another process holds the user).
@@ -45,7 +47,7 @@ CONCURRENCY = 32
 # the due users are looked at when the first is due, when this process notes one, and
 # at least this often (s): what another process noted and left behind is found then
 DUE_AT_MOST = 5.0
-# how long the due users just started may take to be taken off the set (s)
+# how long the due users just started may take to lease their users (s)
 DUE_SETTLE = 0.5
 # wakes read or claimed at a time
 BATCH = 16
@@ -175,7 +177,7 @@ class Deliverer:
                 keys.EVENT_DUE, "-inf", now_ms(), 0, BATCH
             )
         spawned = [await self._spawn(self._deliver_logged(int(user))) for user in due]
-        if spawned:  # let them take their users off the set before it is read again
+        if spawned:  # let them lease their users (re-scored) before it is read again
             await asyncio.wait(spawned, timeout=DUE_SETTLE)
 
     async def _handle_wakes(self, entries: list[Any]) -> None:

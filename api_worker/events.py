@@ -13,6 +13,11 @@ event's `webhook_id` is its stable id (the pull stream entry's `w`, its webhook'
 `webhook_id`, so that is what a client deduplicates on. With
 `wait` the request is held until an event arrives or `wait` seconds pass (woken
 through the same pub/sub channel as login decisions, `api_worker.waiters`).
+
+A pull stream holds each event's data as written (an approval's `approval_seed`, not
+its id, so a copy of Redis gives no approval id) and the user's id (`u`): the data is
+made what the client sees here (`shared.events.client_data`, with AUTH_SECRET), as
+its webhook's is. An entry written before `u` was kept holds its data as sent.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from api_worker.errors import InvalidRequest
 from api_worker.waiters import wait_param
 from shared import keys
 from shared.codes import now_ms
-from shared.events import client_hash, iso_time
+from shared.events import client_data, client_hash, iso_time
+from shared.settings import Settings
 from shared.store import unavailable_on_error
 
 # events one answer holds at most
@@ -77,13 +83,16 @@ async def _gap(redis: Any, stream: str, after: str) -> bool:
     return _id(str(deleted)) > _id(after)
 
 
-def _event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+def _event(settings: Settings, entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
+    type_, data, user = fields.get("t", ""), fields.get("d", "{}"), fields.get("u", "")
+    if user.isdigit():  # its data as written: an approval's seed made its id
+        data = client_data(settings, int(user), type_, data)
     return {
         "id": entry_id,
         "webhook_id": fields.get("w", ""),
-        "type": fields.get("t", ""),
+        "type": type_,
         "timestamp": iso_time(int(fields.get("ts", "0"))),
-        "data": json.loads(fields.get("d", "{}")),
+        "data": json.loads(data),
     }
 
 
@@ -106,7 +115,7 @@ async def list_events(request: Request) -> Response:
     entries = await context.waiters(request).hold(
         "evc:" + chash, read, lambda found: not found, wait
     )
-    events = [_event(str(entry_id), fields) for entry_id, fields in entries]
+    events = [_event(settings, str(entry_id), fields) for entry_id, fields in entries]
     # trimmed events leave kept ones after them: a gap comes with events
     gap = after is not None and bool(events) and await _gap(redis, stream, after)
     last = events[-1]["id"] if events else (after or "0-0")

@@ -6,6 +6,12 @@ Rules of this module:
   another process holds is noted in `keys.EVENT_DUE` to be looked at again shortly, and a
   login stream its wake names is noted for the holder (`keys.event_logins`); the wake is
   then done with.
+- The process that takes a user's lock re-scores the user in `keys.EVENT_DUE` to the
+  lock's end (a lease, `event_due.lua`) rather than taking it off: a pass that fails (a
+  Redis timeout) or is killed leaves the user due by itself. At the end the pass removes
+  the user, or scores it when its first waiting event is due, only if the score is still
+  its lease; a note made meanwhile (by another process finding the user busy) replaces
+  the lease and stays.
 - Order is per (user, client). The user's stream is read oldest first; an event whose
   client has an earlier event waiting (its retry not due yet, or failed in this pass) is
   passed over, so one client's failing endpoint holds back only that client's later
@@ -16,6 +22,9 @@ Rules of this module:
   user's events at once), and the login streams noted for the user are drained: their
   events moved into the user's stream ahead of the newer ones
   (`shared.events.move_login_events`), then the stream is read again from its start.
+  The notes are also read with every page of the user's stream, so they are drained
+  when the stream is empty (a login noted for a holder that had nothing else to send)
+  and once more before the pass ends; a note naming a stream gone or empty is dropped.
   A login event so goes out before the session it led to, whichever process held the
   login's wake.
 - Each event goes to its client's pull stream (`keys.event_client`, read by GET
@@ -26,8 +35,13 @@ Rules of this module:
   EVENT_RETRY_SCHEDULE's waits while within EVENT_RETRY_SECONDS of the first; then the
   event goes to `keys.EVENT_DEAD` (counted in /metrics) and leaves the stream. Its retry
   state is kept by its stable id (`keys.event_retry`): a move does not reset it.
-- The lock outlasts an attempt (EVENT_TIMEOUT_SECONDS and a margin): a dead process's
-  lock lapses, and its user is delivered again by whoever claims the wake.
+- The lock outlasts an attempt (EVENT_TIMEOUT_SECONDS and a margin, the larger of 5 s
+  and four REDIS_TIMEOUTs: room for the Redis commands between two extensions): a dead
+  process's lock lapses, and its user is delivered again by whoever claims the wake or
+  finds the user due (its lease ran out).
+- What reaches a client's pull stream is the event's data as written (an approval's
+  `approval_seed`, never its id: a copy of Redis gives no approval id); GET /v1/events
+  turns it into what the client sees (`shared.events.client_data`), by the entry's `u`.
 """
 
 from __future__ import annotations
@@ -66,8 +80,10 @@ PAGE = 64
 # a user another process is delivering to is looked at again after this (ms)
 BUSY_AGAIN_MS = 1000
 # how much longer than one attempt's deadline the user's lock lasts (ms): room for the
-# Redis commands between two extensions
+# Redis commands between two extensions, at least LOCK_MARGIN_MS and LOCK_MARGIN_TIMEOUTS
+# times REDIS_TIMEOUT (each command may take that long before it fails)
 LOCK_MARGIN_MS = 5000
+LOCK_MARGIN_TIMEOUTS = 4
 # an emptied stream whose newest id is younger than this is kept for now (ms), lest a
 # stream made again give a new event an id (a webhook-id) just used; looked at again
 EMPTY_MARGIN_MS = 1000
@@ -93,10 +109,13 @@ class UserDelivery:
         self._pull = {name: client_hash(settings.auth_secret, name) for name in names}
         # one attempt (its whole deadline) with room to spare, extended before each event
         # and each attempt; a dead process's lock expires
-        self._lock_ms = int(settings.event_timeout_seconds * 1000) + LOCK_MARGIN_MS
+        self._lock_ms = int(settings.event_timeout_seconds * 1000) + max(
+            LOCK_MARGIN_MS, int(settings.redis_timeout * 1000 * LOCK_MARGIN_TIMEOUTS)
+        )
         self._extend = scripts(redis).get("lock_extend.lua")
         self._done = scripts(redis).get("event_done.lua")
         self._pull_append = scripts(redis).get("event_pull.lua")
+        self._due = scripts(redis).get("event_due.lua")
         self._note_due = note_due  # wakes the due-users loop of this process
 
     async def aclose(self) -> None:
@@ -113,28 +132,38 @@ class UserDelivery:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     if login_stream is not None:
                         pipe.sadd(keys.event_logins(user_id), login_stream)
-                    # look again shortly, lest the holder had just finished
-                    pipe.zadd(keys.EVENT_DUE, {str(user_id): now_ms() + BUSY_AGAIN_MS}, lt=True)
+                    # look again shortly, lest the holder had just finished (a note: it
+                    # outlives the holder's lease)
+                    await self._due(keys=[keys.EVENT_DUE], args=[
+                        user_id, now_ms() + BUSY_AGAIN_MS, "",
+                    ], client=pipe)
                     await pipe.execute()
                 self._note_due()
                 return False
         try:
+            # taken: whatever was noted for this user is now this process's to do; the
+            # user stays due at the lock's end (a lease) until this pass says otherwise
+            lease = f"{now_ms() + self._lock_ms}.5"
             with unavailable_on_error():
-                # taken: whatever was noted for this user is now this process's to do
-                await self.redis.zrem(keys.EVENT_DUE, str(user_id))
+                await self.redis.zadd(keys.EVENT_DUE, {str(user_id): lease})
             if login_stream is not None:
                 await self._drain(user_id, [login_stream])
             due = await self._pass(user_id, lock, token)
+            with unavailable_on_error():
+                await self._due(keys=[keys.EVENT_DUE], args=[
+                    user_id, "" if due is None else due, lease,
+                ])
             if due is not None:
-                await self._due_at(user_id, due)
+                self._note_due()
         finally:
             with contextlib.suppress(Unavailable), unavailable_on_error():
                 await scripts(self.redis).get("release.lua")(keys=[lock], args=[token])
         return True
 
     async def _due_at(self, user_id: int, due: int) -> None:
+        """Note the user due at `due` (ms): kept whatever the pass running ends with."""
         with unavailable_on_error():
-            await self.redis.zadd(keys.EVENT_DUE, {str(user_id): due}, lt=True)
+            await self._due(keys=[keys.EVENT_DUE], args=[user_id, due, ""])
         self._note_due()
 
     async def _pass(self, user_id: int, lock: str, token: str) -> int | None:
@@ -146,7 +175,16 @@ class UserDelivery:
         start = "-"
         while True:
             with unavailable_on_error():
-                page: Any = await self.redis.xrange(stream, start, "+", count=PAGE)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xrange(stream, start, "+", count=PAGE)
+                    pipe.smembers(keys.event_logins(user_id))
+                    page, noted = await pipe.execute()
+            # login streams noted for this user: moved in before anything is sent, and
+            # before the pass ends (a login event must not wait for the user's next
+            # event); then the stream is read again from its start
+            if noted and await self._drain(user_id, sorted(noted)):
+                start = "-"
+                continue
             if not page:
                 if start == "-":  # empty from the start: its key may be left to delete
                     await self._finish(user_id, "", "")
@@ -168,7 +206,7 @@ class UserDelivery:
 
     async def _drain(self, user_id: int, streams: list[str]) -> int:
         """Move the user's events of these login streams into the user's stream, then
-        drop their notes; how many were moved."""
+        drop their notes (a stream gone or empty: only that); how many were moved."""
         moved = 0
         for stream in streams:
             if is_login_events(stream):
@@ -214,12 +252,15 @@ class UserDelivery:
         now = now_ms()
         if int(state.get("due", 0)) > now:
             return int(state["due"])
-        data = client_data(self.settings, user_id, type_, data)
         hooks = [hook for hook in self.settings.event_webhooks
                  if hook.client == client and hook.wants(type_)]
         if not state.get("p"):
-            await self._to_pull_stream(evt, type_, client, data, ms, retry, bool(hooks))
+            # as written (an approval's seed, not its id): GET /v1/events fills it in
+            await self._to_pull_stream(
+                evt, user_id, type_, client, data, ms, retry, bool(hooks)
+            )
             state["p"] = 1
+        data = client_data(self.settings, user_id, type_, data)
         done = set(state.get("ok", []))
         failed: list[str] = []
         body = webhook_body(type_, ms, data)
@@ -258,18 +299,19 @@ class UserDelivery:
             await self._due_at(user_id, now_ms() + EMPTY_MARGIN_MS + BUSY_AGAIN_MS)
 
     async def _to_pull_stream(
-        self, evt: str, type_: str, client: str, data: str, ms: int, retry: str,
-        noted: bool,
+        self, evt: str, user_id: int, type_: str, client: str, data: str, ms: int,
+        retry: str, noted: bool,
     ) -> None:
-        """Append the event to its client's pull stream; `noted`: note that in its retry
-        state (it has webhooks to go on to)."""
+        """Append the event to its client's pull stream, its data as written (`u` the
+        user, for GET /v1/events to make an approval's id of its seed); `noted`: note
+        that in its retry state (it has webhooks to go on to)."""
         chash = self._pull.get(client)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
                 if chash is not None:
                     await self._pull_append(keys=[keys.event_client(chash)], args=[
                         keys.EVENT_LOG_MAXLEN, PULL_SLACK,
-                        "t", type_, "d", data, "ts", str(ms), "w", evt,
+                        "t", type_, "d", data, "ts", str(ms), "w", evt, "u", user_id,
                     ], client=pipe)
                 if noted:
                     pipe.hset(retry, evt, json.dumps({"p": 1}))

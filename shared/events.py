@@ -38,9 +38,13 @@ own stream, `keys.login_events(id hash)`, in the same script (the same fields, p
 the user's id). Its wake names that stream (`queue_wake(pipe, user id, login_stream)`),
 which also notes it in the user's slot (SADD to `keys.event_logins(user id)`) in the
 same pipeline. Whoever holds the user's delivery lock drains every noted login stream
-before it delivers any of the user's events (and again whenever one is noted while it
-delivers), so a login event is moved ahead of the session it led to whichever process
-holds the wake. The move (`move_login_events`) appends the entry to the user's stream
+before it delivers any of the user's events, again whenever one is noted while it
+delivers, and before it lets the user go (so a login noted for a holder with nothing
+else to send goes out too): a login event is moved ahead of the session it led to
+whichever process holds the wake. The login stream is kept `login_events_ttl_ms`, a
+day past EVENT_RETRY_SECONDS, not the request's short TTL (an API down, or a wake
+backlog, longer than a request lives loses no login event); emptied by the move, its
+key is deleted. The move (`move_login_events`) appends the entry to the user's stream
 with `eid`, the event's stable id, then XDELs it here, then the note goes. Two slots,
 two steps: a process killed between them leaves the entry (and its note) to be moved
 again, a second copy with the same `eid`, so the receiver sees the same `webhook-id`
@@ -49,8 +53,8 @@ user's slot, also takes the user's events newer than the login's (appended while
 waited to be moved) out and appends them again after it, each keeping its stable id
 (`eid`). The entry ids of two slots are compared: on a Cluster, within the nodes' clock
 skew. On a Cluster a process dying between the decision's node and the others leaves
-neither note nor wake naming the login stream: that event stays there and expires with
-the request (its TTL), never delivered; the decision stands either way.
+neither note nor wake naming the login stream: that event stays there and expires
+(`login_events_ttl_ms`), never delivered; the decision stands either way.
 
 A script whose change may not happen (a second decision, a token already revoked)
 appends only when it happens; the wake may go regardless (one with nothing to deliver
@@ -61,9 +65,12 @@ order they were appended, and one client's failing endpoint holds back only that
 client's later events. `data` is JSON the receivers see as it is: never a code, a
 token or anything secret.
 
-What a script cannot compute goes in `data` as what it can, and delivery fills it in
-(`client_data`, with AUTH_SECRET): an `approval.*` event carries `"approval_seed"`, the
-seed in the approval's record, in place of `"id"`, which the client sees.
+What a script cannot compute goes in `data` as what it can, and what the client sees is
+made of it as it is handed over (`client_data`, with AUTH_SECRET): an `approval.*` event
+carries `"approval_seed"`, the seed in the approval's record, in place of `"id"`, which
+the client sees. Only a webhook's body and GET /v1/events's answer hold the id: the
+user's stream, the client's pull stream and the dead letters keep the seed, so a copy
+of Redis gives no approval id.
 
 `Events.emit(user id, type, client, data)` does both for an event with no other change
 (`event_emit.lua`, the snippet above on its own). Delivery and the pull API are the API
@@ -85,6 +92,9 @@ from shared.codes import now_ms
 from shared.hashing import digest
 from shared.redis import scripts, unavailable_on_error
 from shared.settings import Secret, Settings
+
+# how much longer than EVENT_RETRY_SECONDS a login request's event stream is kept (s)
+LOGIN_EVENTS_MARGIN_SECONDS = 86400
 
 # every event type a client may be told of (SPEC "Approvals, events and sessions")
 EVENT_TYPES = (
@@ -134,6 +144,13 @@ def login_event_id(user_id: int, login_stream: str, entry_id: str) -> str:
     return f"evt_{user_id}_l{id_hash[:16]}_{entry_id}"
 
 
+def login_events_ttl_ms(settings: Settings) -> int:
+    """How long a login request's event stream is kept from its decision (ms): a day past
+    EVENT_RETRY_SECONDS, whatever the request's own TTL (the stream holds one entry, and
+    its key is deleted once moved)."""
+    return (settings.event_retry_seconds + LOGIN_EVENTS_MARGIN_SECONDS) * 1000
+
+
 def is_login_events(name: str) -> bool:
     """Whether a wake's `l` names a login request's event stream."""
     return name.startswith(keys.LOGIN_EVENTS + "{") and name.endswith("}")
@@ -157,7 +174,8 @@ async def move_login_events(redis: Redis, user_id: int, login_stream: str) -> in
     """Move `user_id`'s entries of a login request's stream into the user's stream, in
     order (the caller holds the user's delivery lock), each before whatever the user's
     stream got after it; how many. Two slots, two steps each: killed between them, an
-    entry is moved again later, a second copy with the same `eid`."""
+    entry is moved again later, a second copy with the same `eid`. A login stream left
+    empty is deleted (only its decision, once, ever appends to it)."""
     moved = 0
     with unavailable_on_error():
         entries: Any = await redis.xrange(login_stream, "-", "+")
@@ -167,6 +185,8 @@ async def move_login_events(redis: Redis, user_id: int, login_stream: str) -> in
             await copy_login_event(redis, user_id, login_stream, str(entry_id), fields)
             await redis.xdel(login_stream, entry_id)
             moved += 1
+        if moved and len(entries) == moved:
+            await redis.delete(login_stream)
     return moved
 
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from shared import keys
 from shared.counters import Counter
-from shared.events import event_args, queue_wake
+from shared.events import event_args, login_events_ttl_ms, queue_wake
 from shared.hashing import digest, new_id
 from shared.limits import address_hash
 from shared.redis import Subscriber, scripts, unavailable_on_error
@@ -381,6 +381,7 @@ class Logins:
                         "" if pick is None else str(pick),
                         data,
                         ms,
+                        login_events_ttl_ms(self.settings),
                     ],
                     client=pipe,
                 )

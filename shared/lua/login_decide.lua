@@ -8,10 +8,13 @@
 -- ARGV[7] the deciding user's session generation (its token is sealed with it)
 -- ARGV[8] the number the user picked, "" when none
 -- ARGV[9] the event's data without the state, '{"user":{...}}'  ARGV[10] its time (ms)
+-- ARGV[11] how long KEYS[2] is kept (ms; shared.events.login_events_ttl_ms), ARGV[4]
+-- when not given
 -- A decision that counts for an API client's request (its name `n` not "", its client
 -- `c` not "oidc") appends login.approved/login.denied to KEYS[2], the fields of a user
 -- stream entry (shared.events) plus u, the user's id, for a deliverer to move into the
--- user's stream; KEYS[2] expires with the request.
+-- user's stream; KEYS[2] outlives the request (ARGV[11], a day past EVENT_RETRY_SECONDS:
+-- an API down, or a wake backlog, longer than the request's TTL loses no login event).
 -- A request with a match number `m` (an authorization page's) is approved only with
 -- ARGV[8] == m: an approval with another number, or with none (a forged Approve),
 -- denies it, so a phishing page relaying the link gets a denial, not a second try.
@@ -53,7 +56,7 @@ if name ~= "" and owner and owner ~= "oidc" then
   end
   redis.call("XADD", KEYS[2], "*", "t", "login." .. decision, "c", name, "d", data,
     "ts", ARGV[10], "u", ARGV[3])
-  redis.call("PEXPIRE", KEYS[2], ARGV[4])
+  redis.call("PEXPIRE", KEYS[2], ARGV[11] or ARGV[4])
 end
 redis.call("PUBLISH", ARGV[5], ARGV[6])
 return {1, decision, name, host, mismatch}

@@ -25,7 +25,7 @@ from shared import keys
 from shared.approvals import approval_id
 from shared.events import Events, client_hash, copy_login_event, queue_wake
 from shared.logins import Logins
-from shared.redis import scripts
+from shared.redis import Unavailable, scripts
 from shared.settings import ApiClient, Secret
 from shared.store import Store
 from tests.fixtures.api import ANN, API_SECRET, TestClient, api_settings
@@ -435,3 +435,167 @@ def test_an_emptied_stream_is_deleted_even_right_after_its_last_event(
 
     wait_until(lambda: run_on_store(api_settings(redis_url), left) == 0, timeout=15,
                what="the emptied stream's key to go")
+
+
+def test_a_login_noted_for_a_holder_with_nothing_else_to_send_goes_out(
+    redis_url: str,
+) -> None:
+    """ANN's lock is held when her login is approved: the login's wake reaches a
+    deliverer that cannot take her, notes the login stream for the holder, and is done.
+    ANN has no other event: the next pass (as the due loop runs it) finds her stream
+    empty and still moves and delivers the login event; the note goes, and so does the
+    emptied login stream."""
+    settings = api_settings(redis_url, API_KEYS=KEYS, TELEGRAM_BOT_USERNAME="login_bot")
+    shop = ApiClient(name="shop", key=Secret(SHOP_KEY))
+
+    async def body(store: Store) -> tuple[list[str], set[str], int, int]:
+        logins = Logins(store)
+        created = await logins.create(shop, "s-8", "10.0.0.1")
+        holder, other = Deliverer(settings, store.redis), Deliverer(settings, store.redis)
+        lock = keys.event_lock(ANN["id"])
+        try:
+            assert await store.redis.set(lock, "another-process", px=30_000)
+            assert await logins.decide(created.payload, ANN, True) is not None
+            wakes = await store.redis.xrange(keys.EVENT_WAKE)
+            wake_id, wake = next((i, f) for i, f in wakes if "l" in f)
+            await other._wake(str(wake_id), wake["u"], wake["l"])  # busy: noted, done
+            await store.redis.delete(lock)
+            assert await holder.deliver(ANN["id"])  # the due pass: nothing else to send
+            pull = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+            return ([str(f["t"]) for _, f in await store.redis.xrange(pull)],
+                    set(await store.redis.smembers(keys.event_logins(ANN["id"]))),
+                    int(await store.redis.exists(wake["l"])),
+                    int(await store.redis.xlen(keys.EVENT_WAKE)))
+        finally:
+            await holder.close()
+            await other.close()
+
+    assert run_on_store(settings, body) == (["login.approved"], set(), 0, 0)
+
+
+def test_a_due_user_whose_pass_fails_stays_due(redis_url: str) -> None:
+    """A user taken from the due set whose pass fails (Redis times out mid-pass, or the
+    process is killed) is due again by itself, at the lock's end: not dropped until the
+    user's next event. The next pass delivers the event and takes the user off."""
+    settings = api_settings(redis_url, API_KEYS=KEYS)
+
+    async def body(store: Store) -> tuple[float | None, float | None, list[str], int]:
+        await Events(store.redis).emit(ANN["id"], "token.revoked", "shop",
+                                       {"user": ANN, "session": "x"})
+        await store.redis.delete(keys.EVENT_WAKE)  # its wake was handled earlier
+        await store.redis.zadd(keys.EVENT_DUE, {str(ANN["id"]): time.time() * 1000})
+        deliverer = Deliverer(settings, store.redis)
+        real = deliverer.users._to_pull_stream
+
+        async def stalled(*args: Any, **kwargs: Any) -> None:
+            raise Unavailable("Timeout reading from socket")
+
+        deliverer.users._to_pull_stream = stalled  # type: ignore[method-assign]
+        try:
+            before = time.time() * 1000
+            await deliverer._deliver_logged(ANN["id"])  # "it will be retried"
+            leased = await store.redis.zscore(keys.EVENT_DUE, str(ANN["id"]))
+            assert leased is not None and leased >= before + deliverer.users._lock_ms
+            deliverer.users._to_pull_stream = real  # type: ignore[method-assign]
+            await store.redis.zadd(keys.EVENT_DUE, {str(ANN["id"]): before})  # its lease ran out
+            await deliverer._deliver_logged(ANN["id"])
+            pull = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+            return (leased, await store.redis.zscore(keys.EVENT_DUE, str(ANN["id"])),
+                    [str(f["t"]) for _, f in await store.redis.xrange(pull)],
+                    int(await store.redis.exists(keys.events(ANN["id"]))))
+        finally:
+            await deliverer.close()
+
+    leased, after, pulled, left = run_on_store(settings, body)
+    assert leased is not None and pulled == ["token.revoked"]
+    # emptied: its key gone and the user off the set, or kept a moment (its last id is
+    # that recent) and the user due again shortly to delete it
+    assert (left, after) == (0, None) or (left == 1 and after is not None
+                                          and after < time.time() * 1000 + 5_000)
+
+
+def test_a_note_made_during_a_pass_outlives_its_end(redis_url: str) -> None:
+    """A pass leases its user in the due set; another process that finds the user busy
+    notes it due meanwhile, however late the lease: the pass's end keeps that note
+    (someone looks again), where an untouched lease is removed or re-scored."""
+    async def body(store: Store) -> list[float | None]:
+        due = scripts(store.redis).get("event_due.lua")
+        now = int(time.time() * 1000)
+        found: list[float | None] = []
+        for lease, note, end_due in (
+            (now + 15_000, None, ""),  # untouched: removed
+            (now + 15_000, None, now + 60_000),  # untouched: re-scored
+            (now + 15_000, now + 1_000, ""),  # noted earlier than the lease: kept
+            (now - 5_000, now + 1_000, ""),  # a lease run out, then noted: kept
+            (now + 500, now + 1_000, ""),  # noted later than the lease: kept
+            (now + 15_000, now + 1_000, now + 60_000),  # noted: the earlier time wins
+        ):
+            await store.redis.zadd(keys.EVENT_DUE, {"7": f"{lease}.5"})
+            if note is not None:
+                await due(keys=[keys.EVENT_DUE], args=[7, note, ""])
+            await due(keys=[keys.EVENT_DUE], args=[7, end_due, f"{lease}.5"])
+            found.append(await store.redis.zscore(keys.EVENT_DUE, "7"))
+        return found
+
+    now = int(time.time() * 1000)
+    found = run_on_store(api_settings(redis_url), body)
+    assert found[0] is None and found[1] is not None and found[1] > now + 50_000
+    assert all(score is not None and score < now + 5_000 for score in found[2:]), found
+
+
+def test_the_delivery_lock_outlasts_redis_timeouts(redis_url: str) -> None:
+    """The lock's margin past one attempt holds a few Redis commands at their deadline:
+    with REDIS_TIMEOUT above 5 s it grows with it."""
+    for timeout, least in (("1", 10_000 + 5_000), ("20", 10_000 + 4 * 20_000)):
+        settings = api_settings(redis_url, API_KEYS=KEYS, REDIS_TIMEOUT=timeout,
+                                EVENT_TIMEOUT_SECONDS="10")
+
+        async def body(store: Store) -> int:
+            deliverer = Deliverer(settings, store.redis)  # noqa: B023
+            try:
+                return int(deliverer.users._lock_ms)
+            finally:
+                await deliverer.close()
+
+        assert run_on_store(settings, body) == least
+
+
+def test_a_login_event_outlives_its_request(redis_url: str) -> None:
+    """A decided login's event stream is kept a day past EVENT_RETRY_SECONDS, not the
+    request's TTL (10 s here): an API down, or a wake backlog, longer than the request
+    lives still finds it to move. The request's own key keeps its TTL."""
+    settings = api_settings(redis_url, API_KEYS=KEYS, TELEGRAM_BOT_USERNAME="login_bot",
+                            LOGIN_REQUEST_TTL_SECONDS="10", EVENT_RETRY_SECONDS="3600")
+    shop = ApiClient(name="shop", key=Secret(SHOP_KEY))
+
+    async def body(store: Store) -> tuple[int, int]:
+        logins = Logins(store)
+        created = await logins.create(shop, "s-9", "10.0.0.1")
+        assert await logins.decide(created.payload, ANN, True) is not None
+        id_hash = logins.id_hash(created.id)
+        return (int(await store.redis.pttl(keys.login_events(id_hash))),
+                int(await store.redis.pttl(keys.login(id_hash))))
+
+    stream_ttl, request_ttl = run_on_store(settings, body)
+    assert stream_ttl > (3600 + 86400 - 60) * 1000
+    assert 0 < request_ttl <= 10_000
+
+
+def test_a_pull_stream_keeps_an_approvals_seed_not_its_id(
+    api: TestClient, redis_url: str
+) -> None:
+    """An approval's id is made as a client reads it: its pull stream, like the user's
+    stream and the dead letters, holds the seed, so a copy of Redis gives no id."""
+    emit(redis_url, "approval.denied", "shop", approval_seed="s44d")
+    (event,) = pull_until(api, SHOP, 1)
+    the_id = approval_id(api_settings(redis_url), 1001, "s44d")
+    assert event["data"] == {"user": ANN, "id": the_id}
+
+    async def body(store: Store) -> list[str]:
+        stream = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+        return [str(value) for _, fields in await store.redis.xrange(stream)
+                for value in fields.values()]
+
+    stored = run_on_store(api_settings(redis_url), body)
+    assert not any(the_id in value for value in stored)
+    assert any('"approval_seed":"s44d"' in value for value in stored)

@@ -3,6 +3,7 @@ Cluster, and the settings' checks (one line naming the variable, never a secret)
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -119,6 +120,43 @@ def test_no_script_trims_an_event_stream() -> None:
     assert len(xadds) >= 9
     trimming = [(name, line) for name, line in xadds if re.search(r"MAXLEN|MINID", line)]
     assert trimming == []
+
+
+# where trimming is meant: a client's pull stream (its last EVENT_LOG_MAXLEN, `gap`)
+TRIMMING_SCRIPTS = {"event_pull.lua"}
+# streams Python may append to with a cap: dead letters and the approvals' send queue
+CAPPED_STREAMS = {"keys.EVENT_DEAD", "keys.APPROVAL_QUEUE"}
+
+
+def test_no_script_or_call_trims_an_event_stream_anywhere() -> None:
+    """No script that appends events trims anything (XTRIM, or MAXLEN/MINID on any line,
+    not only its XADD's), but the pull stream's; and no Python call trims a user's or a
+    login request's event stream (xadd with maxlen/minid, or xtrim) but on the streams
+    meant to be capped."""
+    root = Path(__file__).resolve().parents[2]
+    emitting = [path for path in sorted((root / "shared" / "lua").glob("*.lua"))
+                if '"XADD"' in path.read_text()]
+    assert {"event_emit.lua", "event_move.lua", "login_decide.lua"} <= {
+        path.name for path in emitting}
+    trimming = [
+        (path.name, line) for path in emitting if path.name not in TRIMMING_SCRIPTS
+        for line in path.read_text().splitlines()
+        if re.search(r"XTRIM|MAXLEN|MINID", line.split("--")[0], re.IGNORECASE)
+    ]
+    assert trimming == []
+    capped: list[tuple[str, str]] = []
+    for path in sorted(root.glob("*_worker/**/*.py")) + sorted(root.glob("shared/**/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            name = node.func.attr.lower()
+            trims = name == "xtrim" or (name == "xadd" and any(
+                word.arg in ("maxlen", "minid") for word in node.keywords))
+            if trims:
+                stream = ast.unparse(node.args[0]) if node.args else "?"
+                if stream not in CAPPED_STREAMS:
+                    capped.append((path.name, stream))
+    assert capped == []
 
 
 def test_wakes_are_never_trimmed(redis_url: str) -> None:
