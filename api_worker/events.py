@@ -7,7 +7,9 @@ event it has (none: from the oldest kept); `next` is what to pass next time. A p
 stream keeps its client's last EVENT_LOG_MAXLEN events: when events after `after` are
 no longer kept (the client fell that far behind), the answer says `"gap": true` and
 starts from the oldest kept, so a client knows to reconcile what it missed rather
-than miss it silently (`gap` is false otherwise, and when `after` is not given). Each
+than miss it silently (`gap` is false otherwise, and when `after` is not given; it is
+worked out after the read, so a trim in between may make it true falsely: a known
+limit, README). Each
 event's `webhook_id` is its stable id (the pull stream entry's `w`, its webhook's
 `webhook-id`): at least once, an event may be appended twice, two `id`s with one
 `webhook_id`, so that is what a client deduplicates on. With
