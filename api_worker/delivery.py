@@ -16,6 +16,11 @@ Rules of this module:
 - A wake naming a login request's event stream (`l`, `keys.login_events`) hands it on:
   its events are moved into the user's stream before the user's own are delivered (and
   noted for the holder when another process holds the user).
+- A wake is queued before the script that appends its event (`shared.events`), so it may
+  be read before that script ran: a wake younger than `shared.events.grace_ms` whose pass
+  delivers nothing leaves its user due at the wake's time plus that grace (its entry
+  id's ms), and one whose user another process holds leaves a note with its time for the
+  holder (`api_worker.user_delivery`).
 - Redis failures are logged and waited out; the task never dies of one.
 """
 
@@ -35,7 +40,7 @@ from redis.exceptions import ResponseError
 from api_worker.user_delivery import UserDelivery
 from shared import keys
 from shared.codes import now_ms
-from shared.events import is_login_events
+from shared.events import entry_ms, is_login_events
 from shared.hashing import random_hex
 from shared.redis import Unavailable, connect, unavailable_on_error
 from shared.settings import Settings
@@ -205,7 +210,9 @@ class Deliverer:
     async def _wake(self, entry_id: str, user: str, login: str = "") -> None:
         try:
             if user.isdigit():
-                await self.deliver(int(user), login if is_login_events(login) else None)
+                await self.users.deliver(
+                    int(user), login if is_login_events(login) else None, entry_ms(entry_id)
+                )
             with unavailable_on_error():
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.xack(keys.EVENT_WAKE, keys.EVENT_GROUP, entry_id)

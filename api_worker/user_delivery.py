@@ -24,9 +24,16 @@ Rules of this module:
   (`shared.events.move_login_events`), then the stream is read again from its start.
   The notes are also read with every page of the user's stream, so they are drained
   when the stream is empty (a login noted for a holder that had nothing else to send)
-  and once more before the pass ends; a note naming a stream gone or empty is dropped.
-  A login event so goes out before the session it led to, whichever process held the
-  login's wake.
+  and once more before the pass ends. A note carries when it was made
+  (`shared.events.note_member`); one naming a stream gone or empty is dropped once it
+  is older than the grace (`shared.events.grace_ms`), and a younger one kept, the pass
+  ending with the user due when its grace ends (its decision's script may not have run
+  yet). A login event so goes out before the session it led to, whichever process held
+  the login's wake.
+- A wake is queued before its event's script (`shared.events`) and may be read first: a
+  pass for a wake younger than the grace that delivers (and moves) nothing ends with the
+  user due at the wake's time plus the grace; a young wake that finds the user held
+  leaves a note with its time (its login stream, or "") for the holder.
 - Each event goes to its client's pull stream (`keys.event_client`, read by GET
   /v1/events, woken through `keys.LOGIN_DECIDED`) and is POSTed to each of its client's
   endpoints that wants its type (`api_worker.webhook_sender`), with its stable id as
@@ -64,9 +71,12 @@ from shared.events import (
     client_data,
     client_hash,
     event_id,
+    grace_ms,
     is_login_events,
     move_login_events,
+    note_member,
     parse_fields,
+    parse_note,
     webhook_body,
 )
 from shared.hashing import random_hex
@@ -116,22 +126,36 @@ class UserDelivery:
         self._done = scripts(redis).get("event_done.lua")
         self._pull_append = scripts(redis).get("event_pull.lua")
         self._due = scripts(redis).get("event_due.lua")
+        # how long after its wake or note an emitting script may still land (ms)
+        self._grace = grace_ms(settings)
         self._note_due = note_due  # wakes the due-users loop of this process
 
     async def aclose(self) -> None:
         await self.sender.aclose()
 
-    async def deliver(self, user_id: int, login_stream: str | None = None) -> bool:
+    async def deliver(
+        self, user_id: int, login_stream: str | None = None, woke: int | None = None
+    ) -> bool:
         """Deliver what of `user_id`'s events can go now, after moving the events of
         `login_stream` (a login request's) and of every login stream noted for the user.
-        False when another process holds the user (then it is noted due, and
-        `login_stream` noted for the holder)."""
+        `woke`: the time of the wake this pass is for (ms); a wake younger than the grace
+        whose pass delivers nothing leaves the user due at `woke` plus the grace (its
+        event's script may not have run yet). False when another process holds the user
+        (then it is noted due, and `login_stream`, or a young wake, noted for the holder
+        with the wake's time)."""
         lock, token = keys.event_lock(user_id), random_hex(8)
+        noted_at = now_ms() if woke is None else woke
+        # a wake younger than the grace: its event's script may still be on its way
+        if_nothing = None if woke is None else woke + self._grace
+        young = if_nothing is not None and if_nothing > now_ms()
         with unavailable_on_error():
             if not await self.redis.set(lock, token, nx=True, px=self._lock_ms):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     if login_stream is not None:
-                        pipe.sadd(keys.event_logins(user_id), login_stream)
+                        pipe.sadd(keys.event_logins(user_id),
+                                  note_member(login_stream, noted_at))
+                    elif young:  # only a time: whoever holds the user looks again then
+                        pipe.sadd(keys.event_logins(user_id), note_member("", noted_at))
                     # look again shortly, lest the holder had just finished (a note: it
                     # outlives the holder's lease)
                     await self._due(keys=[keys.EVENT_DUE], args=[
@@ -146,9 +170,10 @@ class UserDelivery:
             lease = f"{now_ms() + self._lock_ms}.5"
             with unavailable_on_error():
                 await self.redis.zadd(keys.EVENT_DUE, {str(user_id): lease})
-            if login_stream is not None:
-                await self._drain(user_id, [login_stream])
-            due = await self._pass(user_id, lock, token)
+            named = None if login_stream is None else (login_stream, noted_at)
+            due = await self._pass(
+                user_id, lock, token, named, if_nothing if young else None
+            )
             with unavailable_on_error():
                 await self._due(keys=[keys.EVENT_DUE], args=[
                     user_id, "" if due is None else due, lease,
@@ -166,12 +191,19 @@ class UserDelivery:
             await self._due(keys=[keys.EVENT_DUE], args=[user_id, due, ""])
         self._note_due()
 
-    async def _pass(self, user_id: int, lock: str, token: str) -> int | None:
-        """Deliver, oldest first, each event whose client has none waiting before it;
-        when the first event left waiting is due (None: none waits, or the lock is lost)."""
+    async def _pass(
+        self, user_id: int, lock: str, token: str,
+        named: tuple[str, int] | None = None, if_nothing: int | None = None,
+    ) -> int | None:
+        """Deliver, oldest first, each event whose client has none waiting before it,
+        after moving in the login stream the wake `named` (with its time) and those
+        noted; when the user is due again (None: not at all, or the lock is lost): when
+        the first event left waiting is, or a young note's grace ends, or (when nothing
+        was delivered or moved) `if_nothing`, whichever comes first."""
         stream = keys.events(user_id)
         waiting: set[str] = set()  # clients whose earlier event waits
         due: int | None = None
+        delivered = False
         start = "-"
         while True:
             with unavailable_on_error():
@@ -182,13 +214,18 @@ class UserDelivery:
             # login streams noted for this user: moved in before anything is sent, and
             # before the pass ends (a login event must not wait for the user's next
             # event); then the stream is read again from its start
-            if noted and await self._drain(user_id, sorted(noted)):
-                start = "-"
-                continue
+            if noted or named:
+                moved, again = await self._drain(user_id, sorted(noted), named)
+                named = None
+                due = _earliest(due, again)
+                if moved:
+                    delivered = True
+                    start = "-"
+                    continue
             if not page:
                 if start == "-":  # empty from the start: its key may be left to delete
                     await self._finish(user_id, "", "")
-                return due
+                return due if delivered else _earliest(due, if_nothing)
             for entry_id, fields in page:
                 start = "(" + str(entry_id)
                 client = str(fields.get("c", ""))
@@ -197,23 +234,46 @@ class UserDelivery:
                 step = await self._one(user_id, lock, token, str(entry_id), fields)
                 if step is _Step.LOST:
                     return None
+                if step is _Step.DONE:
+                    delivered = True
                 if step is _Step.MOVED:
+                    delivered = True
                     start = "-"
                     break
                 if isinstance(step, int):
                     waiting.add(client)
-                    due = step if due is None else min(due, step)
+                    due = _earliest(due, step)
 
-    async def _drain(self, user_id: int, streams: list[str]) -> int:
-        """Move the user's events of these login streams into the user's stream, then
-        drop their notes (a stream gone or empty: only that); how many were moved."""
-        moved = 0
-        for stream in streams:
-            if is_login_events(stream):
-                moved += await move_login_events(self.redis, user_id, stream)
+    async def _drain(
+        self, user_id: int, notes: list[str], named: tuple[str, int] | None = None
+    ) -> tuple[int, int | None]:
+        """Move the user's events of the login streams these notes name (and `named`, a
+        wake's stream and time) into the user's stream, then drop the notes of each
+        stream moved, and of each gone or empty (or holding none of this user's) only
+        when the note is older than the grace: a younger one is kept (its decision's
+        script may not have run yet). How many were moved, and when the first kept
+        note's grace ends (the user is due then; None: none kept)."""
+        found: dict[str, list[tuple[str | None, int]]] = {}
+        if named is not None:
+            found.setdefault(named[0], []).append((None, named[1]))
+        for member in notes:
+            name, ms = parse_note(member)
+            found.setdefault(name, []).append((member, ms))
+        moved, again, drop = 0, None, []
+        now = now_ms()
+        for name, its_notes in found.items():
+            count = await move_login_events(self.redis, user_id, name) if (
+                is_login_events(name)) else 0
+            moved += count
+            for kept, ms in its_notes:
+                if not count and ms + self._grace > now:
+                    again = _earliest(again, ms + self._grace)
+                elif kept is not None:
+                    drop.append(kept)
+        if drop:
             with unavailable_on_error():
-                await self.redis.srem(keys.event_logins(user_id), stream)
-        return moved
+                await self.redis.srem(keys.event_logins(user_id), *drop)
+        return moved, again
 
     async def _still_held(self, user_id: int, lock: str, token: str) -> bool:
         """Extend the user's lock if this process still holds it; if not (it lapsed, and
@@ -246,7 +306,7 @@ class UserDelivery:
         if not held:
             await self._lost(user_id)
             return _Step.LOST
-        if noted and await self._drain(user_id, sorted(noted)):
+        if noted and (await self._drain(user_id, sorted(noted)))[0]:
             return _Step.MOVED
         state: dict[str, Any] = json.loads(raw) if raw else {}
         now = now_ms()
@@ -355,3 +415,10 @@ class UserDelivery:
                 pipe.expire(retry, settings.event_retry_seconds + 86400)
                 await pipe.execute()
         return due
+
+
+def _earliest(first: int | None, second: int | None) -> int | None:
+    """The earlier of two times (ms), None standing for never."""
+    if first is None:
+        return second
+    return first if second is None else min(first, second)

@@ -183,13 +183,13 @@ class ApprovalDecisions:
             # approval.approved / approval.denied: appended by the script when a tap
             # decides an API client's approval now; undeliverable has no event
             async with self.redis.pipeline(transaction=False) as pipe:
+                if user is not None:
+                    queue_wake(pipe, user_id)  # before the script (shared.events)
                 await self._decide(
                     keys=[keys.approval(user_id, key_hash), keys.events(user_id)],
                     args=args, client=pipe,
                 )
-                if user is not None:
-                    queue_wake(pipe, user_id)
-                found, *_ = await pipe.execute()
+                *_, found = await pipe.execute()
             outcome = _Decided(int(found[0]))
             if outcome is _Decided.GONE:
                 return None

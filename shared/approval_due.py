@@ -164,16 +164,18 @@ async def settle(
             when = now_ms()
             async with redis.pipeline(transaction=False) as pipe:
                 # approval.expired is appended by the script that marks it (an API
-                # client's approval); the users' wakes go in the same pipeline
+                # client's approval); the users' wakes go in the same pipeline, before
+                # the scripts (shared.events)
+                woken = dict.fromkeys(user_id for _, _, user_id, _ in members)
+                for user_id in woken:
+                    queue_wake(pipe, user_id)
                 for _, _, user_id, key_hash in members:
                     await expire(
                         keys=[keys.approval(user_id, key_hash), keys.user(user_id),
                               keys.events(user_id)],
                         args=[user_id, when, tombstone_ms, expired_ms], client=pipe,
                     )
-                for user_id in dict.fromkeys(user_id for _, _, user_id, _ in members):
-                    queue_wake(pipe, user_id)
-                answers = (await pipe.execute())[: len(members)]
+                answers = (await pipe.execute())[len(woken):]
         requeue: list[tuple[int, str]] = []
         rescore: dict[str, int] = {}
         for (member, score, user_id, key_hash), answer in zip(members, answers, strict=True):

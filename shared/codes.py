@@ -292,15 +292,18 @@ class Codes:
             }, now)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
+                if client is not None:  # the wake before the script (shared.events)
+                    from shared.events import queue_wake
+
+                    queue_wake(pipe, uid)
                 await self._consume(keys=[code_key], args=[now, uid], client=pipe)
                 await self._register(keys=register_keys, args=register_args, client=pipe)
                 await self.budget.queue_settle(pipe, attempt, failed=False)
                 pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, 1)
+                answers = await pipe.execute()
                 if client is not None:
-                    from shared.events import queue_wake
-
-                    queue_wake(pipe, uid)
-                consumed, (listed, _, *event), *_ = await pipe.execute()
+                    answers = answers[1:]
+                consumed, (listed, _, *event), *_ = answers
         if not consumed or not int(listed):
             # another redeem of the same code won, or a /logout since the code was issued
             # ended it (the token would be sealed at a generation that no longer counts);

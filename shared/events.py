@@ -14,56 +14,79 @@ The emission contract (every flow that emits follows it):
    exists, the time in ms). Change and event are then one step in any deployment.
    No MAXLEN: the stream is never trimmed; an entry leaves it only once its client has
    it (delivered, or dead-lettered after its retries), and the key goes once it is empty.
-2. In the same pipeline, right after that script, `queue_wake(pipe, user id)` queues
-   an entry on the global wake stream that the API processes' deliverers read (never
-   trimmed either: a wake is deleted once handled).
-   A pipeline is one socket write on a single server or Sentinel: a process that dies
-   sends both or neither. A Cluster sends them to two nodes (the user's slot and the
-   wake stream's): a process that dies between the two writes leaves an event without
-   its wake; it is not lost (it stays in the user's stream) and goes out with that
-   user's next wake.
+2. In the same pipeline, BEFORE that script, `queue_wake(pipe, user id)` queues an
+   entry on the global wake stream that the API processes' deliverers read (never
+   trimmed either: a wake is deleted once handled). Wake first, so that a process
+   that dies between the two writes leaves a wake with nothing behind it (harmless:
+   no change happened either), never an event without its wake. A pipeline is one
+   socket write on a single server or Sentinel, in order. A Cluster sends it to two
+   nodes (the wake stream's and the user's slot's), one write each, in the order of
+   each node's first command: the wake's node first while its connection is open.
+3. So a deliverer may read a wake before its script has run (on a Cluster; on a
+   single server, rarely, when a pipeline's bytes arrive in two reads). A wake whose
+   pass delivers nothing while it is younger than `grace_ms` (2 x REDIS_TIMEOUT + 1 s,
+   by its entry id's ms: a pipeline's writes all land within its deadline) leaves its
+   user due in `keys.EVENT_DUE` at the wake's time plus the grace (never later than a
+   score already there), before the wake is acknowledged; a young wake that finds its
+   user held by another process notes its time for the holder (below). The user is
+   looked at again once the script has surely run.
 
 From Python, around the flow's own script:
 
     args = event_args("session.ended", client_name, {"user": user, "id": request_id})
     async with redis.pipeline(transaction=False) as pipe:
-        await script(keys=[..., keys.events(uid)], args=[..., *args], client=pipe)
         queue_wake(pipe, uid)
-        answer, _ = await pipe.execute()
+        await script(keys=[..., keys.events(uid)], args=[..., *args], client=pipe)
+        _, answer = await pipe.execute()
 
 One flow departs from (1): a deep-link login's decision (`login_decide.lua`) runs on the
 login request's key, in the request's own slot (the first decision wins there, and two
 users may tap one link), so it appends `login.approved`/`login.denied` to the request's
 own stream, `keys.login_events(id hash)`, in the same script (the same fields, plus `u`,
 the user's id). Its wake names that stream (`queue_wake(pipe, user id, login_stream)`),
-which also notes it in the user's slot (SADD to `keys.event_logins(user id)`) in the
-same pipeline. Whoever holds the user's delivery lock drains every noted login stream
-before it delivers any of the user's events, again whenever one is noted while it
-delivers, and before it lets the user go (so a login noted for a holder with nothing
-else to send goes out too): a login event is moved ahead of the session it led to
-whichever process holds the wake. The login stream is kept `login_events_ttl_ms`, a
-day past EVENT_RETRY_SECONDS, not the request's short TTL (an API down, or a wake
-backlog, longer than a request lives loses no login event); emptied by the move, its
-key is deleted. The move (`move_login_events`) appends the entry to the user's stream
-with `eid`, the event's stable id, then XDELs it here, then the note goes. Two slots,
-two steps: a process killed between them leaves the entry (and its note) to be moved
-again, a second copy with the same `eid`, so the receiver sees the same `webhook-id`
-twice (at least once, as everywhere). Order holds: the first step, one script in the
-user's slot, also takes the user's events newer than the login's (appended while it
-waited to be moved) out and appends them again after it, each keeping its stable id
-(`eid`). The entry ids of two slots are compared: on a Cluster, within the nodes' clock
-skew. On a Cluster a process dying between the decision's node and the others leaves
-neither note nor wake naming the login stream: that event stays there and expires
-(`login_events_ttl_ms`), never delivered; the decision stands either way.
+which also notes it in the user's slot (SADD to `keys.event_logins(user id)` the member
+`note_member(stream, ms)`: the stream and when the note was made), both before the
+decision's script in the same pipeline. Whoever holds the user's delivery lock drains
+every noted login stream before it delivers any of the user's events, again whenever
+one is noted while it delivers, and before it lets the user go (so a login noted for a
+holder with nothing else to send goes out too): a login event is moved ahead of the
+session it led to whichever process holds the wake. A note whose stream is gone or
+empty (or holds none of the user's entries) is dropped only once it is older than the
+grace (a note without a time, from before notes had one, is old); a younger one is kept
+and its user due when its grace ends, as its decision may not have run yet. A bot
+killed after the note and wake and before its decision leaves a note dropped after the
+grace, nothing else (the decision never happened). A wake that finds its user held
+notes its own time the same way (its login stream's name, or "" for a wake of the
+user's own stream), so the holder looks again after the grace. The login stream is
+kept `login_events_ttl_ms`, a day past EVENT_RETRY_SECONDS, not the request's short TTL
+(an API down, or a wake backlog, longer than a request lives loses no login event);
+emptied by the move, its key is deleted. The move (`move_login_events`) appends the
+entry to the user's stream with `eid`, the event's stable id, then XDELs it here, then
+the notes naming it go. Two slots, two steps: a process killed between them leaves the
+entry (and its note) to be moved again, a second copy with the same `eid`, so the
+receiver sees the same `webhook-id` twice (at least once, as everywhere). Order holds:
+the first step, one script in the user's slot, also takes the user's events from the
+login's millisecond on (appended while it waited to be moved) out and appends them
+again after it, each keeping its stable id (`eid`). The entry ids of two slots are
+compared: on a Cluster, within the nodes' clock skew.
+
+What remains (README "Events and webhooks", known limits): the wake's and the note's
+ages are read against the API process's clock, so the grace holds within the clock
+skew between the API hosts, the bots and Redis; a Cluster pipeline whose connection to
+the wake's node is being (re)established as it is sent may write the script's node
+first, and a process killed in that moment leaves an event without its wake (delivered
+with that user's next wake or due visit); and a script that lands later than the grace
+after its wake (its node stalled past the caller's deadline, which got `unavailable`,
+and its bytes run when the node resumes) is delivered the same way.
 
 A script whose change may not happen (a second decision, a token already revoked)
 appends only when it happens; the wake may go regardless (one with nothing to deliver
-is acknowledged and dropped). An event that concerns several clients (a /logout
-ending sessions of two) is one XADD per client, each with its own `c`; one wake
-covers them all. Order is kept per (user, client): a client's events go out in the
-order they were appended, and one client's failing endpoint holds back only that
-client's later events. `data` is JSON the receivers see as it is: never a code, a
-token or anything secret.
+is acknowledged and dropped, its user looked at once more after the grace when young).
+An event that concerns several clients (a /logout ending sessions of two) is one XADD
+per client, each with its own `c`; one wake covers them all. Order is kept per (user,
+client): a client's events go out in the order they were appended, and one client's
+failing endpoint holds back only that client's later events. `data` is JSON the
+receivers see as it is: never a code, a token or anything secret.
 
 What a script cannot compute goes in `data` as what it can, and what the client sees is
 made of it as it is handed over (`client_data`, with AUTH_SECRET): an `approval.*` event
@@ -121,15 +144,49 @@ def event_args(
 
 
 def queue_wake(pipe: Pipeline, user_id: int, login_stream: str | None = None) -> None:
-    """Queue, right after the script that appended an event, the wake of its deliverer;
-    naming `login_stream` (`keys.login_events`) when the event went there (`l`), and
-    then noting that stream in the user's slot first (`keys.event_logins`), for whoever
-    holds the user to move it before the user's other events. Never trimmed."""
+    """Queue the wake of the event's deliverer BEFORE the script that appends the event
+    (in the same pipeline): killed between the two, a process leaves a wake with nothing
+    behind it, never an event without its wake. Naming `login_stream`
+    (`keys.login_events`) when the event goes there (`l`), and then noting that stream,
+    with the time of the note, in the user's slot (`keys.event_logins`, member
+    `note_member`), for whoever holds the user to move it before the user's other
+    events. The wake is the pipeline's first command: a Cluster pipeline writes to its
+    nodes in the order of their first commands, so the wake's node is written first
+    (with the script, when they share a node). Never trimmed."""
     fields: dict[Any, Any] = {"u": str(user_id)}
     if login_stream is not None:
-        pipe.sadd(keys.event_logins(user_id), login_stream)
         fields["l"] = login_stream
     pipe.xadd(keys.EVENT_WAKE, fields)
+    if login_stream is not None:
+        pipe.sadd(keys.event_logins(user_id), note_member(login_stream, now_ms()))
+
+
+def grace_ms(settings: Settings) -> int:
+    """How long after its wake (or note) an emitting pipeline's script may still land
+    (ms): 2 x REDIS_TIMEOUT + 1 s (a pipeline's writes all land within its deadline). A
+    wake or note younger than this that finds nothing is looked at again when it ends."""
+    return int((2 * settings.redis_timeout + 1) * 1000)
+
+
+def note_member(stream: str, ms: int) -> str:
+    """A note in `keys.event_logins`: a login stream (or "": only that something may
+    still land in the user's slot) and when the note was made (ms)."""
+    return f"{stream}|{ms}"
+
+
+def parse_note(member: str) -> tuple[str, int]:
+    """A note's (stream, ms); a note without a time (made before notes had one) is old,
+    0."""
+    stream, bar, ms = member.rpartition("|")
+    if bar and ms.isdigit():
+        return stream, int(ms)
+    return member, 0
+
+
+def entry_ms(entry_id: str) -> int:
+    """The ms of a stream entry's id (when Redis appended it)."""
+    head = entry_id.partition("-")[0]
+    return int(head) if head.isdigit() else 0
 
 
 def event_id(user_id: int, entry_id: str) -> str:
@@ -215,9 +272,9 @@ class Events:
         args = event_args(type_, client, data)
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
+                queue_wake(pipe, user_id)  # the wake first: never an event without it
                 await script(keys=[keys.events(user_id)], args=args, client=pipe)
-                queue_wake(pipe, user_id)
-                entry, _ = await pipe.execute()
+                _, entry = await pipe.execute()
         return str(entry)
 
 

@@ -93,15 +93,20 @@ OIDC_FAILS = PREFIX + "oidc:fails:"
 # it (delivered or dead-lettered), the key once it is empty; no TTL
 EVENTS = PREFIX + "ev:"
 # stream of "user u has events to deliver" (field u; l a login request's EVENTS-like
-# stream to move from), read by the API processes' consumer group EVENT_GROUP; never
+# stream to move from; queued before the script that appends the event, so its id's ms
+# dates it for the grace, shared.events), read by the API processes' consumer group
+# EVENT_GROUP; never
 # trimmed: an entry is acked and deleted once handled, so it holds only the unread and
 # the pending
 EVENT_WAKE = PREFIX + "evwake"
 EVENT_GROUP = "deliver"
-# per user (tagged like USER): the login requests' event streams (LOGIN_EVENTS names)
-# whose decision may hold an event of this user's not yet moved into EVENTS; added with
-# the decision's wake, drained by whoever holds the user's EVENT_LOCK before it delivers
-# any of the user's events; no TTL (emptied at the user's next delivery)
+# per user (tagged like USER): notes "<stream>|<ms>" of the login requests' event
+# streams (LOGIN_EVENTS names) whose decision may hold an event of this user's not yet
+# moved into EVENTS, and when the note was made; added with the decision's wake (before
+# the decision), or by a young wake finding the user held ("" for the user's own
+# stream); drained by whoever holds the user's EVENT_LOCK before it delivers any of the
+# user's events; a note of a stream gone or empty is dropped once older than
+# shared.events.grace_ms (a member without "|<ms>" counts as old); no TTL
 EVENT_LOGINS = PREFIX + "evlogins:"
 # per client (by a keyed hash of its API_KEYS name): the events delivered to it, read by
 # GET /v1/events (fields t, d the data as written, an approval's seed not its id, ts, w

@@ -368,6 +368,8 @@ class Logins:
             # type, client and state are the script's to add (it reads them)
             _, _, data, ms = event_args("login.approved", "", {"user": public_user(user)})
             async with self.redis.pipeline(transaction=False) as pipe:
+                # the note and wake before the script (shared.events)
+                queue_wake(pipe, uid, events)
                 await self._decide(
                     keys=[keys.login(id_hash), events],
                     args=[
@@ -385,8 +387,7 @@ class Logins:
                     ],
                     client=pipe,
                 )
-                queue_wake(pipe, uid, events)
-                (outcome, status, name, host, mismatch), *_ = await pipe.execute()
+                *_, (outcome, status, name, host, mismatch) = await pipe.execute()
             decided = _Decided(int(outcome))
             if decided is _Decided.NOW:
                 counter = (Counter.LOGIN_REQUESTS_APPROVED if status == "approved"

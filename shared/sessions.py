@@ -147,10 +147,10 @@ class Sessions:
             args += [uid, *event_args("token.revoked", client.name,
                                       {"session": claims.token_id})]
             async with self.redis.pipeline(transaction=False) as pipe:
+                queue_wake(pipe, uid)  # before the script (shared.events)
                 await self._revoke(keys=[keys.user(uid), keys.events(uid)], args=args,
                                    client=pipe)
-                queue_wake(pipe, uid)
-                ended, _ = await pipe.execute()
+                _, ended = await pipe.execute()
         return bool(int(ended))
 
     async def logout(self, user_id: int) -> int:
@@ -167,12 +167,12 @@ class Sessions:
                 # user.logged_out, one per API client among the ended sessions, appended
                 # by the script in the same step; one wake for them all
                 async with self.redis.pipeline(transaction=False) as pipe:
+                    queue_wake(pipe, user_id)  # before the script (shared.events)
                     await self._logout(
                         keys=[keys.user(user_id), keys.events(user_id)],
                         args=[*args, user_id, now_ms(), *names], client=pipe,
                     )
-                    queue_wake(pipe, user_id)
-                    ended, _ = await pipe.execute()
+                    _, ended = await pipe.execute()
         await self.codes.void_all(user_id)
         return int(ended)
 
@@ -255,14 +255,14 @@ class Sessions:
                 user = (unpack_record(user_id, str(record)) if record is not None
                         else public_user({"id": user_id}))
                 async with self.redis.pipeline(transaction=False) as pipe:
+                    queue_wake(pipe, user_id)  # before the script (shared.events)
                     await self._end(
                         keys=[key, keys.events(user_id)],
                         args=[token_id, when, *event_args(
                             "session.ended", client, {"user": user, "session": token_id})],
                         client=pipe,
                     )
-                    queue_wake(pipe, user_id)
-                    answer, _ = await pipe.execute()
+                    _, answer = await pipe.execute()
         if not int(answer[0]):
             return None
         ended = parse_field(token_id, str(answer[1])) or listed

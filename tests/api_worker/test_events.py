@@ -4,7 +4,9 @@ moved from the request's stream, once, or twice with one id after a move cut sho
 and ahead of the user's later events when another deliverer holds the user as its
 wake comes; a wake backlog past any old cap stranding nothing; and a bad
 EVENT_WEBHOOKS stopping the process with one line; each pulled event's `webhook_id`
-(its webhook's `webhook-id`), the same for both copies of a duplicate."""
+(its webhook's `webhook-id`), the same for both copies of a duplicate; a wake (or a
+login's note) read before its event's script ran, looked at again after the grace, on a
+single server and a Cluster."""
 
 from __future__ import annotations
 
@@ -23,10 +25,20 @@ from api_worker.app import create_app
 from api_worker.delivery import Deliverer
 from shared import keys
 from shared.approvals import approval_id
-from shared.events import Events, client_hash, copy_login_event, queue_wake
+from shared.codes import now_ms
+from shared.events import (
+    Events,
+    client_hash,
+    copy_login_event,
+    entry_ms,
+    event_args,
+    grace_ms,
+    parse_note,
+    queue_wake,
+)
 from shared.logins import Logins
 from shared.redis import Unavailable, scripts
-from shared.settings import ApiClient, Secret
+from shared.settings import ApiClient, Secret, Settings
 from shared.store import Store
 from tests.fixtures.api import ANN, API_SECRET, TestClient, api_settings
 from tests.fixtures.common import run_module, wait_until
@@ -599,3 +611,171 @@ def test_a_pull_stream_keeps_an_approvals_seed_not_its_id(
     stored = run_on_store(api_settings(redis_url), body)
     assert not any(the_id in value for value in stored)
     assert any('"approval_seed":"s44d"' in value for value in stored)
+
+
+# -- a wake read before its event (issue 10 item 3) ------------------------------------
+# Every flow queues its wake (and a login's note) before the script that appends the
+# event: on a Cluster those are different nodes, and a deliverer may read the wake
+# before the script has run. These tests write the wake alone, let a running deliverer
+# handle it, and only then run the flow's script alone.
+
+EARLY = {"API_KEYS": KEYS, "TELEGRAM_BOT_USERNAME": "login_bot", "REDIS_TIMEOUT": "1"}
+
+
+async def until_async(what: str, condition: Callable[[], Any], within: float = 15) -> Any:
+    """Await `condition()` every 20 ms until it is truthy (its value), for up to
+    `within` s."""
+    deadline = time.monotonic() + within
+    while not (found := await condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+    return found
+
+
+async def wake_alone(store: Store, login_stream: str | None = None) -> int:
+    """Queue only a wake (and a login's note) for ANN, as a flow's pipeline does before
+    its script; wait for the running deliverer to handle it; the wake's time (ms)."""
+    async with store.redis.pipeline(transaction=False) as pipe:
+        queue_wake(pipe, ANN["id"], login_stream)
+        await pipe.execute()
+    (wake_id, _), = await store.redis.xrange(keys.EVENT_WAKE)
+
+    async def handled() -> bool:
+        return int(await store.redis.xlen(keys.EVENT_WAKE)) == 0
+
+    await until_async("the wake to be handled", handled)
+    return entry_ms(str(wake_id))
+
+
+async def pulled_types(store: Store) -> list[str]:
+    stream = keys.event_client(client_hash(Secret(API_SECRET), "shop"))
+    return [str(f["t"]) for _, f in await store.redis.xrange(stream)]
+
+
+def early_wake_is_delivered(settings: Settings) -> tuple[int, int, int, list[str]]:
+    """A wake handled before its event's script ran (nothing to deliver then), then the
+    script alone: the wake's time, when ANN was left due, when her event reached shop's
+    pull stream, and what did."""
+    grace = grace_ms(settings)
+
+    async def body(store: Store) -> tuple[int, int, int, list[str]]:
+        deliverer = Deliverer(settings, store.redis)
+        deliverer.start()
+        try:
+            woke = await wake_alone(store)
+            due = int(float(await store.redis.zscore(keys.EVENT_DUE, str(ANN["id"])) or 0))
+            assert now_ms() < woke + grace, "too slow a machine for this test"
+            await scripts(store.redis).get("event_emit.lua")(
+                keys=[keys.events(ANN["id"])],
+                args=event_args("token.revoked", "shop", {"user": ANN, "session": "e4"}),
+            )
+            types = await until_async("the event to be delivered",
+                                      lambda: pulled_types(store), within=grace / 1000 + 15)
+            return woke, due, now_ms(), types
+        finally:
+            await deliverer.close()
+
+    found: tuple[int, int, int, list[str]] = run_on_store(settings, body)
+    return found
+
+
+def test_a_wake_read_before_its_event_delivers_it_after_the_grace(redis_url: str) -> None:
+    """The wake's pass finds nothing; the wake is young, so ANN is left due at its time
+    plus the grace (2 x REDIS_TIMEOUT + 1 s = 3 s here); that revisit delivers the event
+    the script appended meanwhile."""
+    settings = api_settings(redis_url, **EARLY)
+    woke, due, delivered, types = early_wake_is_delivered(settings)
+    assert due == woke + grace_ms(settings) == woke + 3000
+    assert types == ["token.revoked"]
+    assert delivered >= due - 50  # by the revisit, not before (one clock, ms)
+
+
+def test_a_wake_read_before_its_event_delivers_it_on_a_cluster(
+    cluster_env: dict[str, str]
+) -> None:
+    """The same on a real 3-node Cluster, where the wake stream and ANN's stream are on
+    different nodes."""
+    settings = api_settings("", **cluster_env, **EARLY)
+    woke, due, _, types = early_wake_is_delivered(settings)
+    assert due == woke + grace_ms(settings)
+    assert types == ["token.revoked"]
+
+
+def test_a_login_note_whose_decision_never_comes_is_dropped_after_the_grace(
+    redis_url: str,
+) -> None:
+    """A bot killed after its note and wake and before its decision: the wake finds the
+    login stream gone; the note is kept while younger than the grace (ANN due when it
+    ends), then dropped, and nothing is delivered."""
+    settings = api_settings(redis_url, **EARLY)
+    grace = grace_ms(settings)
+    login_stream = keys.login_events("cd" * 16)
+
+    async def body(store: Store) -> tuple[set[str], int, int, int, int]:
+        deliverer = Deliverer(settings, store.redis)
+        deliverer.start()
+        noted = keys.event_logins(ANN["id"])
+        try:
+            woke = await wake_alone(store, login_stream)
+            kept = set(await store.redis.smembers(noted))
+            assert now_ms() < woke + grace, "too slow a machine for this test"
+            due = int(float(await store.redis.zscore(keys.EVENT_DUE, str(ANN["id"])) or 0))
+
+            async def dropped() -> bool:
+                return not await store.redis.exists(noted) and await store.redis.zscore(
+                    keys.EVENT_DUE, str(ANN["id"])) is None
+
+            await until_async("the note to be dropped", dropped, within=grace / 1000 + 15)
+            return kept, woke, due, now_ms(), len(await pulled_types(store))
+        finally:
+            await deliverer.close()
+
+    kept, woke, due, gone, delivered = run_on_store(settings, body)
+    (note,) = kept
+    stream, noted_at = parse_note(note)
+    assert stream == login_stream and noted_at <= woke + 50
+    assert due == min(noted_at, woke) + grace
+    assert gone >= due - 50 and delivered == 0
+
+
+@pytest.mark.parametrize("ended_at_once", [False, True])
+def test_a_login_decided_within_the_grace_goes_out_before_a_later_session_end(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, ended_at_once: bool
+) -> None:
+    """A deep-link decision's note and wake are handled before its script runs (the
+    note is kept, young); then the script alone decides. The login event is moved and
+    delivered (by the revisit when the grace ends; `ended_at_once`: by the pass for the
+    session.ended emitted right after it) and goes out before that session.ended."""
+    settings = api_settings(redis_url, **EARLY)
+    shop = ApiClient(name="shop", key=Secret(SHOP_KEY))
+
+    async def body(store: Store) -> tuple[list[str], set[str]]:
+        logins, events = Logins(store), Events(store.redis)
+        created = await logins.create(shop, "s-10", "10.0.0.1")
+        login_stream = keys.login_events(logins.id_hash(created.id))
+        deliverer = Deliverer(settings, store.redis)
+        deliverer.start()
+        try:
+            woke = await wake_alone(store, login_stream)
+            assert now_ms() < woke + grace_ms(settings), "too slow a machine for this test"
+            with monkeypatch.context() as patched:  # the decision's script alone
+                patched.setattr("shared.logins.queue_wake", lambda *_: None)
+                assert await logins.decide(created.payload, ANN, True) is not None
+            assert int(await store.redis.xlen(login_stream)) == 1
+            if not ended_at_once:
+                await until_async("the login event", lambda: pulled_types(store),
+                                  within=grace_ms(settings) / 1000 + 15)
+            await events.emit(ANN["id"], "session.ended", "shop", {"user": ANN, "session": "s1"})
+
+            async def both() -> list[str] | None:
+                found = await pulled_types(store)
+                return found if len(found) >= 2 else None
+
+            types: list[str] = await until_async("both events", both,
+                                                 within=grace_ms(settings) / 1000 + 15)
+            return types, set(await store.redis.smembers(keys.event_logins(ANN["id"])))
+        finally:
+            await deliverer.close()
+
+    types, notes = run_on_store(settings, body)
+    assert types == ["login.approved", "session.ended"] and notes == set()

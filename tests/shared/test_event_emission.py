@@ -15,7 +15,8 @@ import pytest
 from api_worker.app import create_app
 from shared import keys
 from shared.approvals import Approvals
-from shared.events import EVENT_TYPES, move_login_events
+from shared.codes import now_ms
+from shared.events import EVENT_TYPES, login_events_ttl_ms, move_login_events, parse_note
 from shared.logins import Logins
 from shared.settings import ApiClient, Secret, Settings
 from shared.store import Store
@@ -272,17 +273,22 @@ async def decide_and_look(store: Store, approve: bool) -> None:
     assert fields["t"] == f"login.{status}" and fields["c"] == "shop"
     assert fields["u"] == str(ANN["id"]) and int(fields["ts"]) > 0
     assert json.loads(fields["d"]) == {"user": ANN, "state": "s/5"}
-    # it expires with the request
+    # kept a day past EVENT_RETRY_SECONDS, not the request's TTL (an API down longer
+    # than a request lives still finds it to move)
     ttl = await store.redis.pttl(login_stream)
-    assert 0 < ttl <= store.settings.login_request_ttl_seconds * 1000
+    assert store.settings.login_request_ttl_seconds * 1000 < ttl <= login_events_ttl_ms(
+        store.settings)
     for user, again in ((ANN, approve), (ANN, not approve), ({**ANN, "id": 1002}, approve)):
         await logins.decide(created.payload, user, again)
     assert [e for e, _ in await store.redis.xrange(login_stream)] == [entry_id]
     assert await store.redis.xlen(keys.events(ANN["id"])) == 0  # not moved yet
     wakes = [fields for _, fields in await store.redis.xrange(keys.EVENT_WAKE)]
     assert wakes[0] == {"u": str(ANN["id"]), "l": login_stream}
-    # noted in the user's slot with the wake, for whoever holds the user to move first
-    assert await store.redis.smembers(keys.event_logins(ANN["id"])) == {login_stream}
+    # noted in the user's slot with the wake (and its time), for whoever holds the user
+    # to move first; the first decision's note and wake, then one of each later tap
+    notes = [parse_note(n) for n in await store.redis.smembers(keys.event_logins(ANN["id"]))]
+    assert {stream for stream, _ in notes} == {login_stream}
+    assert all(0 < now_ms() - ms < 60_000 for _, ms in notes)
     # the move: into the user's stream with its stable id, once
     assert await move_login_events(store.redis, ANN["id"], login_stream) == 1
     assert await move_login_events(store.redis, ANN["id"], login_stream) == 0

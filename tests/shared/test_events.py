@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 
 from shared import keys
-from shared.events import EVENT_TYPES, Events, event_args, iso_time, queue_wake
+from shared.codes import now_ms
+from shared.events import (
+    EVENT_TYPES,
+    Events,
+    event_args,
+    iso_time,
+    note_member,
+    parse_note,
+    queue_wake,
+)
 from shared.redis import scripts
 from shared.settings import SettingsError
 from shared.store import Store
@@ -46,7 +55,7 @@ def test_emit_appends_to_the_users_stream_and_wakes(redis_url: str) -> None:
 
 def test_the_snippet_in_another_script_commits_with_the_change(redis_url: str) -> None:
     """The convention as a flow's script uses it: change and event in one script, the
-    wake queued right after it in the same pipeline."""
+    wake queued right before it in the same pipeline."""
     change = (
         'redis.call("HSET", KEYS[1], "g", 1)\n'
         'return redis.call("XADD", KEYS[2], "*",\n'
@@ -56,12 +65,12 @@ def test_the_snippet_in_another_script_commits_with_the_change(redis_url: str) -
     async def body(store: Store) -> None:
         script = store.redis.register_script(change)
         async with store.redis.pipeline(transaction=False) as pipe:
+            queue_wake(pipe, 1001)
             await script(
                 keys=[keys.user(1001), keys.events(1001)],
                 args=event_args("user.logged_out", "", {"user": ANN}, 1_750_000_000_000),
                 client=pipe,
             )
-            queue_wake(pipe, 1001)
             await pipe.execute()
         assert await store.redis.hget(keys.user(1001), "g") == "1"
         (_, fields), = await store.redis.xrange(keys.events(1001))
@@ -159,6 +168,31 @@ def test_no_script_or_call_trims_an_event_stream_anywhere() -> None:
     assert capped == []
 
 
+def test_every_emitting_pipeline_queues_its_wake_before_its_script() -> None:
+    """In every pipeline that wakes a deliverer, `queue_wake` comes before each script
+    run on that pipeline (`client=pipe`): a process killed between two nodes' writes
+    leaves a wake with nothing behind it, never an event without its wake."""
+    root = Path(__file__).resolve().parents[2]
+    found, late = [], []
+    for path in sorted(root.glob("*_worker/**/*.py")) + sorted(root.glob("shared/**/*.py")):
+        for block in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(block, ast.AsyncWith) or "pipeline(" not in ast.unparse(
+                    block.items[0].context_expr):
+                continue
+            calls = [node for node in ast.walk(block) if isinstance(node, ast.Call)]
+            wakes = [c.lineno for c in calls if ast.unparse(c.func) == "queue_wake"]
+            if not wakes:
+                continue
+            found.append(path.name)
+            scripts_run = [c.lineno for c in calls if any(
+                word.arg == "client" for word in c.keywords)]
+            late += [(path.name, line) for line in scripts_run if line < min(wakes)]
+    assert {"codes.py", "sessions.py", "approval_decisions.py", "approval_due.py",
+            "logins.py", "events.py"} <= set(found)
+    assert found.count("sessions.py") == 3
+    assert late == []
+
+
 def test_wakes_are_never_trimmed(redis_url: str) -> None:
     """10,500 wakes not yet read (past the 10,000 the wake stream used to be cut to): the
     oldest is still there."""
@@ -176,18 +210,23 @@ def test_wakes_are_never_trimmed(redis_url: str) -> None:
 
 def test_a_login_wake_notes_its_stream_in_the_users_slot(redis_url: str) -> None:
     """A wake naming a login stream notes it in the user's slot, in the same pipeline,
-    for whoever holds the user to move it first."""
+    with the time of the note, for whoever holds the user to move it first."""
     login_stream = keys.login_events("ab" * 16)
 
-    async def body(store: Store) -> tuple[set[str], list[dict[str, str]]]:
+    async def body(store: Store) -> tuple[int, set[str], list[dict[str, str]]]:
+        before = now_ms()
         async with store.redis.pipeline(transaction=False) as pipe:
             queue_wake(pipe, 1001, login_stream)
             await pipe.execute()
         wakes = [fields for _, fields in await store.redis.xrange(keys.EVENT_WAKE)]
-        return set(await store.redis.smembers(keys.event_logins(1001))), wakes
+        return before, set(await store.redis.smembers(keys.event_logins(1001))), wakes
 
-    noted, wakes = run_on_store(make_settings(redis_url), body)
-    assert noted == {login_stream} and wakes == [{"u": "1001", "l": login_stream}]
+    before, noted, wakes = run_on_store(make_settings(redis_url), body)
+    (note,) = noted
+    stream, ms = parse_note(note)
+    assert stream == login_stream and before <= ms <= now_ms()
+    assert note == note_member(login_stream, ms)
+    assert wakes == [{"u": "1001", "l": login_stream}]
     assert keys.event_logins(1001).endswith(keys.events(1001).removeprefix(keys.EVENTS))
 
 
