@@ -139,8 +139,9 @@ class UserDelivery:
         """Deliver what of `user_id`'s events can go now, after moving the events of
         `login_stream` (a login request's) and of every login stream noted for the user.
         `woke`: the time of the wake this pass is for (ms); a wake younger than the grace
-        whose pass delivers nothing leaves the user due at `woke` plus the grace (its
-        event's script may not have run yet). False when another process holds the user
+        is noted for the user (its event's script may not have run yet), and every pass
+        until the grace ends, this one included, leaves the user due at `woke` plus the
+        grace. False when another process holds the user
         (then it is noted due, and `login_stream`, or a young wake, noted for the holder
         with the wake's time)."""
         lock, token = keys.event_lock(user_id), random_hex(8)
@@ -169,7 +170,15 @@ class UserDelivery:
             # user stays due at the lock's end (a lease) until this pass says otherwise
             lease = f"{now_ms() + self._lock_ms}.5"
             with unavailable_on_error():
-                await self.redis.zadd(keys.EVENT_DUE, {str(user_id): lease})
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(keys.EVENT_DUE, {str(user_id): lease})
+                    if young:
+                        # a note every pass keeps until the grace ends (each leaves the
+                        # user due then), whatever it delivers meanwhile: this wake's
+                        # own event may land after this pass, or after the next
+                        pipe.sadd(keys.event_logins(user_id),
+                                  note_member(login_stream or "", noted_at))
+                    await pipe.execute()
             named = None if login_stream is None else (login_stream, noted_at)
             due = await self._pass(
                 user_id, lock, token, named, if_nothing if young else None
