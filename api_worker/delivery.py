@@ -21,6 +21,12 @@ Rules of this module:
   delivers nothing leaves its user due at the wake's time plus that grace (its entry
   id's ms), and one whose user another process holds leaves a note with its time for the
   holder (`api_worker.user_delivery`).
+- A backstop: every SWEEP_EVERY seconds one API process (the one that takes the
+  sweep's lease) looks through every user's event stream and every login request's
+  event stream and notes each user found due (a login stream for its user too), so an
+  event whose wake was lost (on a Cluster: a wake re-sent after its event's node was
+  written, a failover that lost an unreplicated wake) goes out within that time,
+  never only with the user's next wake.
 - Redis failures are logged and waited out; the task never dies of one.
 """
 
@@ -40,7 +46,7 @@ from redis.exceptions import ResponseError
 from api_worker.user_delivery import UserDelivery
 from shared import keys
 from shared.codes import now_ms
-from shared.events import entry_ms, is_login_events
+from shared.events import entry_ms, is_login_events, note_member
 from shared.hashing import random_hex
 from shared.redis import Unavailable, connect, unavailable_on_error
 from shared.settings import Settings
@@ -58,6 +64,10 @@ DUE_SETTLE = 0.5
 BATCH = 16
 # pause after a Redis failure, doubling up to the most (s)
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
+# how often one process looks through every event stream for users no wake names (s)
+SWEEP_EVERY = 300.0
+# keys a SCAN step asks for, and users noted due in one step
+SWEEP_COUNT = 1000
 
 
 class Deliverer:
@@ -82,7 +92,7 @@ class Deliverer:
     def start(self) -> None:
         for name, loop in (
             ("event wakes", self._read_wakes), ("event claims", self._claim_wakes),
-            ("event retries", self._due_users),
+            ("event retries", self._due_users), ("event sweep", self._sweep_after),
         ):
             self._loops.append(asyncio.create_task(self._forever(name, loop), name=name))
 
@@ -184,6 +194,52 @@ class Deliverer:
         spawned = [await self._spawn(self._deliver_logged(int(user))) for user in due]
         if spawned:  # let them lease their users (re-scored) before it is read again
             await asyncio.wait(spawned, timeout=DUE_SETTLE)
+
+    async def _sweep_after(self) -> None:
+        await asyncio.sleep(SWEEP_EVERY)
+        await self.sweep()
+
+    async def sweep(self) -> int:
+        """If no other process swept within SWEEP_EVERY, note due every user with an
+        event stream, and every user a login request's event stream names (with a note
+        of that stream, as its wake would); how many users were noted (0: another
+        process's turn)."""
+        lease_ms = int(SWEEP_EVERY * 1000) - 1000
+        with unavailable_on_error():
+            if not await self.redis.set(keys.EVENT_SWEEP, self._consumer, nx=True,
+                                        px=max(lease_ms, 1000)):
+                return 0
+        users: set[int] = set()
+        notes: list[tuple[int, str]] = []
+        with unavailable_on_error():
+            async for key in self.redis.scan_iter(
+                match=keys.EVENTS + "{u*", count=SWEEP_COUNT, _type="STREAM"
+            ):
+                user = keys.events_user(str(key))
+                if user is not None:
+                    users.add(user)
+            async for key in self.redis.scan_iter(
+                match=keys.LOGIN_EVENTS + "*", count=SWEEP_COUNT, _type="STREAM"
+            ):
+                head: Any = await self.redis.xrange(str(key), count=1)
+                for _, fields in head:
+                    user_field = str((fields or {}).get("u", ""))
+                    if user_field.isdigit():
+                        notes.append((int(user_field), str(key)))
+                        users.add(int(user_field))
+            for user, stream in notes:  # as old notes: moved, or dropped if empty
+                await self.redis.sadd(keys.event_logins(user), note_member(stream, 0))
+            found = sorted(users)
+            for first in range(0, len(found), SWEEP_COUNT):
+                # never later than a time already noted (NX: a lease or an earlier time
+                # stays)
+                await self.redis.zadd(keys.EVENT_DUE, {
+                    str(user): now_ms() for user in found[first:first + SWEEP_COUNT]
+                }, nx=True)
+        if found:
+            logger.info("event sweep: %d user(s) with events noted due", len(found))
+            self._due_noted.set()
+        return len(found)
 
     async def _handle_wakes(self, entries: list[Any]) -> None:
         for entry_id, fields in entries:

@@ -118,6 +118,9 @@ EVENT_CLIENT = PREFIX + "evc:"
 # to its lock's end plus half a ms (a lease, event_due.lua), and removes it at its end
 # only if the score is still that
 EVENT_DUE = PREFIX + "evdue"
+# the lease of the API process whose turn it is to sweep every event stream (its
+# consumer name; TTL a little under api_worker.delivery.SWEEP_EVERY)
+EVENT_SWEEP = PREFIX + "evsweep"
 # per user: the process delivering that user's events (a lock); TTL a delivery step
 EVENT_LOCK = PREFIX + "evlock:"
 # per user: hash of retry states, one per event being retried, by its stable id (its
@@ -218,6 +221,15 @@ def oidc_family(user_id: int, family_hash: str) -> str:
 
 def events(user_id: int) -> str:
     return EVENTS + _user_tag(user_id)
+
+
+def events_user(key: str) -> int | None:
+    """The user id an `events(user id)` key names; None for another key."""
+    tag = key.removeprefix(EVENTS)
+    if tag == key or not (tag.startswith("{u") and tag.endswith("}")):
+        return None
+    digits = tag[2:-1]
+    return int(digits) if digits.isdigit() else None
 
 
 def event_lock(user_id: int) -> str:

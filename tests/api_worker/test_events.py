@@ -832,3 +832,64 @@ def test_a_login_decided_within_the_grace_goes_out_before_a_later_session_end(
 
     types, notes = run_on_store(settings, body)
     assert types == ["login.approved", "session.ended"] and notes == set()
+
+
+def _sweep_finds_events_without_wakes(settings: Settings, monkeypatch: pytest.MonkeyPatch
+                                      ) -> tuple[int, int, list[str]]:
+    """ANN's event appended by its script alone and a deep-link login decided for her by
+    its script alone (their wakes lost, as on a Cluster a wake re-sent after the event's
+    node, or one a failover lost): the sweep notes her due and both go out. What the
+    first sweep noted, what a second one right after did (another process's turn: none),
+    and what went out."""
+    shop = ApiClient(name="shop", key=Secret(SHOP_KEY))
+
+    async def body(store: Store) -> tuple[int, int, list[str]]:
+        logins, emit = Logins(store), scripts(store.redis).get("event_emit.lua")
+        created = await logins.create(shop, "s-20", "10.0.0.1")
+        with monkeypatch.context() as patched:  # the decision's script alone
+            patched.setattr("shared.logins.queue_wake", lambda *_: None)
+            assert await logins.decide(created.payload, ANN, True) is not None
+        await emit(keys=[keys.events(ANN["id"])], args=event_args(
+            "token.revoked", "shop", {"user": ANN, "session": "s0"}))
+        assert not await store.redis.exists(keys.EVENT_WAKE)
+        deliverer = Deliverer(settings, store.redis)
+        deliverer.start()
+        try:
+            swept = await deliverer.sweep()
+            again = await deliverer.sweep()
+
+            async def both() -> list[str] | None:
+                found = await pulled_types(store)
+                return found if len(found) >= 2 else None
+
+            return swept, again, await until_async("both events", both)
+        finally:
+            await deliverer.close()
+
+    found: tuple[int, int, list[str]] = run_on_store(settings, body)
+    return found
+
+
+def test_the_sweep_delivers_events_whose_wakes_were_lost(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    swept, again, types = _sweep_finds_events_without_wakes(
+        api_settings(redis_url, **EARLY), monkeypatch)
+    assert (swept, again) == (1, 0)
+    assert types == ["login.approved", "token.revoked"]
+
+
+def test_the_sweep_covers_every_node_of_a_cluster(
+    cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    swept, again, types = _sweep_finds_events_without_wakes(
+        api_settings("", **cluster_env, **EARLY), monkeypatch)
+    assert (swept, again) == (1, 0)
+    assert sorted(types) == ["login.approved", "token.revoked"]
+
+
+def test_the_events_key_of_a_user_names_that_user() -> None:
+    assert keys.events_user(keys.events(5001)) == 5001
+    for other in (keys.event_logins(5001), keys.login_events("ab" * 16), "tgl:ev:{ux}",
+                  "tgl:ev:5001", keys.EVENT_WAKE):
+        assert keys.events_user(other) is None
