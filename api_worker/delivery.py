@@ -17,10 +17,9 @@ Rules of this module:
   its events are moved into the user's stream before the user's own are delivered (and
   noted for the holder when another process holds the user).
 - A wake is queued before the script that appends its event (`shared.events`), so it may
-  be read before that script ran: a wake younger than `shared.events.grace_ms` whose pass
-  delivers nothing leaves its user due at the wake's time plus that grace (its entry
-  id's ms), and one whose user another process holds leaves a note with its time for the
-  holder (`api_worker.user_delivery`).
+  be read before that script ran: a wake younger than `shared.events.grace_ms` leaves a
+  note with its time (its entry id's ms) that every pass of its user keeps until the
+  grace ends, the user due then (`api_worker.user_delivery`).
 - A backstop: every SWEEP_EVERY seconds one API process (the one that takes the
   sweep's lease) looks through every user's event stream and every login request's
   event stream and notes each user found due (a login stream for its user too), so an

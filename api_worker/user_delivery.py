@@ -31,9 +31,9 @@ Rules of this module:
   yet). A login event so goes out before the session it led to, whichever process held
   the login's wake.
 - A wake is queued before its event's script (`shared.events`) and may be read first: a
-  pass for a wake younger than the grace that delivers (and moves) nothing ends with the
-  user due at the wake's time plus the grace; a young wake that finds the user held
-  leaves a note with its time (its login stream, or "") for the holder.
+  wake younger than the grace leaves a note with its time (its login stream, or ""),
+  held or not, which every pass keeps until the grace ends, ending with the user due
+  then.
 - Each event goes to its client's pull stream (`keys.event_client`, read by GET
   /v1/events, woken through `keys.LOGIN_DECIDED`) and is POSTed to each of its client's
   endpoints that wants its type (`api_worker.webhook_sender`), with its stable id as
@@ -137,32 +137,30 @@ class UserDelivery:
         self, user_id: int, login_stream: str | None = None, woke: int | None = None
     ) -> bool:
         """Deliver what of `user_id`'s events can go now, after moving the events of
-        `login_stream` (a login request's) and of every login stream noted for the user.
-        `woke`: the time of the wake this pass is for (ms); a wake younger than the grace
-        is noted for the user (its event's script may not have run yet), and every pass
-        until the grace ends, this one included, leaves the user due at `woke` plus the
-        grace. False when another process holds the user
-        (then it is noted due, and `login_stream`, or a young wake, noted for the holder
-        with the wake's time)."""
+        every login stream noted for the user. `login_stream` (a login request's) is
+        noted first, and so is a wake younger than the grace (`woke`: its time, ms; its
+        event's script may not have run yet): every pass, whichever process makes it,
+        keeps such a note until the grace ends and leaves the user due then. False when
+        another process holds the user (it is noted due, and finds the note)."""
         lock, token = keys.event_lock(user_id), random_hex(8)
         noted_at = now_ms() if woke is None else woke
-        # a wake younger than the grace: its event's script may still be on its way
-        if_nothing = None if woke is None else woke + self._grace
-        young = if_nothing is not None and if_nothing > now_ms()
+        note = None
+        if login_stream is not None:
+            note = note_member(login_stream, noted_at)
+        elif woke is not None and woke + self._grace > now_ms():  # only a time
+            note = note_member("", noted_at)
         with unavailable_on_error():
-            if not await self.redis.set(lock, token, nx=True, px=self._lock_ms):
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    if login_stream is not None:
-                        pipe.sadd(keys.event_logins(user_id),
-                                  note_member(login_stream, noted_at))
-                    elif young:  # only a time: whoever holds the user looks again then
-                        pipe.sadd(keys.event_logins(user_id), note_member("", noted_at))
-                    # look again shortly, lest the holder had just finished (a note: it
-                    # outlives the holder's lease)
-                    await self._due(keys=[keys.EVENT_DUE], args=[
-                        user_id, now_ms() + BUSY_AGAIN_MS, "",
-                    ], client=pipe)
-                    await pipe.execute()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if note is not None:
+                    pipe.sadd(keys.event_logins(user_id), note)
+                pipe.set(lock, token, nx=True, px=self._lock_ms)
+                *_, taken = await pipe.execute()
+            if not taken:
+                # look again shortly, lest the holder had just finished (a note: it
+                # outlives the holder's lease)
+                await self._due(keys=[keys.EVENT_DUE], args=[
+                    user_id, now_ms() + BUSY_AGAIN_MS, "",
+                ])
                 self._note_due()
                 return False
         try:
@@ -170,19 +168,8 @@ class UserDelivery:
             # user stays due at the lock's end (a lease) until this pass says otherwise
             lease = f"{now_ms() + self._lock_ms}.5"
             with unavailable_on_error():
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.zadd(keys.EVENT_DUE, {str(user_id): lease})
-                    if young:
-                        # a note every pass keeps until the grace ends (each leaves the
-                        # user due then), whatever it delivers meanwhile: this wake's
-                        # own event may land after this pass, or after the next
-                        pipe.sadd(keys.event_logins(user_id),
-                                  note_member(login_stream or "", noted_at))
-                    await pipe.execute()
-            named = None if login_stream is None else (login_stream, noted_at)
-            due = await self._pass(
-                user_id, lock, token, named, if_nothing if young else None
-            )
+                await self.redis.zadd(keys.EVENT_DUE, {str(user_id): lease})
+            due = await self._pass(user_id, lock, token)
             with unavailable_on_error():
                 await self._due(keys=[keys.EVENT_DUE], args=[
                     user_id, "" if due is None else due, lease,
@@ -200,19 +187,14 @@ class UserDelivery:
             await self._due(keys=[keys.EVENT_DUE], args=[user_id, due, ""])
         self._note_due()
 
-    async def _pass(
-        self, user_id: int, lock: str, token: str,
-        named: tuple[str, int] | None = None, if_nothing: int | None = None,
-    ) -> int | None:
+    async def _pass(self, user_id: int, lock: str, token: str) -> int | None:
         """Deliver, oldest first, each event whose client has none waiting before it,
-        after moving in the login stream the wake `named` (with its time) and those
-        noted; when the user is due again (None: not at all, or the lock is lost): when
-        the first event left waiting is, or a young note's grace ends, or (when nothing
-        was delivered or moved) `if_nothing`, whichever comes first."""
+        after moving in the login streams noted; when the user is due again (None: not
+        at all, or the lock is lost): when the first event left waiting is, or a young
+        note's grace ends, whichever comes first."""
         stream = keys.events(user_id)
         waiting: set[str] = set()  # clients whose earlier event waits
         due: int | None = None
-        delivered = False
         start = "-"
         while True:
             with unavailable_on_error():
@@ -223,18 +205,16 @@ class UserDelivery:
             # login streams noted for this user: moved in before anything is sent, and
             # before the pass ends (a login event must not wait for the user's next
             # event); then the stream is read again from its start
-            if noted or named:
-                moved, again = await self._drain(user_id, sorted(noted), named)
-                named = None
+            if noted:
+                moved, again = await self._drain(user_id, sorted(noted))
                 due = _earliest(due, again)
                 if moved:
-                    delivered = True
                     start = "-"
                     continue
             if not page:
                 if start == "-":  # empty from the start: its key may be left to delete
                     await self._finish(user_id, "", "")
-                return due if delivered else _earliest(due, if_nothing)
+                return due
             for entry_id, fields in page:
                 start = "(" + str(entry_id)
                 client = str(fields.get("c", ""))
@@ -243,28 +223,21 @@ class UserDelivery:
                 step = await self._one(user_id, lock, token, str(entry_id), fields)
                 if step is _Step.LOST:
                     return None
-                if step is _Step.DONE:
-                    delivered = True
                 if step is _Step.MOVED:
-                    delivered = True
                     start = "-"
                     break
                 if isinstance(step, int):
                     waiting.add(client)
                     due = _earliest(due, step)
 
-    async def _drain(
-        self, user_id: int, notes: list[str], named: tuple[str, int] | None = None
-    ) -> tuple[int, int | None]:
-        """Move the user's events of the login streams these notes name (and `named`, a
-        wake's stream and time) into the user's stream, then drop the notes of each
-        stream moved, and of each gone or empty (or holding none of this user's) only
-        when the note is older than the grace: a younger one is kept (its decision's
-        script may not have run yet). How many were moved, and when the first kept
-        note's grace ends (the user is due then; None: none kept)."""
-        found: dict[str, list[tuple[str | None, int]]] = {}
-        if named is not None:
-            found.setdefault(named[0], []).append((None, named[1]))
+    async def _drain(self, user_id: int, notes: list[str]) -> tuple[int, int | None]:
+        """Move the user's events of the login streams these notes name into the user's
+        stream, then drop the notes of each stream moved, and of each gone or empty (or
+        holding none of this user's; or naming no stream, only a wake's time) only when
+        the note is older than the grace: a younger one is kept (its script may not have
+        run yet). How many were moved, and when the first kept note's grace ends (the
+        user is due then; None: none kept)."""
+        found: dict[str, list[tuple[str, int]]] = {}
         for member in notes:
             name, ms = parse_note(member)
             found.setdefault(name, []).append((member, ms))
@@ -277,7 +250,7 @@ class UserDelivery:
             for kept, ms in its_notes:
                 if not count and ms + self._grace > now:
                     again = _earliest(again, ms + self._grace)
-                elif kept is not None:
+                else:
                     drop.append(kept)
         if drop:
             with unavailable_on_error():

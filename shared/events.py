@@ -23,13 +23,13 @@ The emission contract (every flow that emits follows it):
    nodes (the wake stream's and the user's slot's), one write each, in the order of
    each node's first command: the wake's node first while its connection is open.
 3. So a deliverer may read a wake before its script has run (on a Cluster; on a
-   single server, rarely, when a pipeline's bytes arrive in two reads). A wake whose
-   pass delivers nothing while it is younger than `grace_ms` (2 x REDIS_TIMEOUT + 1 s,
-   by its entry id's ms: a pipeline's writes all land within its deadline) leaves its
-   user due in `keys.EVENT_DUE` at the wake's time plus the grace (never later than a
-   score already there), before the wake is acknowledged; a young wake that finds its
-   user held by another process notes its time for the holder (below). The user is
-   looked at again once the script has surely run.
+   single server, rarely, when a pipeline's bytes arrive in two reads). A wake younger
+   than `grace_ms` (2 x REDIS_TIMEOUT + 1 s, by its entry id's ms: a pipeline's writes
+   all land within its deadline) is noted in the user's slot with its time (below),
+   before the wake is acknowledged, whichever process holds the user; every pass keeps
+   the note until the grace ends and leaves the user due in `keys.EVENT_DUE` then
+   (never later than a score already there). The user is looked at again once the
+   script has surely run.
 
 From Python, around the flow's own script:
 
@@ -164,7 +164,7 @@ def queue_wake(pipe: Pipeline, user_id: int, login_stream: str | None = None) ->
 def grace_ms(settings: Settings) -> int:
     """How long after its wake (or note) an emitting pipeline's script may still land
     (ms): 2 x REDIS_TIMEOUT + 1 s (a pipeline's writes all land within its deadline). A
-    wake or note younger than this that finds nothing is looked at again when it ends."""
+    wake or note younger than this leaves its user looked at again when it ends."""
     return int((2 * settings.redis_timeout + 1) * 1000)
 
 
