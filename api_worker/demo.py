@@ -209,21 +209,34 @@ async def start_telegram(request: Request) -> Response:
     )
 
 
-async def wait_telegram(request: Request) -> Response:
-    """One long poll: the login request's status once it changes, or after WAIT_SECONDS."""
-    request_id = request.session.get("request")
-    if not isinstance(request_id, str):
-        raise NotFound("No login is in progress.")
+async def long_poll(
+    request: Request, session_key: str, path: str, nothing: str
+) -> dict[str, Any] | None:
+    """One long poll (`wait=WAIT_SECONDS`) of the API's `path`/<the id the session keeps
+    under `session_key`>: its JSON, or None once the API no longer knows it (404; the
+    session forgets it). NotFound(`nothing`) when the session keeps no id."""
+    kept = request.session.get(session_key)
+    if not isinstance(kept, str):
+        raise NotFound(nothing)
     response = await call_api(
-        request, "GET", f"/v1/login-requests/{quote(request_id, safe='')}",
+        request, "GET", f"{path}/{quote(kept, safe='')}",
         params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + API_TIMEOUT,
     )
     if response.status_code == 404:
-        request.session.pop("request", None)
-        return ok({"status": "expired"})
+        request.session.pop(session_key, None)
+        return None
     if response.status_code != 200:
         raise failure(response)
-    result = response.json()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+async def wait_telegram(request: Request) -> Response:
+    """One long poll: the login request's status once it changes, or after WAIT_SECONDS."""
+    result = await long_poll(request, "request", "/v1/login-requests",
+                             "No login is in progress.")
+    if result is None:
+        return ok({"status": "expired"})
     status = result["status"]
     if status == "approved":
         request.session.pop("request", None)

@@ -20,7 +20,7 @@ import json
 import logging
 import secrets
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from api_worker import context
 from api_worker.body import read_limited
-from api_worker.demo import API_TIMEOUT, WAIT_SECONDS, DemoError, call_api, failure, json_body, ok
+from api_worker.demo import DemoError, call_api, failure, json_body, long_poll, ok
 from api_worker.errors import ApiError, NotFound
 from shared.redis import unavailable_on_error
 from shared.settings import Secret, Settings
@@ -206,23 +206,15 @@ async def confirm_order(request: Request) -> Response:
 
 async def wait_order(request: Request) -> Response:
     """One long poll: the approval's status once it is decided, or after WAIT_SECONDS."""
-    approval = request.session.get("approval")
-    if not isinstance(approval, str):
-        raise NotFound("No order is waiting for confirmation.")
-    response = await call_api(
-        request, "GET", f"/v1/approvals/{quote(approval, safe='')}",
-        params={"wait": WAIT_SECONDS}, seconds=WAIT_SECONDS + API_TIMEOUT,
-    )
-    if response.status_code == 404:
-        request.session.pop("approval", None)
+    result = await long_poll(request, "approval", "/v1/approvals",
+                             "No order is waiting for confirmation.")
+    if result is None:
         return ok({"status": "expired"})
-    if response.status_code != 200:
-        raise failure(response)
-    status = response.json().get("status")
+    status = result.get("status")
     if status in _STATUSES:
         request.session.pop("approval", None)
         return ok({"status": status})
-    return ok({"status": "pending", "expires_in": response.json().get("expires_in")})
+    return ok({"status": "pending", "expires_in": result.get("expires_in")})
 
 
 def routes(settings: Settings, cookie: Middleware) -> list[BaseRoute]:
