@@ -230,8 +230,7 @@ class Deliverer:
                 await self.redis.sadd(keys.event_logins(user), note_member(stream, 0))
             found = sorted(users)
             for first in range(0, len(found), SWEEP_COUNT):
-                # never later than a time already noted (NX: a lease or an earlier time
-                # stays)
+                # NX: a user already due keeps its time (a lease, a retry's schedule)
                 await self.redis.zadd(keys.EVENT_DUE, {
                     str(user): now_ms() for user in found[first:first + SWEEP_COUNT]
                 }, nx=True)
