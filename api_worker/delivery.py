@@ -49,6 +49,7 @@ from shared.events import entry_ms, is_login_events, note_member
 from shared.hashing import random_hex
 from shared.redis import Unavailable, connect, unavailable_on_error
 from shared.settings import Settings
+from shared.waiting import wait_set
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +184,7 @@ class Deliverer:
         if first:
             wait = min(wait, (float(first[0][1]) - now_ms()) / 1000)
         if wait > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due_noted.wait(), wait)
+            await wait_set(self._due_noted, wait)
             return
         with unavailable_on_error():
             due: Any = await self.redis.zrangebyscore(

@@ -26,6 +26,7 @@ from starlette.requests import Request
 
 from api_worker.errors import InvalidRequest, ServiceUnavailable
 from shared.store import Unavailable
+from shared.waiting import wait_set
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,10 @@ class Waiters:
                 if not pending(found) or remaining <= 0 or self._closed:
                     return found
                 logger.debug("login poll held for up to %.1f s", remaining)
-                try:
-                    await asyncio.wait_for(changed.wait(), remaining)
-                except TimeoutError:
-                    pass  # read once more: the answer carries the freshest expires_in
-                else:
-                    if not self.subscribed and not self._closed:
-                        raise ServiceUnavailable("Redis stopped answering; try again shortly.")
+                # on time out, read once more: the answer carries the freshest expires_in
+                if await wait_set(changed, remaining) \
+                        and not self.subscribed and not self._closed:
+                    raise ServiceUnavailable("Redis stopped answering; try again shortly.")
 
     @property
     def closed(self) -> bool:

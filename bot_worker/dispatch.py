@@ -18,7 +18,6 @@ handlers answer "temporarily unavailable").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -28,6 +27,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter
 
 from shared.ledger import Claim, UpdateKey, UpdateLedger
 from shared.store import Unavailable
+from shared.waiting import wait_set
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +189,7 @@ class Dispatcher:
                 logger.info("update %d is still being handled elsewhere", key.update_id)
                 raise _Busy
             # another live process has it: look again when it may have finished
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), min(BUSY_POLL, alive_ms / 1000))
+            await wait_set(self.stopping, min(BUSY_POLL, alive_ms / 1000))
 
     @staticmethod
     async def _quietly(operation: Awaitable[None]) -> None:

@@ -44,6 +44,7 @@ from telegram.request import HTTPXRequest
 from bot_worker.dispatch import Dispatcher, chat_of
 from shared.lease import LEASE_MS, Leases
 from shared.store import Unavailable
+from shared.waiting import wait_set
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ ALLOWED_UPDATES = ["message", "channel_post", "callback_query"]
 
 async def pause(event: asyncio.Event, seconds: float) -> None:
     """Until `event` is set or `seconds` pass, whichever is first."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), seconds)
+    await wait_set(event, seconds)
 
 
 class UpdatesRequest(HTTPXRequest):

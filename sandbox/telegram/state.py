@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from sandbox.telegram.flood import Flood, Limits
 from sandbox.telegram.record import CallRecord
+from shared.waiting import wait_set
 
 T = TypeVar("T")
 JSON = dict[str, Any]
@@ -267,10 +268,7 @@ class Sandbox:
             remaining = deadline - loop.time()
             if value or remaining <= 0:
                 return value
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                pass
+            await wait_set(event, remaining)
 
     def close(self) -> None:
         """End every long poll and webhook delivery now (the server is stopping)."""
