@@ -42,8 +42,20 @@ def parse_ip(address: str) -> IPAddress | None:
     return ip
 
 
+def dotted_quad(address: str) -> bytes | None:
+    """The four bytes of `address` when it is exactly an IPv4 address as written
+    canonically (`192.0.2.1`, how a client's address mostly comes: its text is its
+    canonical form), by the C parser alone; None for any other text (`parse_ip`)."""
+    try:
+        return socket.inet_pton(socket.AF_INET, address)
+    except (OSError, ValueError):  # ValueError: a NUL in the text
+        return None
+
+
 def limit_subject(address: str, ipv6_prefix: int = 64) -> str:
     """The canonical name of the budget `address` spends."""
+    if dotted_quad(address) is not None:
+        return address
     ip = parse_ip(address)
     if ip is None:
         return address

@@ -32,7 +32,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from shared.addresses import parse_ip
+from shared.addresses import dotted_quad, parse_ip
 from shared.hashing import TOKEN_PREFIX, b64url, keyed, random_hex, unb64url
 from shared.settings import ApiClient, Secret
 
@@ -121,6 +121,9 @@ def network(address: str) -> str:
     """The network a client address belongs to, compactly (base64url of its first 3
     bytes for IPv4, 6 for IPv6; an IPv4-mapped IPv6 address is IPv4); "" for anything
     that is not an IP address."""
+    quad = dotted_quad(address)
+    if quad is not None:
+        return b64url(quad[:_V4_BYTES])
     ip = parse_ip(address)
     if ip is None:
         return ""

@@ -8,10 +8,10 @@ import warnings
 
 import pytest
 
-from shared.addresses import limit_subject, parse_ip
-from shared.hashing import random_hex
+from shared.addresses import dotted_quad, limit_subject, parse_ip
+from shared.hashing import b64url, random_hex
 from shared.settings import ApiClient, Secret
-from shared.tokens import Claims, client_tag, new_token_id, seal, unseal
+from shared.tokens import Claims, client_tag, network, new_token_id, seal, unseal
 
 SECRET = Secret("t" * 40)
 SHOP = ApiClient("shop.example", Secret("k" * 24))
@@ -95,6 +95,24 @@ def test_an_address_parses_the_same_from_the_cache_and_from_ipaddress() -> None:
             ip = ip.ipv4_mapped
         assert parse_ip(text) == ip, text
         assert parse_ip(text) == ip, text
+
+
+def test_the_dotted_quad_shortcut_agrees_with_parsing() -> None:
+    """Budgets and networks take a canonical dotted quad as it is (`dotted_quad`); every
+    other spelling goes through `parse_ip`: both ways give the same subject and network."""
+    spellings = ["192.0.2.1", "0.0.0.0", "255.255.255.255", "10.1.2.3", " 10.1.2.3",
+                 "10.1.2.3 ", "[10.1.2.3]", "010.1.2.3", "1.2.3.04", "0x1.2.3.4", "1.2.3",
+                 "1.2.3.4.5", "256.0.0.1", "1.2.3.4%eth0", "::ffff:10.1.2.3", "1.2.3.4\0",
+                 "\u0661.\u0662.\u0663.\u0664", "unknown", ""]
+    for text in spellings:
+        quad = dotted_quad(text)
+        ip = parse_ip(text)
+        if quad is not None:  # the shortcut only takes what parses to itself
+            assert ip is not None and ip.packed == quad and str(ip) == text, text
+        expected = str(ip) if isinstance(ip, ipaddress.IPv4Address) else text
+        assert limit_subject(text) == expected, text
+        packed = b"" if ip is None else ip.packed[: 3 if ip.version == 4 else 6]
+        assert network(text) == (b64url(packed) if packed else ""), text
 
 
 def test_the_ipv6_prefix_is_configurable() -> None:
