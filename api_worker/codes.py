@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -14,8 +13,7 @@ from api_worker import context
 from api_worker.auth import require_client
 from api_worker.body import json_object
 from api_worker.errors import InvalidRequest
-
-logger = logging.getLogger(__name__)
+from api_worker.logs import note_on_access_line
 
 # token responses must not be stored by caches on the way (RFC 6749, 5.1)
 NO_STORE = {"Cache-Control": "no-store"}
@@ -52,7 +50,7 @@ async def redeem(request: Request) -> Response:
     result = await context.store(request).redeem_code(
         code, context.client_address(request), client
     )
-    logger.info("code redeemed for user %s", result.user["id"])
+    note_on_access_line(f"code redeemed for user {result.user['id']}")
     return TokenResponse(
         {
             "user": result.user,

@@ -11,9 +11,13 @@
   polls with for an access token, so it must not sit in log files; an approval's id
   (`/v1/approvals/{id}`) likewise.
 
-Every request writes a line or two, so logging is made cheap where that changes
-nothing: the timestamp's text is made once a second, a line is searched for ids only
-when it can hold one, records skip what no line of ours shows (`lighten_records`), and
+What a request did for whom (`code redeemed for user 7`) goes on that request's access
+line (`note_on_access_line`), not on a line of its own:
+`"POST /v1/codes/redeem HTTP/1.1" 200 - code redeemed for user 7`.
+
+Every request writes a line, so logging is made cheap where that changes nothing: the
+timestamp's text is made once a second, a line is searched for ids only when it can hold
+one, records skip what no line of ours shows (`lighten_records`), and
 `TickFlushingHandler` flushes stdout once per event-loop turn instead of once a line.
 """
 
@@ -23,6 +27,7 @@ import asyncio
 import logging
 import re
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.types import Scope
@@ -37,6 +42,18 @@ _REQUEST_ID = re.compile(
 )
 # query parameters shown as sent: the API's own, whose values say nothing secret
 _SHOWN_PARAMETER = re.compile(r"wait=[0-9]{1,6}")
+
+
+# what the request being served did for whom, for its access line (each request is a
+# task of its own, with its own copy of the context)
+_ACCESS_NOTE: ContextVar[str | None] = ContextVar("access_note", default=None)
+
+
+def note_on_access_line(note: str) -> None:
+    """Have this request's access line end with ` - <note>`: the record of what it did
+    for whom, in the one line the request writes anyway (uvicorn writes the access line
+    in the request's own task, when the response starts)."""
+    _ACCESS_NOTE.set(note)
 
 
 def route_label(scope: Scope) -> str:
@@ -88,6 +105,11 @@ class RedactingFormatter(logging.Formatter):
             path = args[2]
             if isinstance(path, str) and "?" in path:
                 record.args = (*args[:2], redact_query(path), *args[3:])
+            note = _ACCESS_NOTE.get()
+            if note is not None and isinstance(record.msg, str):
+                # once: the record is the request's own, and `format` may see it again
+                _ACCESS_NOTE.set(None)
+                record.msg = f"{record.msg} - {note.replace('%', '%%')}"
         if record.exc_info or record.exc_text or record.stack_info or self._plain is None:
             return redact_ids(super().format(record))
         # logging.Formatter.format for a line with no traceback, in one step

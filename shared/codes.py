@@ -16,12 +16,15 @@ then, in one pipeline, voids the live one and writes the next slot (the second):
 - an update's mark in its code lets the same update, handled again, re-send that code
   (or nothing, once it was replaced or redeemed) instead of issuing another.
 
-Redeeming looks the code up in the same round trip as the address's admission
-(`shared.limits.AttemptBudget`), then in the second one script turns the code from
-live to redeemed, once, and another lists the access token on the user's hash and
-checks the session generation the code was issued at (`shared.tokens`): a /logout
-since then ends the code as well as the tokens. The address's attempt is settled in
-the same pipeline.
+Redeeming is one script on a single server or Sentinel's master (code_redeem.lua, one
+round trip): it admits the address's attempt (`shared.limits.AttemptBudget`), turns the
+code from live to redeemed, once, lists the access token on the user's hash checking
+the session generation the code was issued at (`shared.tokens`: a /logout since then
+ends the code as well as the tokens) and settles the attempt. That script makes the
+user's keys from the user id in the code, which a Cluster refuses (they live in other
+slots), so a Cluster redeems in two round trips of the same pieces: the admission with
+the code's lookup, then the consume, the listing and the settle in one pipeline. An
+address not admitted at once takes the two steps too (they wait for room).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
 from redis.asyncio import Redis
+from redis.exceptions import ClusterCrossSlotError
 
 from shared import keys
 from shared.counters import Counter
@@ -50,6 +54,8 @@ USER_FIELDS = ("id", "username", "first_name", "last_name", "language_code")
 LIVE, REDEEMED, VOID = "L", "S", "R"
 # issues that lose their slot to a concurrent one (the same user tapping twice) try again
 ISSUE_TRIES = 8
+# code_redeem.lua's answers (their first item)
+TOKEN_MADE, OVER_LIMIT, NO_ROOM, NOT_LIVE, LOGGED_OUT = range(5)
 
 
 class InvalidCode(Exception):
@@ -142,6 +148,8 @@ class Codes:
         self._consume = scripts(redis).get("code_consume.lua")
         self._void = scripts(redis).get("code_void.lua")
         self._register = scripts(redis).get("token_register.lua")
+        # the redeem in one step, where the user's keys may be made by the script
+        self._redeem = None if settings.redis_cluster else scripts(redis).get("code_redeem.lua")
 
     def _hash(self, code: str) -> str:
         return short_digest(self.settings.auth_secret, "code", code)
@@ -271,7 +279,12 @@ class Codes:
         is one script on the code's key.
         """
         settings = self.settings
-        attempt, code_key, stored, now = await self._find(raw_code, address)
+        code = normalize_code(raw_code)
+        if self._redeem is not None and self._well_formed(code):
+            redemption = await self._redeem_in_one_step(code, address, client)
+            if redemption is not None:
+                return redemption
+        attempt, code_key, stored, now = await self._find(code, address)
         uid = stored.user_id
         token_id = new_token_id()
         expires = now // 1000 + settings.token_ttl_seconds
@@ -322,6 +335,55 @@ class Codes:
         token = make_token(settings, uid, stored.generation, client, token_id, now)
         return Redemption(user=user, access_token=token, expires_in=settings.token_ttl_seconds)
 
+    async def _redeem_in_one_step(
+        self, code: str, address: str, client: ApiClient | None
+    ) -> Redemption | None:
+        """`redeem` as one script (code_redeem.lua); None when the address was not
+        admitted at once (nothing was done: the two steps admit it, waiting for room)."""
+        settings = self.settings
+        attempt = self.budget.attempt(address)
+        now = now_ms()
+        token_id = new_token_id()
+        script_keys = [*attempt.keys, keys.code(self._hash(code)), keys.stats()]
+        args = [
+            *self.budget.in_one_step(attempt, now), keys.before_user_id(keys.USER), token_id,
+            settings.token_ttl_seconds, field_tail(address, client=client.name if client else ""),
+            Counter.CODES_REDEEMED,
+        ]
+        if client is not None:  # code.redeemed for the client, and its deliverer's wake
+            script_keys.append(keys.EVENT_WAKE)
+            args += [keys.before_user_id(keys.EVENTS), client.name]
+        script = self._redeem
+        assert script is not None
+        with unavailable_on_error():
+            try:
+                answer = await script(keys=script_keys, args=args)
+            except ClusterCrossSlotError:
+                # a server in cluster mode, reached as a single one (REDIS_CLUSTER unset):
+                # it refused the script before running it; this process redeems in two
+                # steps from now on, as on a Cluster
+                if self._redeem is not None:
+                    self._redeem = None
+                    logger.warning("Redis is in cluster mode (REDIS_CLUSTER=1 says so): "
+                                   "redeems take two round trips")
+                return None
+        status = int(answer[0])
+        if status in (OVER_LIMIT, NO_ROOM):
+            return None
+        if status == NOT_LIVE:  # a failure spent already
+            await self.count_failure(Counter.REDEEMS_FAILED)
+            raise InvalidCode
+        stored = StoredCode.parse(answer[1]) if status == TOKEN_MADE else None
+        if stored is None:  # LOGGED_OUT: the code is spent, its token never counted
+            raise InvalidCode
+        uid = stored.user_id
+        token = make_token(settings, uid, stored.generation, client, token_id, now)
+        return Redemption(user=unpack_record(uid, stored.record), access_token=token,
+                          expires_in=settings.token_ttl_seconds)
+
+    def _well_formed(self, code: str) -> bool:
+        return code.isascii() and code.isdigit() and len(code) == self.settings.code_length
+
     async def take(self, raw_code: str, address: str) -> tuple[User, int]:
         """Consume `raw_code` once, as `redeem` does, without making an access token: its
         user and the session generation the code was issued at (the OpenID Connect
@@ -345,9 +407,8 @@ class Codes:
         """Admit an attempt from `address` and read the code: the attempt, the code's key,
         what it holds and the time (ms). RateLimited, or InvalidCode (a failure spent)
         when it is not a live code."""
-        settings = self.settings
         code = normalize_code(raw_code)
-        well_formed = code.isascii() and code.isdigit() and len(code) == settings.code_length
+        well_formed = self._well_formed(code)
         code_key = keys.code(self._hash(code)) if well_formed else ""
         attempt = self.budget.attempt(address)
         now = now_ms()

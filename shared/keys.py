@@ -14,8 +14,9 @@ import random
 PREFIX = "tgl:"
 
 # a code, by a short keyed hash of its digits -> "<state><user id>|<expiry ms>|<update
-# mark or ->|<record>": state L (live), S (redeemed), R (replaced by a newer code or
-# ended by /logout); the update mark names the update that asked for it; the record is
+# mark or ->|<generation>|<record>": state L (live), S (redeemed), R (replaced by a newer
+# code or ended by /logout); the update mark names the update that asked for it; the
+# generation is the user's session generation at the issue (USER's g); the record is
 # the user's public fields as a JSON array (`shared.codes.pack_record`). One key per
 # code and nothing else per issue: a user's codes are found by their slots
 # (`shared.hashing.slot_code`). TTL the code's lifetime, or to the end of its issue
@@ -201,6 +202,12 @@ ATTEMPT_IN_FLIGHT_MS = 10_000
 
 def _user_tag(user_id: int) -> str:
     return f"{{u{user_id}}}"
+
+
+def before_user_id(prefix: str) -> str:
+    """What a per-user key of `prefix` (USER, EVENTS) holds before the user id: a script
+    that learns the user from a value makes the key as that, the id, and "}"."""
+    return prefix + "{u"
 
 
 def code(code_hash: str) -> str:

@@ -82,6 +82,11 @@ class AttemptBudget:
     def _admit_args(self, attempt: Attempt, now: int) -> list[str | int]:
         return [now, self.settings.redeem_fail_limit, attempt.id, keys.ATTEMPT_IN_FLIGHT_MS]
 
+    def in_one_step(self, attempt: Attempt, now: int) -> list[str | int]:
+        """The ARGV a script that admits and settles `attempt` itself (lib_attempt.lua)
+        begins with: admit's, then the failure window (ms)."""
+        return [*self._admit_args(attempt, now), self.settings.redeem_fail_window_seconds * 1000]
+
     def _settle_args(self, attempt: Attempt, failed: bool) -> list[str | int]:
         return [attempt.id, 1 if failed else 0, self.settings.redeem_fail_window_seconds * 1000]
 

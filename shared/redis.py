@@ -148,7 +148,8 @@ class Script(AsyncScript):
     client=...)`), without its cost on a pipeline of this module: queued there it goes
     as EVAL with its text at once (redis-py's call imports a module and queues the
     script for a `SCRIPT EXISTS` check that these pipelines skip, each time). When the
-    pipeline joins a batch, the batch sends it as EVALSHA (`_by_sha`)."""
+    pipeline joins a batch, the batch sends it as EVALSHA (`_by_sha`); so does a call
+    by itself on a batching client."""
 
     async def __call__(
         self,
@@ -157,9 +158,21 @@ class Script(AsyncScript):
         client: Any = None,
     ) -> Any:
         body = _BODIES.get(self.sha)
-        if body is not None and type(client) in _OWN_PIPELINES \
-                and not getattr(client, "watching", False):
-            return client.execute_command("EVAL", body, len(keys or ()), *keys or (), *args or ())
+        if body is None:
+            return await super().__call__(keys, args, client)
+        keys, args = keys or (), args or ()
+        command = ("EVAL", body, len(keys), *keys, *args)
+        if type(client) in _OWN_PIPELINES and not getattr(client, "watching", False):
+            return client.execute_command(*command)
+        called = client if client is not None else self.registered_client
+        if type(called) is _Bounded and called.batcher is not None:
+            # by itself, into the batch (sent as EVALSHA) without redis-py's layers; a
+            # server that lost its scripts (NOSCRIPT: it did not run) gets it loaded again
+            # by the next batch
+            try:
+                return await called.execute_command(*command)
+            except NoScriptError:
+                return await called.execute_command(*command)
         return await super().__call__(keys, args, client)
 
 

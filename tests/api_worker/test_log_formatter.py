@@ -4,11 +4,12 @@ miss (upper case, non-ASCII text that matches only through Unicode case folding)
 
 from __future__ import annotations
 
+import contextvars
 import logging
 
 import pytest
 
-from api_worker.logs import ACCESS_LOGGER, RedactingFormatter
+from api_worker.logs import ACCESS_LOGGER, RedactingFormatter, note_on_access_line
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -54,3 +55,27 @@ def test_ids_and_queries_are_redacted_in_any_spelling(path: str) -> None:
     assert "{id}" in text
     other = record("api_worker.demo", "the API did not answer %s", (f"GET {path}",), 1.0)
     assert "Q2hlY2tUaGlz" not in formatter.format(other)
+
+
+def test_a_note_ends_its_own_requests_access_line_only() -> None:
+    """`note_on_access_line` in a request's task: that task's access line ends with it,
+    once; a line of another logger, and another request's access line, do not."""
+    formatter = RedactingFormatter("%(message)s")
+    args = ("10.0.0.1:0", "POST", "/v1/codes/redeem?x=1", "1.1", 200)
+
+    def access() -> logging.LogRecord:
+        return record(ACCESS_LOGGER, '%s - "%s %s HTTP/%s" %d', args, 1.0)
+
+    def one_request() -> list[str]:
+        note_on_access_line("code redeemed for user 7 (100%)")
+        other = formatter.format(record("api_worker.x", "something else", (), 1.0))
+        line = access()
+        return [other, formatter.format(line), formatter.format(line), formatter.format(access())]
+
+    other, line, again, later = contextvars.copy_context().run(one_request)
+    assert other == "something else"
+    assert line == again == ('10.0.0.1:0 - "POST /v1/codes/redeem?<redacted> HTTP/1.1" 200'
+                             " - code redeemed for user 7 (100%)")
+    assert later == '10.0.0.1:0 - "POST /v1/codes/redeem?<redacted> HTTP/1.1" 200'
+    # another request (another task, another copy of the context) never had the note
+    assert formatter.format(access()) == later

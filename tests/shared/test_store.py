@@ -297,6 +297,24 @@ def test_all_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None
     run_on_store(make_settings(cluster_node.url, REDEEM_FAIL_LIMIT="100"), body)
 
 
+def test_a_server_in_cluster_mode_reached_as_a_single_one_takes_the_two_steps(
+    cluster_node: RedisServer,
+) -> None:
+    """REDIS_URL names a node in cluster mode without REDIS_CLUSTER=1: the node refuses
+    the one-step script before running it (its keys are in several slots); that redeem,
+    and every one after it, takes the two steps."""
+
+    async def body(store: Store) -> None:
+        assert store.codes._redeem is not None
+        for n in range(2):
+            issued = await store.issue_code(ANN)
+            assert issued is not None
+            assert (await store.redeem_code(issued.code, f"10.8.0.{n}")).user == ANN
+            assert store.codes._redeem is None
+
+    run_on_store(make_settings(cluster_node.url), body)
+
+
 def test_login_operations_run_on_a_cluster_node(cluster_node: RedisServer) -> None:
     async def body(store: Store) -> None:
         await store.publish_bot_username("b")
