@@ -12,7 +12,9 @@ they were about a tenth of a redeem's CPU). In order, for each request:
   anything else is logged with its traceback and answered 500 `internal` (once a
   response has started, nothing more is sent and the server closes the connection);
 - the request's duration, one observation of `tglogin_http_request_duration_seconds`
-  by route template, method and status (`api_worker.metrics`), whatever happened.
+  by route template, method and status (`api_worker.metrics`), whatever happened;
+- a note for the access line that none carried (the client left before its answer) is
+  logged as a line of its own (`api_worker.logs.note_on_access_line`).
 
 `direct(endpoint)` is a route's ASGI app without Starlette's second exception layer
 around each endpoint: `Front` handles what an endpoint raises the same way.
@@ -20,6 +22,7 @@ around each endpoint: `Front` handles what an endpoint raises the same way.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -31,8 +34,11 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 
 from api_worker.body import text_url, url_not_text
 from api_worker.errors import error_response, logger
-from api_worker.logs import route_label
+from api_worker.logs import route_label, unwritten_note
 from api_worker.metrics import Timings
+
+# what a request did for whom, when no access line carried it
+notes = logging.getLogger("api_worker.front")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Exception], Awaitable[Response]]
@@ -94,6 +100,9 @@ class Front:
                 )
         finally:
             self._timings.observe(scope, status, time.perf_counter() - start)
+            note = unwritten_note()
+            if note is not None:
+                notes.info("%s (the client left before its answer)", note)
 
 
 

@@ -13,7 +13,8 @@
 
 What a request did for whom (`code redeemed for user 7`) goes on that request's access
 line (`note_on_access_line`), not on a line of its own:
-`"POST /v1/codes/redeem HTTP/1.1" 200 - code redeemed for user 7`.
+`"POST /v1/codes/redeem HTTP/1.1" 200 - code redeemed for user 7` (a line of its own
+only when no access line was written: the client had left).
 
 Every request writes a line, so logging is made cheap where that changes nothing: the
 timestamp's text is made once a second, a line is searched for ids only when it can hold
@@ -54,6 +55,16 @@ def note_on_access_line(note: str) -> None:
     for whom, in the one line the request writes anyway (uvicorn writes the access line
     in the request's own task, when the response starts)."""
     _ACCESS_NOTE.set(note)
+
+
+def unwritten_note() -> str | None:
+    """The note of this request that no access line carried (uvicorn writes none for a
+    client that left before its answer started), taken: `api_worker.front.Front` logs
+    it as a line of its own, so the record is never lost."""
+    note = _ACCESS_NOTE.get()
+    if note is not None:
+        _ACCESS_NOTE.set(None)
+    return note
 
 
 def route_label(scope: Scope) -> str:

@@ -23,8 +23,11 @@ the session generation the code was issued at (`shared.tokens`: a /logout since 
 ends the code as well as the tokens) and settles the attempt. That script makes the
 user's keys from the user id in the code, which a Cluster refuses (they live in other
 slots), so a Cluster redeems in two round trips of the same pieces: the admission with
-the code's lookup, then the consume, the listing and the settle in one pipeline. An
-address not admitted at once takes the two steps too (they wait for room).
+the code's lookup, then the consume, the listing and the settle in one pipeline. So
+does a process whose server refused the script for its keys (`refuses_keys`: a node in
+cluster mode named without REDIS_CLUSTER=1, a server that wants every key declared),
+and an address whose room is held by its attempts in flight (the two steps wait for it);
+an address over its limit is refused at once.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
 
 from redis.asyncio import Redis
-from redis.exceptions import ClusterCrossSlotError
+from redis.exceptions import ClusterCrossSlotError, ResponseError
 
 from shared import keys
 from shared.counters import Counter
@@ -106,6 +109,17 @@ class Slot(NamedTuple):
     key: str
     mine: StoredCode | None  # the code stored there, if it is the user's
     taken: bool  # a key is there (the user's, or another user's with the same digits)
+
+
+def refuses_keys(error: ResponseError) -> bool:
+    """Whether a server refused a script for the keys it touches: keys in more than one
+    slot (a node in cluster mode), or keys the script did not declare (a cluster node,
+    a server that wants every key declared). Both come before the script's first write
+    (code_redeem.lua reads those keys first)."""
+    if isinstance(error, ClusterCrossSlotError):
+        return True
+    text = str(error).lower()
+    return "non local key" in text or "undeclared" in text or "crossslot" in text
 
 
 def now_ms() -> int:
@@ -358,17 +372,23 @@ class Codes:
         with unavailable_on_error():
             try:
                 answer = await script(keys=script_keys, args=args)
-            except ClusterCrossSlotError:
-                # a server in cluster mode, reached as a single one (REDIS_CLUSTER unset):
-                # it refused the script before running it; this process redeems in two
-                # steps from now on, as on a Cluster
+            except ResponseError as exc:
+                if not refuses_keys(exc):
+                    raise
+                # it refused before writing anything: this process redeems in two steps
+                # from now on, as on a Cluster
                 if self._redeem is not None:
                     self._redeem = None
-                    logger.warning("Redis is in cluster mode (REDIS_CLUSTER=1 says so): "
-                                   "redeems take two round trips")
+                    logger.warning(
+                        "Redis refused the one-step redeem for its keys (%s): redeems take "
+                        "two round trips from now on; with a Redis Cluster, set "
+                        "REDIS_CLUSTER=1", exc)
                 return None
         status = int(answer[0])
-        if status in (OVER_LIMIT, NO_ROOM):
+        if status == OVER_LIMIT:  # nothing done: no use trying again now
+            await self._count(Counter.REDEEMS_RATE_LIMITED)
+            raise RateLimited(retry_after(int(answer[1])))
+        if status == NO_ROOM:  # attempts in flight hold the room: the two steps wait for it
             return None
         if status == NOT_LIVE:  # a failure spent already
             await self.count_failure(Counter.REDEEMS_FAILED)

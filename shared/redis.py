@@ -24,8 +24,9 @@ Rules of this module:
 - A batch sends a script as EVALSHA, after a SCRIPT LOAD in front of the first batch
   that uses it on a connection (a new connection, to a restarted or promoted server,
   loads again). A server whose scripts are flushed while connected (SCRIPT FLUSH)
-  answers that batch's scripts NOSCRIPT, an error for their callers (503 at the API),
-  and the next batch loads them again.
+  answers that batch's scripts NOSCRIPT, and the next batch loads them again: a script
+  called by itself is then sent once more; one queued on a pipeline fails for its
+  caller (503 at the API).
 """
 
 from __future__ import annotations

@@ -15,12 +15,13 @@ import asyncio
 
 
 async def wait_set(event: asyncio.Event, seconds: float) -> bool:
-    """Wait until `event` is set or `seconds` pass; whether it was set."""
+    """Wait until `event` is set or `seconds` pass; whether it was set (also when it was
+    set in the very turn the time ran out)."""
     if event.is_set():
         return True
     try:
         async with asyncio.timeout(seconds):
             await event.wait()
     except TimeoutError:
-        return False
+        return event.is_set()
     return True

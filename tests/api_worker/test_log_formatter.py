@@ -4,11 +4,15 @@ miss (upper case, non-ASCII text that matches only through Unicode case folding)
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import io
 import logging
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
+from api_worker.front import Front
 from api_worker.logs import ACCESS_LOGGER, RedactingFormatter, note_on_access_line
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -79,3 +83,44 @@ def test_a_note_ends_its_own_requests_access_line_only() -> None:
     assert later == '10.0.0.1:0 - "POST /v1/codes/redeem?<redacted> HTTP/1.1" 200'
     # another request (another task, another copy of the context) never had the note
     assert formatter.format(access()) == later
+
+
+@pytest.mark.parametrize("client_left", [False, True], ids=["answered", "client left"])
+def test_a_note_no_access_line_carried_is_a_line_of_its_own(client_left: bool) -> None:
+    """uvicorn writes no access line for a client that left before its answer started: the
+    redeem's record is then logged by `Front` as a line of its own, never lost; an answered
+    request's record is on its access line only, once."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level, root.level = root.level, logging.INFO
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        note_on_access_line("code redeemed for user 7")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def send(message: Message) -> None:  # uvicorn's, which logs at the start
+        if message["type"] == "http.response.start" and not client_left:
+            logging.getLogger(ACCESS_LOGGER).info(
+                '%s - "%s %s HTTP/%s" %d', "10.0.0.1:0", "POST", "/v1/codes/redeem", "1.1", 200)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/v1/codes/redeem",
+                    "raw_path": b"/v1/codes/redeem", "query_string": b"", "headers": []}
+    try:
+        asyncio.run(Front(endpoint, {})(scope, receive, send))
+    finally:
+        root.removeHandler(handler)
+        root.level = level
+    lines = stream.getvalue().splitlines()
+    if client_left:
+        assert lines == ["api_worker.front: code redeemed for user 7 "
+                         "(the client left before its answer)"]
+    else:
+        assert lines == ['uvicorn.access: 10.0.0.1:0 - "POST /v1/codes/redeem HTTP/1.1" 200'
+                         " - code redeemed for user 7"]

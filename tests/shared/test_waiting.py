@@ -75,6 +75,11 @@ def test_nothing_waits_with_asyncio_wait_for() -> None:
     for package in ("shared", "api_worker", "bot_worker", "sandbox", "bench"):
         for path in sorted((root / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Call) and ast.unparse(node.func) == "asyncio.wait_for":
+                called = isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                    "asyncio.wait_for", "asyncio.tasks.wait_for")
+                imported = isinstance(node, ast.ImportFrom) and node.module in (
+                    "asyncio", "asyncio.tasks") and any(
+                    alias.name == "wait_for" for alias in node.names)
+                if called or imported:
                     found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
