@@ -37,6 +37,14 @@ def _choose(store: Store, one_step: bool) -> None:
     assert (store.codes._redeem is not None) == one_step
 
 
+async def _issue(store: Store, one_step: bool) -> str:
+    """A live code of ANN's, redeemed on the path chosen."""
+    _choose(store, one_step)
+    issued = await store.issue_code(ANN)
+    assert issued is not None
+    return issued.code
+
+
 async def _failures(store: Store, address: str) -> int:
     hashed = address_hash(store.settings, address)
     return int(await store.redis.get(keys.redeem_fails(hashed)) or 0)
@@ -108,11 +116,9 @@ def test_a_redeem_lists_its_token_counts_it_and_spends_nothing(
     redis_url: str, one_step: bool
 ) -> None:
     async def body(store: Store) -> None:
-        _choose(store, one_step)
-        issued = await store.issue_code(ANN)
-        assert issued is not None
+        code = await _issue(store, one_step)
         before = (await store.counters()).get(Counter.CODES_REDEEMED, 0)
-        redemption = await store.redeem_code(f" {issued.code[:4]}-{issued.code[4:]} ", "10.2.0.7")
+        redemption = await store.redeem_code(f" {code[:4]}-{code[4:]} ", "10.2.0.7")
         assert redemption.user == ANN
         assert redemption.expires_in == store.settings.token_ttl_seconds
         assert await store.token_user(redemption.access_token) == ANN
@@ -127,7 +133,7 @@ def test_a_redeem_lists_its_token_counts_it_and_spends_nothing(
         assert (await store.counters())[Counter.CODES_REDEEMED] == before + 1
         assert await _failures(store, "10.2.0.7") == 0
         assert await _in_flight(store, "10.2.0.7") == 0
-        assert await _code_state(store, issued.code) == "S"
+        assert await _code_state(store, code) == "S"
 
     run_on_store(make_settings(redis_url), body)
 
@@ -135,14 +141,12 @@ def test_a_redeem_lists_its_token_counts_it_and_spends_nothing(
 @PATHS
 def test_a_used_or_unknown_code_spends_a_failure(redis_url: str, one_step: bool) -> None:
     async def body(store: Store) -> None:
-        _choose(store, one_step)
-        issued = await store.issue_code(ANN)
-        assert issued is not None
-        await store.redeem_code(issued.code, "10.3.0.1")
+        code = await _issue(store, one_step)
+        await store.redeem_code(code, "10.3.0.1")
         before = await store.counters()
         with pytest.raises(InvalidCode):
-            await store.redeem_code(issued.code, "10.3.0.1")
-        wrong = f"{(int(issued.code) + 1) % 10 ** len(issued.code):0{len(issued.code)}d}"
+            await store.redeem_code(code, "10.3.0.1")
+        wrong = f"{(int(code) + 1) % 10 ** len(code):0{len(code)}d}"
         with pytest.raises(InvalidCode):
             await store.redeem_code(wrong, "10.3.0.1")
         assert await _failures(store, "10.3.0.1") == 2
@@ -159,21 +163,19 @@ def test_a_code_issued_before_a_logout_is_spent_without_a_token_or_a_failure(
     redis_url: str, one_step: bool
 ) -> None:
     async def body(store: Store) -> None:
-        _choose(store, one_step)
-        issued = await store.issue_code(ANN)
-        assert issued is not None
+        code = await _issue(store, one_step)
         # /logout raises the generation; its voiding of the live code is undone here, as
         # when the code was issued in the moment between the logout's two writes
-        key = keys.code(short_digest(Secret(SECRET), "code", issued.code))
+        key = keys.code(short_digest(Secret(SECRET), "code", code))
         value = await store.redis.get(key)
         await store.revoke_user(ANN["id"])
         await store.redis.set(key, value, keepttl=True)
         before = (await store.counters()).get(Counter.CODES_REDEEMED, 0)
         with pytest.raises(InvalidCode):
-            await store.redeem_code(issued.code, "10.4.0.1")
+            await store.redeem_code(code, "10.4.0.1")
         assert await _failures(store, "10.4.0.1") == 0
         assert await _in_flight(store, "10.4.0.1") == 0
-        assert await _code_state(store, issued.code) == "S"
+        assert await _code_state(store, code) == "S"
         fields = await store.redis.hkeys(keys.user(ANN["id"]))
         assert set(fields) <= {"r", "g"}, fields
         assert (await store.counters()).get(Counter.CODES_REDEEMED, 0) == before
@@ -186,19 +188,17 @@ def test_an_address_at_its_limit_is_refused_and_the_code_stays_live(
     redis_url: str, one_step: bool
 ) -> None:
     async def body(store: Store) -> None:
-        _choose(store, one_step)
-        issued = await store.issue_code(ANN)
-        assert issued is not None
+        code = await _issue(store, one_step)
         for wrong in ("00000000", "00000001"):
             with pytest.raises(InvalidCode):
                 await store.redeem_code(wrong, "10.5.0.1")
         limited = (await store.counters()).get(Counter.REDEEMS_RATE_LIMITED, 0)
         with pytest.raises(RateLimited) as refused:
-            await store.redeem_code(issued.code, "10.5.0.1")
+            await store.redeem_code(code, "10.5.0.1")
         assert 1 <= refused.value.retry_after <= store.settings.redeem_fail_window_seconds
         assert (await store.counters())[Counter.REDEEMS_RATE_LIMITED] == limited + 1
-        assert await _code_state(store, issued.code) == "L"
-        assert (await store.redeem_code(issued.code, "10.5.0.2")).user == ANN
+        assert await _code_state(store, code) == "L"
+        assert (await store.redeem_code(code, "10.5.0.2")).user == ANN
 
     settings = make_settings(redis_url, REDEEM_FAIL_LIMIT="2", CODE_LENGTH="8")
     run_on_store(settings, body)
@@ -209,11 +209,9 @@ def test_an_api_clients_redeem_emits_code_redeemed_with_its_wake(
     redis_url: str, one_step: bool
 ) -> None:
     async def body(store: Store) -> tuple[list[Any], list[Any]]:
-        _choose(store, one_step)
-        issued = await store.issue_code(ANN)
-        assert issued is not None
+        code = await _issue(store, one_step)
         wakes = await store.redis.xrange(keys.EVENT_WAKE)
-        redemption = await store.redeem_code(issued.code, "10.6.0.1", SHOP)
+        redemption = await store.redeem_code(code, "10.6.0.1", SHOP)
         claims = unseal(Secret(SECRET), redemption.access_token)
         assert claims is not None
         events = await store.redis.xrange(keys.events(ANN["id"]))
