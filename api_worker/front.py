@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, 
 
 from api_worker.body import text_url, url_not_text
 from api_worker.errors import error_response, logger
-from api_worker.logs import route_label, unwritten_note
+from api_worker.logs import route_label, take_note
 from api_worker.metrics import Timings
 
 # what a request did for whom, when no access line carried it
@@ -100,7 +100,7 @@ class Front:
                 )
         finally:
             self._timings.observe(scope, status, time.perf_counter() - start)
-            note = unwritten_note()
+            note = take_note()
             if note is not None:
                 notes.info("%s (the client left before its answer)", note)
 

@@ -57,10 +57,11 @@ def note_on_access_line(note: str) -> None:
     _ACCESS_NOTE.set(note)
 
 
-def unwritten_note() -> str | None:
-    """The note of this request that no access line carried (uvicorn writes none for a
-    client that left before its answer started), taken: `api_worker.front.Front` logs
-    it as a line of its own, so the record is never lost."""
+def take_note() -> str | None:
+    """This request's note, taken (once): by its access line as the formatter writes it,
+    or, when no access line carried it (uvicorn writes none for a client that left
+    before its answer started), by `api_worker.front.Front`, which logs it as a line of
+    its own, so the record is never lost."""
     note = _ACCESS_NOTE.get()
     if note is not None:
         _ACCESS_NOTE.set(None)
@@ -116,10 +117,9 @@ class RedactingFormatter(logging.Formatter):
             path = args[2]
             if isinstance(path, str) and "?" in path:
                 record.args = (*args[:2], redact_query(path), *args[3:])
-            note = _ACCESS_NOTE.get()
-            if note is not None and isinstance(record.msg, str):
-                # once: the record is the request's own, and `format` may see it again
-                _ACCESS_NOTE.set(None)
+            # taken once: the record is the request's own, and `format` may see it again
+            note = take_note() if isinstance(record.msg, str) else None
+            if note is not None:
                 record.msg = f"{record.msg} - {note.replace('%', '%%')}"
         if record.exc_info or record.exc_text or record.stack_info or self._plain is None:
             return redact_ids(super().format(record))

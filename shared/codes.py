@@ -345,9 +345,7 @@ class Codes:
                     pipe.hincrby(keys.stats(), Counter.CODES_REDEEMED, -1)
                     await pipe.execute()
             await self._lost(attempt, consumed)
-        user = unpack_record(uid, stored.record)
-        token = make_token(settings, uid, stored.generation, client, token_id, now)
-        return Redemption(user=user, access_token=token, expires_in=settings.token_ttl_seconds)
+        return self._redemption(stored, client, token_id, now)
 
     async def _redeem_in_one_step(
         self, code: str, address: str, client: ApiClient | None
@@ -396,10 +394,16 @@ class Codes:
         stored = StoredCode.parse(answer[1]) if status == TOKEN_MADE else None
         if stored is None:  # LOGGED_OUT: the code is spent, its token never counted
             raise InvalidCode
+        return self._redemption(stored, client, token_id, now)
+
+    def _redemption(
+        self, stored: StoredCode, client: ApiClient | None, token_id: str, now: int
+    ) -> Redemption:
+        """What a redeem of `stored` answers: its user and the token sealed for `client`."""
         uid = stored.user_id
-        token = make_token(settings, uid, stored.generation, client, token_id, now)
+        token = make_token(self.settings, uid, stored.generation, client, token_id, now)
         return Redemption(user=unpack_record(uid, stored.record), access_token=token,
-                          expires_in=settings.token_ttl_seconds)
+                          expires_in=self.settings.token_ttl_seconds)
 
     def _well_formed(self, code: str) -> bool:
         return code.isascii() and code.isdigit() and len(code) == self.settings.code_length

@@ -200,14 +200,18 @@ FAIL_RATE_TTL_SECONDS = 120
 ATTEMPT_IN_FLIGHT_MS = 10_000
 
 
+# a per-user key's hash tag: "{u" + the user id + "}"
+_USER_TAG_OPEN = "{u"
+
+
 def _user_tag(user_id: int) -> str:
-    return f"{{u{user_id}}}"
+    return f"{_USER_TAG_OPEN}{user_id}}}"
 
 
 def before_user_id(prefix: str) -> str:
     """What a per-user key of `prefix` (USER, EVENTS) holds before the user id: a script
     that learns the user from a value makes the key as that, the id, and "}"."""
-    return prefix + "{u"
+    return prefix + _USER_TAG_OPEN
 
 
 def code(code_hash: str) -> str:
@@ -233,7 +237,7 @@ def events(user_id: int) -> str:
 def events_user(key: str) -> int | None:
     """The user id an `events(user id)` key names; None for another key."""
     tag = key.removeprefix(EVENTS)
-    if tag == key or not (tag.startswith("{u") and tag.endswith("}")):
+    if tag == key or not (tag.startswith(_USER_TAG_OPEN) and tag.endswith("}")):
         return None
     digits = tag[2:-1]
     return int(digits) if digits.isdigit() else None
