@@ -49,8 +49,8 @@ from starlette.applications import Starlette
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api_worker.app import create_app
-from api_worker.logs import lighten_records
 from api_worker.waiters import Waiters
+from shared.log_output import lighten_records
 from shared.settings import SettingsError, load_settings
 
 logger = logging.getLogger("api_worker")
@@ -77,7 +77,8 @@ def _fail(message: str, status: int) -> NoReturn:
 def log_config(level: str) -> dict[str, Any]:
     """Everything to stdout in one format; uvicorn's loggers pass through the root. The
     formatter redacts query strings and login request ids, the handler flushes once per
-    event-loop turn, records skip what no line shows (`api_worker.logs`)."""
+    event-loop turn, records skip what no line shows (`api_worker.logs`,
+    `shared.log_output`)."""
     lighten_records()
     return {
         "version": 1,
@@ -85,7 +86,7 @@ def log_config(level: str) -> dict[str, Any]:
         "formatters": {"plain": {"()": "api_worker.logs.RedactingFormatter", "fmt": FORMAT}},
         "handlers": {
             "stdout": {
-                "class": "api_worker.logs.TickFlushingHandler",
+                "class": "shared.log_output.TickFlushingHandler",
                 "formatter": "plain",
                 "stream": "ext://sys.stdout",
             }

@@ -18,13 +18,12 @@ only when no access line was written: the client had left).
 
 Every request writes a line, so logging is made cheap where that changes nothing: the
 timestamp's text is made once a second, a line is searched for ids only when it can hold
-one, records skip what no line of ours shows (`lighten_records`), and
-`TickFlushingHandler` flushes stdout once per event-loop turn instead of once a line.
+one, records skip what no line of ours shows and stdout is flushed once per event-loop
+turn instead of once a line (`shared.log_output`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -149,49 +148,3 @@ class RedactingFormatter(logging.Formatter):
         if self.default_msec_format:
             return self.default_msec_format % (stamp[1], record.msecs)
         return stamp[1]
-
-
-def lighten_records() -> None:
-    """Records no longer look up the caller's file and line, thread, process or
-    multiprocessing names: no format of ours shows them (logging's documented
-    optimisation; a line costs about a quarter less). Tracebacks are unaffected."""
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-
-
-class TickFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler that, in a thread running an event loop, flushes its stream once
-    per turn of the loop (every line written during a turn goes out together at the
-    start of the next) instead of after every line; elsewhere it flushes each line.
-
-    No line is lost on the way out: a loop that stops with a flush pending leaves it to
-    `logging.shutdown()` (at exit, also after SystemExit and an unhandled exception),
-    which flushes every handler, and a line logged outside the loop is flushed at once.
-    """
-
-    def __init__(self, stream: Any = None) -> None:
-        super().__init__(stream)
-        self._flush_on: asyncio.AbstractEventLoop | None = None  # loop with a flush queued
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(self.format(record) + self.terminator)
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
-            return
-        loop = asyncio._get_running_loop()
-        if loop is None or record.levelno >= logging.WARNING:
-            # warnings, errors and ALARMs go out at once: a process killed with -9 or a
-            # loop stuck in that turn must not take them along
-            self.flush()
-        elif self._flush_on is not loop:  # none queued on this loop yet
-            self._flush_on = loop
-            loop.call_soon(self._flush_queued)
-
-    def _flush_queued(self) -> None:
-        self._flush_on = None
-        self.flush()

@@ -14,6 +14,8 @@ import sys
 
 from telegram.error import InvalidToken, NetworkError
 
+from shared.log_output import TickFlushingHandler, lighten_records
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "<bot token>"
 
@@ -51,7 +53,7 @@ class RedactToken(logging.Filter):
 
 def configure(level: str, token: str) -> None:
     """Log `level` and up to stdout; quiet the HTTP client loggers."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = TickFlushingHandler(sys.stdout)  # flushed once per event-loop turn
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(RedactToken(token))
     logging.basicConfig(level=level, handlers=[handler], force=True)
@@ -61,14 +63,3 @@ def configure(level: str, token: str) -> None:
     # python-telegram-bot logs every Bot API call with its parameters at DEBUG,
     # and a sendMessage's text is a login code: never below INFO
     logging.getLogger("telegram").setLevel(max(logging.INFO, logging.getLevelName(level)))
-
-
-def lighten_records() -> None:
-    """Records no longer look up the caller's file and line, thread, process or
-    multiprocessing names: FORMAT shows none of them (logging's documented
-    optimisation; each record no longer calls os.getpid() and friends). Tracebacks
-    are unaffected."""
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False

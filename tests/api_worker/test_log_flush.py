@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from api_worker.logs import TickFlushingHandler
+from shared.log_output import TickFlushingHandler
 from tests.fixtures.api import ApiStarter, api_settings, issue_code
 from tests.fixtures.common import wait_until
 

@@ -120,3 +120,30 @@ def test_a_failed_send_is_handled_again_and_the_user_gets_the_code(
     assert len(replies) == 1, replies
     assert bot.running()
     assert "Traceback" not in bot.output()
+
+
+def test_every_line_reaches_stdout_while_serving_and_on_stop(
+    bot: BotProcess, sandbox: TelegramSandbox
+) -> None:
+    """The bot flushes stdout once per event-loop turn: a line is out within a turn
+    while it serves, and a stop at once after a burst loses none of its lines."""
+    first = bot.ask("/start", ANN)
+    assert re.fullmatch(r"\d{8}", code_of(first))
+    wait_until(lambda: f"issued a code to user {ANN['id']}" in bot.output(), timeout=5,
+               what="the issue's line on stdout while serving")
+    users = [{"id": 900_000 + n, "first_name": "Burst", "language_code": "en"}
+             for n in range(100)]
+    answer = sandbox.post("/control/messages", [
+        {"text": "/start", "token": bot.token, "user": user} for user in users])
+    assert answer.status_code == 200, answer.text
+    bot_id = int(bot.token.split(":", 1)[0])
+
+    def replies() -> int:
+        return next(int(b["send_message_calls"]) for b in sandbox.bots() if b["id"] == bot_id)
+
+    wait_until(lambda: replies() >= 101, timeout=30, what="a reply to every /start")
+    bot.stop()  # at once: lines still pending a flush must reach stdout too
+    output = bot.output()
+    for user in users:
+        assert f"issued a code to user {user['id']}\n" in output, user["id"]
+    assert "bot stopped" in output
