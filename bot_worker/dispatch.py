@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from typing import Any
 
 from telegram import Update
 from telegram.error import BadRequest, NetworkError, RetryAfter
@@ -63,6 +64,8 @@ _handling: ContextVar[tuple[Update, UpdateKey] | None] = ContextVar("_handling",
 
 
 def key_of(update: Update, bot_id: int) -> UpdateKey:
+    """The ledger's key of `update`: the one `Dispatcher.handle` made, while it handles
+    it; else made from the update serialised back (an `Update` built in code)."""
     handling = _handling.get()
     if handling is not None and handling[0] is update and handling[1].bot_id == bot_id:
         return handling[1]
@@ -114,9 +117,14 @@ class Dispatcher:
         self.health = RedisHealth()
         self._tries: dict[str, int] = {}
 
-    async def handle(self, update: Update) -> bool:
-        """Handle `update` unless it was; True once it may be confirmed to Telegram."""
-        key = key_of(update, self.ledger.bot_id)
+    async def handle(self, update: Update, content: dict[str, Any] | None = None) -> bool:
+        """Handle `update` unless it was; True once it may be confirmed to Telegram.
+        `content`: the update as the Bot API sent it, which the ledger fingerprints
+        (without it, the update serialised back)."""
+        if content is None:
+            key = key_of(update, self.ledger.bot_id)
+        else:
+            key = UpdateKey.of(self.ledger.bot_id, update.update_id, content)
         name = str(key)
         earlier = self._in_hand.get(name)
         if earlier is not None:  # the same update again while the first is in hand

@@ -78,12 +78,15 @@ async def pause(event: asyncio.Event, seconds: float) -> None:
 class UpdatesRequest(HTTPXRequest):
     """The getUpdates connection. Drops the updates `skip` names from an answer before
     python-telegram-bot builds `Update` objects of them, and remembers how many the
-    answer held (`fetched`)."""
+    answer held (`fetched`) and each kept update as the Bot API sent it (`contents`,
+    by update id: what the ledger fingerprints, far cheaper than serialising the
+    `Update` back)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.skip: Callable[[int], bool] = _nothing
         self.fetched = 0
+        self.contents: dict[int, dict[str, Any]] = {}
 
     def parse_json_payload(self, payload: bytes) -> dict[str, Any]:  # type: ignore[override]
         data = super().parse_json_payload(payload)
@@ -96,6 +99,10 @@ class UpdatesRequest(HTTPXRequest):
                 if not (isinstance(u, dict) and isinstance(u.get("update_id"), int)
                         and skip(u["update_id"]))
             ]
+            self.contents = {
+                u["update_id"]: u for u in data["result"]
+                if isinstance(u, dict) and type(u.get("update_id")) is int
+            }
         return data
 
 
@@ -216,8 +223,10 @@ class Poller:
                 continue
             delay = RETRY_FIRST
             batch.confirmed(offset)
-            fetched = self.request.fetched if self.request is not None else len(updates)
-            if not batch.take(updates) and fetched:
+            fetched, contents = len(updates), {}
+            if self.request is not None:
+                fetched, contents = self.request.fetched, self.request.contents
+            if not batch.take(updates, contents) and fetched:
                 # all of it is in hand, handled, or waiting to be tried again: wait for
                 # some of it to finish rather than ask again at once; after a full answer
                 # nothing new can come until the offset moves
@@ -301,8 +310,11 @@ class _Batch:
         now = asyncio.get_running_loop().time()
         return max(0.01, min(self._retry_at.values()) - now)
 
-    def take(self, updates: Sequence[Update]) -> bool:
-        """Start handling what is new in `updates`; whether anything was."""
+    def take(self, updates: Sequence[Update],
+             contents: dict[int, dict[str, Any]] | None = None) -> bool:
+        """Start handling what is new in `updates` (`contents`: each as the Bot API sent
+        it, by update id, where known); whether anything was."""
+        contents = contents or {}
         loop = asyncio.get_running_loop()
         started = False
         for update in updates:
@@ -313,19 +325,21 @@ class _Batch:
                 continue
             self._retry_at.pop(uid, None)
             chat = chat_of(update)
-            task = asyncio.create_task(self._run(update, self._tails.get(chat)))
+            task = asyncio.create_task(
+                self._run(update, self._tails.get(chat), contents.get(uid)))
             self.tasks[uid] = self._tails[chat] = task
             task.add_done_callback(functools.partial(self._done, uid, chat))
             self.highest = max(uid, self.highest or uid)
             started = True
         return started
 
-    async def _run(self, update: Update, before: asyncio.Task[bool] | None) -> bool:
+    async def _run(self, update: Update, before: asyncio.Task[bool] | None,
+                   content: dict[str, Any] | None) -> bool:
         if before is not None and not await asyncio.shield(before):
             return False  # an earlier update of this chat must go first
         if self.stop.is_set():
             return False  # left to the next poller
-        return await self.dispatcher.handle(update)
+        return await self.dispatcher.handle(update, content)
 
     def _done(self, uid: int, chat: object, task: asyncio.Task[bool]) -> None:
         del self.tasks[uid]

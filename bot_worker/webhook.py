@@ -24,6 +24,7 @@ import hmac
 import json
 import logging
 import socket
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -93,29 +94,31 @@ def create_webhook_app(settings: Settings, bot: Bot, dispatcher: Dispatcher) -> 
             body += chunk
             if len(body) > MAX_BODY:
                 return _error(413, "too_large", "an update is at most 1 MiB")
-        update = _update_of(body, bot)
-        if update is None:
+        found = _update_of(body, bot)
+        if found is None:
             return _error(400, "invalid_update", "the body must be a Telegram Update")
-        if await dispatcher.handle(update):
+        update, content = found
+        if await dispatcher.handle(update, content):
             return Response(status_code=200)
         return _error(503, "retry", "not handled yet; send it again")
 
     return Starlette(routes=[Route(path, receive, methods=["POST"])])
 
 
-def _update_of(body: bytes, bot: Bot) -> Update | None:
-    """The Update in a request body, or None for anything else (the secret was right,
-    so this is Telegram or someone holding the secret: never a 500 either way)."""
+def _update_of(body: bytes, bot: Bot) -> tuple[Update, dict[str, Any]] | None:
+    """The Update in a request body and the JSON object it came as, or None for anything
+    else (the secret was right, so this is Telegram or someone holding the secret: never
+    a 500 either way)."""
     try:
         data = json.loads(body)
         if not isinstance(data, dict) or type(data.get("update_id")) is not int:
             return None
         update = Update.de_json(data, bot)
-        update.to_dict()  # the ledger fingerprints it: it must serialise back
+        update.to_dict()  # one python-telegram-bot cannot render back is malformed: refused here
     except Exception as exc:  # any malformed field, however it fails
         logger.warning("webhook: not an update (%s)", exc.__class__.__name__)
         return None
-    return update
+    return update, data
 
 
 def webhook_digest(settings: Settings) -> str:

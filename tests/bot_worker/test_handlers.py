@@ -17,7 +17,8 @@ from typing import Any
 
 from telegram import Update
 
-from bot_worker.app import Runtime, build_application
+from bot_worker.app import UPDATES_REQUEST, Runtime, build_application
+from bot_worker.polling import UpdatesRequest
 from shared.settings import Settings, load_settings
 from tests.fixtures.bot import ANN, AUTH_SECRET, code_of
 from tests.fixtures.codes import code_is_live, code_states
@@ -38,9 +39,15 @@ def _settings(sandbox: TelegramSandbox, redis_url: str, token: str) -> Settings:
     )
 
 
-def _with_runtime(settings: Settings, body: Callable[[Runtime], Awaitable[None]]) -> None:
+def _with_runtime(
+    settings: Settings, body: Callable[[Runtime], Awaitable[None]],
+    requests: list[UpdatesRequest] | None = None,
+) -> None:
+    """Run `body` with a runtime (`requests` gets its getUpdates request)."""
     async def main() -> None:
         application = build_application(settings)
+        if requests is not None:
+            requests.append(application.bot_data[UPDATES_REQUEST])
         async with application:
             runtime = Runtime(application, settings, asyncio.Event())
             try:
@@ -124,3 +131,32 @@ def test_the_same_update_id_with_other_content_is_a_new_update(
     replies = _bot_replies(sandbox, first, token)
     assert len(replies) == 2, replies
     assert code_of(replies[0]) != code_of(replies[1])
+
+
+def test_updates_are_known_by_their_content_as_the_bot_api_sent_it(
+    sandbox: TelegramSandbox, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Polling fingerprints each update from the JSON getUpdates brought, not from the
+    Update serialised back: the same update fetched twice is answered once, and its id
+    with other content is a new update."""
+    token = make_token()
+    first = sandbox.send("/code", user=ANN, token=token)
+
+    requests: list[UpdatesRequest] = []
+
+    async def fetched_twice(runtime: Runtime) -> None:
+        (request,) = requests
+        (update,) = await runtime.bot.get_updates(timeout=5)
+        content = request.contents[update.update_id]
+        assert content["message"]["text"] == "/code"
+        assert await runtime.dispatcher.handle(update, content)
+        (again,) = await runtime.bot.get_updates(timeout=5)  # not confirmed: it comes again
+        assert again is not update and again.update_id == update.update_id
+        assert await runtime.dispatcher.handle(again, request.contents[again.update_id])
+        other = dict(content, message=dict(content["message"],
+                                           date=content["message"]["date"] + 3600))
+        assert await runtime.dispatcher.handle(Update.de_json(other, runtime.bot), other)
+
+    _with_runtime(_settings(sandbox, redis_url, token), fetched_twice, requests)
+    replies = _bot_replies(sandbox, first, token)
+    assert len(replies) == 2, replies  # the update once, the other content once
