@@ -22,16 +22,19 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import measure
 from bench.services import (
     AUTH_SECRET,
     Process,
+    RedisServer,
     TelegramSandbox,
     make_token,
     start_bot,
@@ -89,6 +92,60 @@ def _record(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     )
 
 
+@dataclass
+class Round:
+    """One round: each bot's replies/s, and its CPU ms per reply (bot, sandbox, Redis)."""
+
+    order: list[str]
+    rates: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.rates[PRODUCT] / self.rates[BARE]
+
+
+def compare(sandbox: TelegramSandbox, redis: RedisServer, workdir: Path, *, rounds: int,
+            updates: int, profile: Path | None = None,
+            baseline: Path | None = None) -> list[Round]:
+    """`rounds` rounds on one sandbox and one Redis, each starting every bot in turn (the
+    first of the order moves on by one each round) and timing `updates` users' `/start`
+    to it. Each bot is stopped before the next starts."""
+    assert redis.proc is not None and sandbox.proc is not None
+    others = {"sandbox": sandbox.proc.pid, "redis": redis.proc.pid}
+    done: list[Round] = []
+    for round_ in range(rounds):
+        order = [BARE, PRODUCT] + ([BASELINE] if baseline is not None else [])
+        this = Round(order[round_ % len(order):] + order[:round_ % len(order)])
+        for n, module in enumerate(this.order):
+            if module == BASELINE:
+                assert baseline is not None
+                bot, token = _start_baseline(baseline, sandbox, redis.url, workdir)
+            else:
+                env = PRODUCT_ENV if module == PRODUCT else {}
+                bot, token = start_bot(module, sandbox, redis.url, workdir, **env)
+            spy = None
+            if profile is not None:
+                spy = _record(bot.proc.pid, profile / f"{module}-{round_ + 1}.txt")
+            try:
+                first = 100_000_000 + round_ * 1_000_000 + n * 100_000
+                pids = {"bot": bot.proc.pid, **others}
+                before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+                this.rates[module] = measure.bot_replies_per_s(sandbox, token, first, updates)
+                replies = updates + 50  # and the warm-up's
+                this.cpu[module] = {
+                    name: (_cpu_seconds(pid) - before[name]) * 1000 / replies
+                    for name, pid in pids.items()}
+            finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                bot.stop()
+                if spy is not None:
+                    spy.wait(30)
+        done.append(this)
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bot", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -102,55 +159,22 @@ def main(argv: list[str] | None = None) -> None:
         workdir = Path(tmp)
         redis = start_redis(workdir)
         stack.callback(redis.stop)
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
         sandbox = start_sandbox(workdir)
         stack.callback(sandbox.stop)
-        ratios: list[float] = []
-        assert redis.proc is not None and sandbox.proc is not None
-        others = {"sandbox": sandbox.proc.pid, "redis": redis.proc.pid}
-        for round_ in range(args.rounds):
-            rates: dict[str, float] = {}
-            cpu: dict[str, str] = {}
-            order = [BARE, PRODUCT] + ([BASELINE] if args.baseline is not None else [])
-            order = order[round_ % len(order):] + order[:round_ % len(order)]
-            for n, module in enumerate(order):
-                if module == BASELINE:
-                    bot, token = _start_baseline(args.baseline, sandbox, redis_url, workdir)
-                else:
-                    env = PRODUCT_ENV if module == PRODUCT else {}
-                    bot, token = start_bot(module, sandbox, redis_url, workdir, **env)
-                spy = None
-                if args.profile is not None:
-                    out = args.profile / f"{module}-{round_ + 1}.txt"
-                    spy = _record(bot.proc.pid, out)
-                try:
-                    first = 100_000_000 + round_ * 1_000_000 + n * 100_000
-                    pids = {"bot": bot.proc.pid, **others}
-                    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-                    rates[module] = measure.bot_replies_per_s(
-                        sandbox, token, first, args.updates)
-                    replies = args.updates + 50  # and the warm-up's
-                    cpu[module] = " ".join(
-                        f"{name} {(_cpu_seconds(pid) - before[name]) * 1000 / replies:.2f}"
-                        for name, pid in pids.items())
-                finally:
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)
-                    bot.stop()
-                    if spy is not None:
-                        spy.wait(30)
-            ratio = rates[PRODUCT] / rates[BARE]
-            ratios.append(ratio)
-            line = (f"round {round_ + 1}: bare {rates[BARE]:.1f}/s  "
-                    f"product {rates[PRODUCT]:.1f}/s  ratio {ratio:.3f}")
-            if BASELINE in rates:
-                line += (f"  baseline {rates[BASELINE]:.1f}/s  "
-                         f"ratio {rates[BASELINE] / rates[BARE]:.3f}")
-            print(f"{line}  (first: {order[0]})", flush=True)
-            for module in order:
-                print(f"    CPU ms per reply, {module}: {cpu[module]}", flush=True)
-        ratios.sort()
-        print(f"median ratio {ratios[len(ratios) // 2]:.3f} over {len(ratios)} rounds")
+        done = compare(sandbox, redis, workdir, rounds=args.rounds, updates=args.updates,
+                       profile=args.profile, baseline=args.baseline)
+    for n, this in enumerate(done, 1):
+        rates = this.rates
+        line = (f"round {n}: bare {rates[BARE]:.1f}/s  "
+                f"product {rates[PRODUCT]:.1f}/s  ratio {this.ratio:.3f}")
+        if BASELINE in rates:
+            line += (f"  baseline {rates[BASELINE]:.1f}/s  "
+                     f"ratio {rates[BASELINE] / rates[BARE]:.3f}")
+        print(f"{line}  (first: {this.order[0]})")
+        for module in this.order:
+            spent = " ".join(f"{name} {ms:.2f}" for name, ms in this.cpu[module].items())
+            print(f"    CPU ms per reply, {module}: {spent}")
+    print(f"median ratio {statistics.median(r.ratio for r in done):.3f} over {len(done)} rounds")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ from pathlib import Path
 WRK_SCRIPT = """
 local bodies = {}
 for line in io.lines("%(bodies)s") do bodies[#bodies + 1] = line end
-local i = 0
+local n = 0
 request = function()
-  i = i + 1
+  n = n + 1
+  local i = %(first)d + n
   local ip = string.format("10.%%d.%%d.%%d", math.floor(i / 65536) %% 256,
                            math.floor(i / 256) %% 256, i %% 256)
-  local item = bodies[(i - 1) %% #bodies + 1]
+  local item = bodies[(n - 1) %% #bodies + 1]
   if "%(method)s" == "GET" then
     return wrk.format("GET", "%(path)s",
                       {["Authorization"] = "Bearer " .. item, ["X-Forwarded-For"] = ip})
@@ -58,13 +59,15 @@ def address(i: int) -> str:
 
 
 def run(url: str, path: str, items: list[str], *, seconds: float, connections: int,
-        workdir: Path, method: str = "POST") -> LoadResult:
-    """`items` are request bodies for POST, bearer tokens for GET."""
+        workdir: Path, method: str = "POST", first_address: int = 0) -> LoadResult:
+    """`items` are request bodies for POST, bearer tokens for GET. The nth request comes
+    from `address(first_address + n)`: runs that must not share addresses (and so
+    per-address budgets) start apart."""
     if generator() == "wrk":
         return _wrk(url, path, items, seconds=seconds, connections=connections,
-                    workdir=workdir, method=method)
+                    workdir=workdir, method=method, first=first_address)
     return asyncio.run(_python(url, path, items, seconds=seconds, connections=connections,
-                               method=method))
+                               method=method, first=first_address))
 
 
 # -- wrk ----------------------------------------------------------------------------------
@@ -78,11 +81,12 @@ def _ms(text: str) -> float:
 
 
 def _wrk(url: str, path: str, bodies: list[str], *, seconds: float, connections: int,
-         workdir: Path, method: str) -> LoadResult:
+         workdir: Path, method: str, first: int) -> LoadResult:
     body_file = workdir / f"bodies-{time.monotonic_ns()}.txt"
     body_file.write_text("\n".join(bodies) + "\n")
     script = workdir / f"wrk-{time.monotonic_ns()}.lua"
-    script.write_text(WRK_SCRIPT % {"bodies": body_file, "path": path, "method": method})
+    script.write_text(WRK_SCRIPT % {"bodies": body_file, "path": path, "method": method,
+                                    "first": first})
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
          url],
@@ -106,7 +110,7 @@ def _wrk(url: str, path: str, bodies: list[str], *, seconds: float, connections:
 
 
 async def _python(url: str, path: str, bodies: list[str], *, seconds: float,
-                  connections: int, method: str) -> LoadResult:
+                  connections: int, method: str, first: int) -> LoadResult:
     host, port = url.removeprefix("http://").split(":")
     latencies: list[float] = []
     errors = 0
@@ -122,7 +126,7 @@ async def _python(url: str, path: str, bodies: list[str], *, seconds: float,
                 counter += 1
                 item = bodies[(counter - 1) % len(bodies)]
                 head = f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n" \
-                    f"X-Forwarded-For: {address(counter)}\r\n"
+                    f"X-Forwarded-For: {address(first + counter)}\r\n"
                 if method == "GET":
                     writer.write(f"{head}Authorization: Bearer {item}\r\n\r\n".encode())
                 else:

@@ -58,8 +58,9 @@ def server_stack(api: Process) -> dict[str, str]:
     return {"uvicorn_loop": found.group(1), "uvicorn_http": found.group(2)}
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    server = RedisServer(port=free_port(), data_dir=workdir / "redis")
+def start_redis(workdir: Path, name: str = "redis") -> RedisServer:
+    """A private server with its data in `workdir`/`name`."""
+    server = RedisServer(port=free_port(), data_dir=workdir / name)
     server.start()
     return server
 
