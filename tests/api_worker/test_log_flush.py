@@ -99,7 +99,9 @@ def test_a_new_loop_gets_its_own_flush_after_one_stopped_with_a_flush_pending() 
 def test_every_line_reaches_stdout_while_serving_and_on_stop(
     redis_url: str, start_api: ApiStarter, tmp_path: Path
 ) -> None:
-    api = start_api()
+    """stdout buffered, as under supervisord (the other tests' processes write
+    unbuffered, which would hide a missing flush)."""
+    api = start_api(PYTHONUNBUFFERED="")
     code = issue_code(api_settings(redis_url))
     with httpx.Client(timeout=10) as client:
         assert client.post(f"{api.url}/v1/codes/redeem", json={"code": code}).status_code == 200

@@ -18,7 +18,9 @@ from typing import Any
 from telegram import Update
 
 from bot_worker.app import UPDATES_REQUEST, Runtime, build_application
-from bot_worker.polling import UpdatesRequest
+from bot_worker.polling import UpdatesRequest, _Batch
+from shared import keys
+from shared.ledger import UpdateKey
 from shared.settings import Settings, load_settings
 from tests.fixtures.bot import ANN, AUTH_SECRET, code_of
 from tests.fixtures.codes import code_is_live, code_states
@@ -137,19 +139,28 @@ def test_updates_are_known_by_their_content_as_the_bot_api_sent_it(
     sandbox: TelegramSandbox, redis_server: RedisServer, redis_url: str
 ) -> None:
     """Polling fingerprints each update from the JSON getUpdates brought, not from the
-    Update serialised back: the same update fetched twice is answered once, and its id
-    with other content is a new update."""
+    Update serialised back (which differs: python-telegram-bot adds defaults such as
+    `channel_chat_created`): the poller's batch hands that JSON to the dispatcher, the
+    ledger marks the update under it, the same update fetched twice is answered once,
+    and its id with other content is a new update."""
     token = make_token()
     first = sandbox.send("/code", user=ANN, token=token)
-
     requests: list[UpdatesRequest] = []
+    marks: list[tuple[str, str, dict[str, str]]] = []
 
     async def fetched_twice(runtime: Runtime) -> None:
         (request,) = requests
         (update,) = await runtime.bot.get_updates(timeout=5)
         content = request.contents[update.update_id]
         assert content["message"]["text"] == "/code"
-        assert await runtime.dispatcher.handle(update, content)
+        batch = _Batch(runtime.dispatcher, asyncio.Event())
+        assert batch.take([update], request.contents)
+        assert await batch.tasks[update.update_id]  # handled through the poller's batch
+        bot_id = runtime.bot.id
+        raw = UpdateKey.of(bot_id, update.update_id, content).field
+        rendered = UpdateKey.of(bot_id, update.update_id, update.to_dict()).field
+        with redis_server.client() as client:
+            marks.append((raw, rendered, client.hgetall(keys.updates(bot_id, update.update_id))))
         (again,) = await runtime.bot.get_updates(timeout=5)  # not confirmed: it comes again
         assert again is not update and again.update_id == update.update_id
         assert await runtime.dispatcher.handle(again, request.contents[again.update_id])
@@ -158,5 +169,8 @@ def test_updates_are_known_by_their_content_as_the_bot_api_sent_it(
         assert await runtime.dispatcher.handle(Update.de_json(other, runtime.bot), other)
 
     _with_runtime(_settings(sandbox, redis_url, token), fetched_twice, requests)
+    ((raw, rendered, ledger),) = marks
+    assert raw != rendered  # the two really differ, so the mark shows which was used
+    assert ledger == {raw: "d"}
     replies = _bot_replies(sandbox, first, token)
     assert len(replies) == 2, replies  # the update once, the other content once
