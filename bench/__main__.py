@@ -49,7 +49,7 @@ SECONDS = 8  # each load run
 WARMUP_SECONDS = 2
 CONNECTIONS = 64
 BOT_UPDATES = 1_500
-BOT_ROUNDS = 5  # each bot started afresh each round, which goes first alternating
+BOT_ROUNDS = 6  # each bot started afresh each round, which goes first alternating
 APPROVALS = 200
 RESULTS = ROOT / "bench-results.json"
 

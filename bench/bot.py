@@ -26,12 +26,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import measure
 from bench.services import (
+    AS_DEPLOYED,
     AUTH_SECRET,
     Process,
     RedisServer,
@@ -56,7 +58,8 @@ def _start_baseline(checkout: Path, sandbox: TelegramSandbox, redis_url: str,
         "REDIS_URL": redis_url, "AUTH_SECRET": AUTH_SECRET, **PRODUCT_ENV,
     }
     log = workdir / "baseline.log"
-    bot = Process(start([PYTHON, "-m", "bot_worker"], base_env(**env), log, cwd=checkout),
+    bot = Process(start([PYTHON, "-m", "bot_worker"], base_env(**AS_DEPLOYED, **env), log,
+                        cwd=checkout),
                   log, 0, env)
     bot_id = int(token.split(":", 1)[0])
 
@@ -106,11 +109,12 @@ class Round:
 
 
 def compare(sandbox: TelegramSandbox, redis: RedisServer, workdir: Path, *, rounds: int,
-            updates: int, profile: Path | None = None,
-            baseline: Path | None = None) -> list[Round]:
+            updates: int, profile: Path | None = None, baseline: Path | None = None,
+            done_one: Callable[[int, Round], None] | None = None) -> list[Round]:
     """`rounds` rounds on one sandbox and one Redis, each starting every bot in turn (the
     first of the order moves on by one each round) and timing `updates` users' `/start`
-    to it. Each bot is stopped before the next starts."""
+    to it. Each bot is stopped before the next starts. `done_one(n, round)` is told of
+    each round as it ends."""
     assert redis.proc is not None and sandbox.proc is not None
     others = {"sandbox": sandbox.proc.pid, "redis": redis.proc.pid}
     done: list[Round] = []
@@ -143,7 +147,21 @@ def compare(sandbox: TelegramSandbox, redis: RedisServer, workdir: Path, *, roun
                 if spy is not None:
                     spy.wait(30)
         done.append(this)
+        if done_one is not None:
+            done_one(len(done), this)
     return done
+
+
+def _print_round(n: int, this: Round) -> None:
+    rates = this.rates
+    line = (f"round {n}: bare {rates[BARE]:.1f}/s  "
+            f"product {rates[PRODUCT]:.1f}/s  ratio {this.ratio:.3f}")
+    if BASELINE in rates:
+        line += f"  baseline {rates[BASELINE]:.1f}/s  ratio {rates[BASELINE] / rates[BARE]:.3f}"
+    print(f"{line}  (first: {this.order[0]})", flush=True)
+    for module in this.order:
+        spent = " ".join(f"{name} {ms:.2f}" for name, ms in this.cpu[module].items())
+        print(f"    CPU ms per reply, {module}: {spent}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,18 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         sandbox = start_sandbox(workdir)
         stack.callback(sandbox.stop)
         done = compare(sandbox, redis, workdir, rounds=args.rounds, updates=args.updates,
-                       profile=args.profile, baseline=args.baseline)
-    for n, this in enumerate(done, 1):
-        rates = this.rates
-        line = (f"round {n}: bare {rates[BARE]:.1f}/s  "
-                f"product {rates[PRODUCT]:.1f}/s  ratio {this.ratio:.3f}")
-        if BASELINE in rates:
-            line += (f"  baseline {rates[BASELINE]:.1f}/s  "
-                     f"ratio {rates[BASELINE] / rates[BARE]:.3f}")
-        print(f"{line}  (first: {this.order[0]})")
-        for module in this.order:
-            spent = " ".join(f"{name} {ms:.2f}" for name, ms in this.cpu[module].items())
-            print(f"    CPU ms per reply, {module}: {spent}")
+                       profile=args.profile, baseline=args.baseline, done_one=_print_round)
     print(f"median ratio {statistics.median(r.ratio for r in done):.3f} over {len(done)} rounds")
 
 

@@ -30,7 +30,15 @@ from typing import Any
 
 from bench import load
 from bench.measure import redeem_for_tokens
-from bench.services import AUTH_SECRET, Process, free_port, server_stack, start_api, start_redis
+from bench.services import (
+    AS_DEPLOYED,
+    AUTH_SECRET,
+    Process,
+    free_port,
+    server_stack,
+    start_api,
+    start_redis,
+)
 from shared.settings import load_settings
 from shared.store import User
 from tests.fixtures.api import issue_code
@@ -76,8 +84,9 @@ def start_deployed(workdir: Path, redis_url: str, **env: str) -> tuple[Process, 
         "DEMO_PAGE": "0", **env,
     }
     log = workdir / "deployed.log"
-    launcher = Process(start([PYTHON, "-m", "sandbox.launch"], base_env(**settings), log,
-                             project), log, port, settings)
+    launcher = Process(start([PYTHON, "-m", "sandbox.launch"],
+                             base_env(**AS_DEPLOYED, **settings), log, project),
+                       log, port, settings)
 
     def up() -> bool:
         launcher.alive()

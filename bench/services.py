@@ -15,11 +15,14 @@ from tests.fixtures.redis import RedisServer
 from tests.fixtures.sandbox import TelegramSandbox, make_token
 
 __all__ = [
-    "Process", "RedisServer", "TelegramSandbox", "free_port", "make_token", "server_stack",
-    "start_api", "start_bot", "start_module", "start_redis", "start_sandbox",
+    "AS_DEPLOYED", "Process", "RedisServer", "TelegramSandbox", "free_port", "make_token",
+    "server_stack", "start_api", "start_bot", "start_module", "start_redis", "start_sandbox",
 ]
 
 AUTH_SECRET = "bench-secret-" + "b" * 40
+# measured processes write stdout buffered, as under supervisord (the tests' helpers
+# start theirs unbuffered, which would make every log line a write of its own)
+AS_DEPLOYED = {"PYTHONUNBUFFERED": ""}
 
 
 @dataclass
@@ -46,7 +49,8 @@ class Process:
 
 def start_module(module: str, env: dict[str, str], log: Path, *args: str,
                  port: int = 0) -> Process:
-    return Process(start([PYTHON, "-m", module, *args], base_env(**env), log), log, port, env)
+    return Process(start([PYTHON, "-m", module, *args], base_env(**AS_DEPLOYED, **env), log),
+                   log, port, env)
 
 
 def server_stack(api: Process) -> dict[str, str]:
