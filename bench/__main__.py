@@ -11,7 +11,6 @@ with its flood limits off, in rounds that alternate which goes first (`bench.bot
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import json
 import os
@@ -36,8 +35,6 @@ from bench.services import (
     start_redis,
     start_sandbox,
 )
-from shared.settings import Settings
-from shared.store import Store
 from tests.fixtures.common import ROOT, port_open, wait_until
 
 CODES = 100_000  # issued for the memory figure, then spent by the redeem run
@@ -152,7 +149,7 @@ def run(workdir: Path) -> dict[str, Any]:
         })
 
         _phase("product /v1/me")
-        fresh = asyncio.run(_issue(settings, 20_000_000, 500))
+        fresh = measure.issue(settings, 20_000_000, 500)
         tokens = measure.redeem_for_tokens(api.url, fresh)
         me_run = load.run(api.url, "/v1/me", tokens, seconds=SECONDS, connections=CONNECTIONS,
                           workdir=workdir, method="GET")
@@ -180,7 +177,7 @@ def run(workdir: Path) -> dict[str, Any]:
         proxied = f"redis://127.0.0.1:{proxy.port}/0"
         counted = start_api("api_worker", proxied, workdir, "api-proxied")
         stack.callback(counted.stop)
-        spare = asyncio.run(_issue(settings, 90_000_000, 51))  # the phases before flushed
+        spare = measure.issue(settings, 90_000_000, 51)  # the phases before flushed
         (token,) = measure.redeem_for_tokens(counted.url, spare[50:])
         with httpx.Client(base_url=counted.url, timeout=10) as http:
             results["round_trips_redeem"] = measure.http_turns(proxy, lambda i: http.post(
@@ -253,20 +250,19 @@ def _populations(workdir: Path) -> dict[str, Any]:
             if name == "small":
                 with server.client() as client:
                     client.flushall()
-                codes = asyncio.run(_issue(measure.settings_for(server.url), next_uid, SMALL))
+                codes = measure.issue(measure.settings_for(server.url), next_uid, SMALL)
                 next_uid += SMALL
             else:
                 codes = million[spent:spent + SMALL]
             with server.client() as client:
-                measure.persistence_idle(client)
-                measure.tables_settled(client)  # the million's redeems add user hashes
+                measure.settled(client)  # the million's redeems add user hashes
             result = load.run(apis[name].url, "/v1/codes/redeem", _bodies(codes), seconds=1,
                               connections=CONNECTIONS, workdir=workdir,
                               first_address=next_address)
             next_address += SMALL
             if name == "million":
                 spent += SMALL
-                asyncio.run(_issue(million_settings, next_uid, result.requests))
+                measure.issue(million_settings, next_uid, result.requests)
                 next_uid += result.requests
             return result
 
@@ -285,14 +281,6 @@ def _populations(workdir: Path) -> dict[str, Any]:
         "redeem_errors_live": errors, "redeem_1m_vs_10k": round(large / small, 3),
     })
     return results
-
-
-async def _issue(settings: Settings, first_uid: int, count: int) -> list[str]:
-    store = Store.from_settings(settings)
-    try:
-        return await measure.issue_codes(store, first_uid, count)
-    finally:
-        await store.close()
 
 
 def main() -> None:

@@ -75,21 +75,20 @@ def memory_per_code(settings: Settings, client: redis.Redis, count: int,
     `count` distinct users on an otherwise idle server."""
     client.flushall()
     before = used_memory(client)
-
-    async def _issue() -> list[str]:
-        store = Store.from_settings(settings)
-        try:
-            return await issue_codes(store, first_uid, count)
-        finally:
-            await store.close()
-
     started = time.perf_counter()
-    codes = asyncio.run(_issue())
+    codes = issue(settings, first_uid, count)
     elapsed = time.perf_counter() - started
-    persistence_idle(client)  # an append-only rewrite's buffers are not the codes'
-    tables_settled(client)  # nor a growing table's old copy
+    settled(client)
     after = used_memory(client)
     return (after - before) / count, codes, count / elapsed
+
+
+def settled(client: redis.Redis) -> None:
+    """Wait until Redis is done with what new keys set going: an append-only rewrite
+    (its buffers are not the keys', and its child would share the cores with what is
+    measured) and a growing table's rehash (its old copy is not the keys' either)."""
+    persistence_idle(client)
+    tables_settled(client)
 
 
 def persistence_idle(client: redis.Redis, timeout: float = 180) -> None:
@@ -120,7 +119,8 @@ def tables_settled(client: redis.Redis, timeout: float = 180) -> None:
     raise RuntimeError("Redis kept rehashing its key tables for 3 minutes")
 
 
-def _issue_part(settings: Settings, first_uid: int, count: int) -> list[str]:
+def issue(settings: Settings, first_uid: int, count: int) -> list[str]:
+    """`issue_codes` through a store of its own, on an event loop of its own."""
     async def run() -> list[str]:
         store = Store.from_settings(settings)
         try:
@@ -140,11 +140,10 @@ def memory_per_code_parallel(settings: Settings, client: redis.Redis, count: int
     share = count // processes
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        parts = pool.starmap(_issue_part, [(settings, first_uid + n * share, share)
+        parts = pool.starmap(issue, [(settings, first_uid + n * share, share)
                                            for n in range(processes)])
     elapsed = time.perf_counter() - started
-    persistence_idle(client)  # an append-only rewrite's buffers are not the codes'
-    tables_settled(client)  # nor a growing table's old copy
+    settled(client)
     after = used_memory(client)
     codes = [code for part in parts for code in part]
     return (after - before) / len(codes), codes, len(codes) / elapsed

@@ -70,11 +70,6 @@ REPOLL_GAP = 0.1
 ALLOWED_UPDATES = ["message", "channel_post", "callback_query"]
 
 
-async def pause(event: asyncio.Event, seconds: float) -> None:
-    """Until `event` is set or `seconds` pass, whichever is first."""
-    await wait_set(event, seconds)
-
-
 class UpdatesRequest(HTTPXRequest):
     """The getUpdates connection. Drops the updates `skip` names from an answer before
     python-telegram-bot builds `Update` objects of them, and remembers how many the
@@ -94,15 +89,16 @@ class UpdatesRequest(HTTPXRequest):
         if isinstance(result, list):
             self.fetched = len(result)
             skip = self.skip
-            data["result"] = [
-                u for u in result
-                if not (isinstance(u, dict) and isinstance(u.get("update_id"), int)
-                        and skip(u["update_id"]))
-            ]
-            self.contents = {
-                u["update_id"]: u for u in data["result"]
-                if isinstance(u, dict) and type(u.get("update_id")) is int
-            }
+            kept: list[Any] = []
+            contents: dict[int, dict[str, Any]] = {}
+            for u in result:
+                uid = u.get("update_id") if isinstance(u, dict) else None
+                if isinstance(uid, int):
+                    if skip(uid):
+                        continue
+                    contents[uid] = u
+                kept.append(u)
+            data["result"], self.contents = kept, contents
         return data
 
 
@@ -144,7 +140,7 @@ class Poller:
                     logger.warning("Redis unreachable for a lease length: polling without it")
                     held = True
             if not held:
-                await pause(stop, FOLLOW_SECONDS)
+                await wait_set(stop, FOLLOW_SECONDS)
                 continue
             if await self._lead(stop):
                 conflicts = 0
@@ -152,7 +148,7 @@ class Poller:
             # 409: someone else polls. Make room, longer each time it happens again
             conflicts += 1
             backoff = min(LEASE_MS / 1000 * 2 ** (conflicts - 1), CONFLICT_CAP)
-            await pause(stop, backoff + random.uniform(0, 2))
+            await wait_set(stop, backoff + random.uniform(0, 2))
 
     async def _lead(self, stop: asyncio.Event) -> bool:
         """Poll while holding the lease; False when Telegram said someone else polls."""
@@ -218,7 +214,7 @@ class Poller:
                 # skips whatever was handled already
                 batch.forget_offset()
                 logger.warning("getUpdates failed (%s); again in %.1f s", exc, delay)
-                await pause(stop, delay)
+                await wait_set(stop, delay)
                 delay = min(delay * 2, RETRY_CAP)
                 continue
             delay = RETRY_FIRST
@@ -235,7 +231,7 @@ class Poller:
                     await batch.advanced(offset + REFILL, wait)
                 else:
                     await batch.settled(wait)
-                    await pause(stop, REPOLL_GAP)
+                    await wait_set(stop, REPOLL_GAP)
 
     async def _renew(self, lost: asyncio.Event) -> None:
         while True:
@@ -364,7 +360,7 @@ class _Batch:
     async def settled(self, seconds: float) -> None:
         """Until some update in hand finishes, or `seconds` pass."""
         self._settled.clear()
-        await pause(self._settled, seconds)
+        await wait_set(self._settled, seconds)
 
     async def advanced(self, offset: int, seconds: float) -> None:
         """Until the offset reaches `offset` (or nothing is in hand), or `seconds` pass."""
@@ -375,7 +371,7 @@ class _Batch:
             if left <= 0:
                 return
             self._settled.clear()
-            await pause(self._settled, left)
+            await wait_set(self._settled, left)
 
     async def finish(self) -> None:
         """Let what is in hand finish; if this wait is cancelled (the stop's grace ran

@@ -35,10 +35,11 @@ from telegram import Bot, Update
 from telegram.error import TelegramError
 
 from bot_worker.dispatch import Dispatcher
-from bot_worker.polling import ALLOWED_UPDATES, pause
+from bot_worker.polling import ALLOWED_UPDATES
 from shared.lease import Leases
 from shared.settings import Settings
 from shared.store import Unavailable
+from shared.waiting import wait_set
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ async def ensure_webhook(
             wait = SET_RETRY_SECONDS
             with contextlib.suppress(Unavailable):
                 await leases.unlock_webhook()
-        await pause(stop, wait)
+        await wait_set(stop, wait)
 
 
 async def _check_webhook(settings: Settings, bot: Bot, leases: Leases, digest: str) -> None:

@@ -413,7 +413,7 @@ class Codes:
         user and the session generation the code was issued at (the OpenID Connect
         authorization page turns them into an authorization code). The same
         per-address budget and errors as `redeem`."""
-        attempt, code_key, stored, now = await self._find(raw_code, address)
+        attempt, code_key, stored, now = await self._find(normalize_code(raw_code), address)
         uid = stored.user_id
         with unavailable_on_error():
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -427,11 +427,10 @@ class Codes:
             await self._lost(attempt, consumed)
         return unpack_record(uid, stored.record), stored.generation
 
-    async def _find(self, raw_code: str, address: str) -> tuple[Attempt, str, StoredCode, int]:
-        """Admit an attempt from `address` and read the code: the attempt, the code's key,
-        what it holds and the time (ms). RateLimited, or InvalidCode (a failure spent)
-        when it is not a live code."""
-        code = normalize_code(raw_code)
+    async def _find(self, code: str, address: str) -> tuple[Attempt, str, StoredCode, int]:
+        """Admit an attempt from `address` and read `code` (normalized): the attempt, the
+        code's key, what it holds and the time (ms). RateLimited, or InvalidCode (a
+        failure spent) when it is not a live code."""
         well_formed = self._well_formed(code)
         code_key = keys.code(self._hash(code)) if well_formed else ""
         attempt = self.budget.attempt(address)

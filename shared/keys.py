@@ -239,7 +239,7 @@ def events_user(key: str) -> int | None:
     tag = key.removeprefix(EVENTS)
     if tag == key or not (tag.startswith(_USER_TAG_OPEN) and tag.endswith("}")):
         return None
-    digits = tag[2:-1]
+    digits = tag[len(_USER_TAG_OPEN):-1]
     return int(digits) if digits.isdigit() else None
 
 
